@@ -1,0 +1,130 @@
+"""capture -> decode -> flows -> detectors -> aggregate -> anonymise -> output.
+
+Time comes from the packets (replay is deterministic) or, when no packet arrives, from
+the caller's `tick(now)` (live capture on a quiet link).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vigie.v1 import alert_pb2
+
+from agent.aggregate import Aggregator
+from agent.anonymise.policy import Anonymiser, Finding
+from agent.decode.fast import DecodeStats, make_decoder
+from agent.decode.packet import ICMP, ICMP6, TCP, UDP, Packet
+from agent.detect import registry
+from agent.flows.table import FlowTable
+
+TICK_INTERVAL = 1.0
+
+
+@dataclass
+class Counters:
+    alerts: dict[str, int] = field(default_factory=dict)  # emitted revisions per detector
+
+
+def quoted_key(p: Packet) -> tuple | None:
+    """The flow key of the packet quoted in an ICMP/ICMPv6 unreachable message."""
+    q = p.payload[4:]  # 4 unused bytes after type/code/checksum
+    try:
+        if p.proto == ICMP and p.sport == 3 and len(q) >= 28 and q[0] >> 4 == 4:
+            ihl = (q[0] & 0x0F) * 4
+            proto, src, dst = q[9], bytes(q[12:16]), bytes(q[16:20])
+            l4 = q[ihl:]
+        elif p.proto == ICMP6 and p.sport == 1 and len(q) >= 48 and q[0] >> 4 == 6:
+            proto, src, dst = q[6], bytes(q[8:24]), bytes(q[24:40])
+            l4 = q[40:]
+        else:
+            return None
+        if proto not in (TCP, UDP) or len(l4) < 4:
+            return None
+        sport, dport = struct.unpack_from("!HH", l4)
+    except (IndexError, struct.error):
+        return None
+    a, b = (src, sport), (dst, dport)
+    return (proto, p.vlan, *a, *b) if a <= b else (proto, p.vlan, *b, *a)
+
+
+class Pipeline:
+    def __init__(self, cfg: dict[str, Any], anonymiser: Anonymiser,
+                 output: Callable[[alert_pb2.Alert], None],
+                 clock: Callable[[], float]) -> None:
+        self.anonymiser = anonymiser
+        self.output = output
+        self.clock = clock  # wall clock, for observed_at only
+        self.counters = Counters()
+        self.decode_stats = DecodeStats()
+        self.decode = make_decoder(self.decode_stats)
+        agg = cfg["aggregation"]
+        self.aggregator = Aggregator(self._emit, agg["window_seconds"],
+                                     agg["update_interval_seconds"])
+        self.detectors = [
+            cls(cfg["detectors"][registry.config_key(cls)], self.aggregator.report)
+            for cls in registry.DETECTORS
+            if cfg["detectors"][registry.config_key(cls)]["enabled"]
+        ]
+        on = lambda event: [getattr(d, event) for d in self.detectors if hasattr(d, event)]  # noqa: E731
+        self._on_packet = on("on_packet")
+        self._on_outcome = on("on_outcome")
+        self._on_flow_end = on("on_flow_end")
+        self._on_tick = on("on_tick")
+        f = cfg["flows"]
+        self.flows = FlowTable(
+            self._outcome, self._flow_end, max_flows=f["max_flows"],
+            attempt_timeout=f["attempt_timeout_seconds"], tcp_idle=f["tcp_idle_seconds"],
+            udp_idle=f["udp_idle_seconds"],
+        )
+        self.packets = 0
+        self.bytes = 0
+        self.last_ts = 0.0
+        self._next_tick = 0.0
+
+    def _emit(self, finding: Finding) -> None:
+        alert = self.anonymiser.alert(finding, self.clock())
+        c = self.counters.alerts
+        c[alert.detector] = c.get(alert.detector, 0) + 1
+        self.output(alert)
+
+    def _outcome(self, flow, outcome: str, ts: float) -> None:
+        for h in self._on_outcome:
+            h(flow, outcome, ts)
+
+    def _flow_end(self, flow) -> None:
+        for h in self._on_flow_end:
+            h(flow)
+
+    def feed(self, ts: float, linktype: int, wirelen: int, frame: bytes) -> None:
+        self.packets += 1
+        self.bytes += wirelen
+        p = self.decode(ts, linktype, wirelen, frame)
+        if p is None:
+            return
+        for h in self._on_packet:
+            h(p)
+        self.flows.packet(p)
+        if p.proto in (ICMP, ICMP6) and p.sport in (1, 3):
+            self.flows.icmp_unreachable(p, quoted_key(p))
+        if ts > self.last_ts:
+            self.last_ts = ts
+        if ts >= self._next_tick:
+            self.tick(ts)
+
+    def tick(self, now: float) -> None:
+        self._next_tick = now + TICK_INTERVAL
+        self.flows.tick(now)
+        for h in self._on_tick:
+            h(now)
+        self.aggregator.tick(now)
+
+    def finish(self) -> None:
+        """End of input: settle what the capture can still tell, then flush every alert."""
+        self.flows.tick(self.last_ts)
+        self.flows.flush(self.last_ts)
+        for h in self._on_tick:
+            h(self.last_ts)
+        self.aggregator.flush()

@@ -1,0 +1,174 @@
+"""vigie: the analysts' command line over the collector's query service.
+
+Exit codes: 0 done, 1 unexpected error, 2 bad usage or settings, 3 collector unreachable,
+4 certificate refused or not allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+
+import grpc
+from vigie.v1 import alert_pb2, analyst_pb2, analyst_pb2_grpc
+
+from analyst import connect
+from common.alertjson import alert_dict, severity_name
+from common.config import ConfigError
+
+EX_USAGE, EX_UNREACHABLE, EX_REFUSED = 2, 3, 4
+SEV_TAG = {"critical": "CRIT", "high": "HIGH", "medium": "MED", "low": "LOW", "info": "INFO"}
+SEV_COLOUR = {"CRIT": "\033[1;37;41m", "HIGH": "\033[1;31m", "MED": "\033[33m",
+              "LOW": "\033[36m", "INFO": "\033[2m"}
+
+
+def _local(t) -> str:
+    secs = t.seconds + t.nanos / 1e9
+    return dt.datetime.fromtimestamp(secs).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _since(text: str) -> float:
+    """'2h', '3d', '30m' ago, or an ISO date/time."""
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].isdigit():
+        return dt.datetime.now().timestamp() - int(text[:-1]) * units[text[-1]]
+    try:
+        return dt.datetime.fromisoformat(text).astimezone().timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration (30m, 2h, 7d) or ISO time: {text!r}"
+                                         ) from None
+
+
+def _sev(name: str, colour: bool) -> str:
+    tag = SEV_TAG.get(name, name.upper()[:4])
+    return f"{SEV_COLOUR[tag]}{tag:<4}\033[0m" if colour and tag in SEV_COLOUR else f"{tag:<4}"
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def print_alerts(items, as_json: bool, colour: bool) -> None:
+    if as_json:
+        for it in items:
+            d = alert_dict(it.alert)
+            d["origin"] = {"agent_id": it.origin.agent_id, "finess": it.origin.finess,
+                           "ght": it.origin.ght, "region": it.origin.region}
+            print(json.dumps(d, separators=(",", ":")))
+        return
+    width = max(80, shutil.get_terminal_size((80, 24)).columns)
+    # One header line per alert, then what happened and who was involved, indented:
+    # fits 80 columns without cutting the site or the summary short.
+    print(f"{'LAST SEEN':<16}  {'SEV':<4}  {'DETECTOR':<18}  {'GHT / FINESS':<26}  COUNT")
+    for it in items:
+        a = it.alert
+        site = f"{it.origin.ght} / {it.origin.finess}"
+        print(f"{_local(a.last_seen):<16}  {_sev(severity_name(a.severity), colour)}  "
+              f"{_fit(a.detector, 18):<18}  {_fit(site, 26):<26}  {a.occurrences:>5}")
+        print(_fit(f"    {a.summary}", width))
+        ents = "  ".join(
+            f"{alert_pb2.EntityRole.Name(e.role).removeprefix('ROLE_').lower()}="
+            f"{e.value}{'*' if e.pseudonymised else ''}"
+            for e in a.entities
+        )
+        print(_fit(f"    {a.technique}  {ents}", width))
+    if not items:
+        print("(no alerts)")
+    else:
+        print("* pseudonymised by the agent (internal address, host or user name)")
+
+
+def cmd_alerts(stub, args) -> int:
+    req = analyst_pb2.ListAlertsRequest(
+        detector=args.detector or "", ght=args.ght or "", finess=args.finess or "",
+        region=args.region or "", page_size=min(args.limit, 1000),
+    )
+    if args.severity:
+        req.min_severity = alert_pb2.Severity.Value(f"SEVERITY_{args.severity.upper()}")
+    if args.since is not None:
+        req.since.FromSeconds(int(args.since))
+    items = []
+    while len(items) < args.limit:
+        resp = stub.ListAlerts(req, timeout=30)
+        items.extend(resp.alerts)
+        if not resp.next_cursor:
+            break
+        req.cursor = resp.next_cursor
+    print_alerts(items[: args.limit], args.json, sys.stdout.isatty() and not args.no_colour)
+    return 0
+
+
+def cmd_agents(stub, args) -> int:
+    resp = stub.ListAgents(analyst_pb2.ListAgentsRequest(), timeout=30)
+    agents = sorted(resp.agents, key=lambda a: (not a.silent, a.last_seen.seconds))
+    if args.json:
+        for a in agents:
+            print(json.dumps({
+                "agent_id": a.origin.agent_id, "finess": a.origin.finess, "ght": a.origin.ght,
+                "region": a.origin.region, "last_seen": _local(a.last_seen),
+                "version": a.agent_version, "packets_dropped": a.packets_dropped,
+                "outbox_depth": a.outbox_depth, "outbox_shed": a.outbox_shed,
+                "silent": a.silent}))
+        return 0
+    print(f"{'STATE':<7} {'LAST SEEN':<16} {'GHT':<10} {'FINESS':<9} {'VERSION':<10} "
+          f"{'DROPS':>7} {'BACKLOG':>8}")
+    for a in agents:
+        print(f"{'SILENT' if a.silent else 'ok':<7} {_local(a.last_seen):<16} "
+              f"{_fit(a.origin.ght, 10):<10} {a.origin.finess:<9} {_fit(a.agent_version, 10):<10} "
+              f"{a.packets_dropped:>7} {a.outbox_depth:>8}")
+    if not agents:
+        print("(no agents)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vigie", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--collector", help="HOST:PORT (or VIGIE_COLLECTOR)")
+    p.add_argument("--ca", help="CA certificate (or VIGIE_CA)")
+    p.add_argument("--cert", help="analyst certificate (or VIGIE_CERT)")
+    p.add_argument("--key", help="analyst key (or VIGIE_KEY)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("alerts", help="list stored alerts, newest first")
+    a.add_argument("--since", type=_since, help="30m, 2h, 7d or an ISO time")
+    a.add_argument("--detector")
+    a.add_argument("--severity", choices=["info", "low", "medium", "high", "critical"],
+                   help="at least this severity")
+    a.add_argument("--ght")
+    a.add_argument("--finess")
+    a.add_argument("--region")
+    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--json", action="store_true", help="one JSON object per line")
+    a.add_argument("--no-colour", action="store_true")
+    g = sub.add_parser("agents", help="fleet health, silent agents first")
+    g.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        cfg = connect.settings({"collector": args.collector, "ca": args.ca, "cert": args.cert,
+                                "key": args.key})
+        with connect.channel(cfg) as channel:
+            stub = analyst_pb2_grpc.AnalystStub(channel)
+            return {"alerts": cmd_alerts, "agents": cmd_agents}[args.cmd](stub, args)
+    except (ConfigError, connect.ConnectError) as exc:
+        print(f"vigie: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            print(f"vigie: collector {cfg['collector']} unreachable ({exc.details()})",
+                  file=sys.stderr)
+            return EX_UNREACHABLE
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            print(f"vigie: refused by the collector: {exc.details()}", file=sys.stderr)
+            return EX_REFUSED
+        print(f"vigie: {code.name}: {exc.details()}", file=sys.stderr)
+        return EX_USAGE if code == grpc.StatusCode.INVALID_ARGUMENT else 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

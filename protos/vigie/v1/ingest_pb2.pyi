@@ -1,0 +1,89 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from vigie.v1 import alert_pb2 as _alert_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AlertBatch(_message.Message):
+    __slots__ = ("seq", "alerts")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    alerts: _containers.RepeatedCompositeFieldContainer[_alert_pb2.Alert]
+    def __init__(self, seq: _Optional[int] = ..., alerts: _Optional[_Iterable[_Union[_alert_pb2.Alert, _Mapping]]] = ...) -> None: ...
+
+class HostHealth(_message.Message):
+    __slots__ = ("cpu_percent", "memory_percent", "disk_percent", "uptime_seconds", "agent_cpu_percent", "agent_rss_bytes")
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    DISK_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    cpu_percent: float
+    memory_percent: float
+    disk_percent: float
+    uptime_seconds: float
+    agent_cpu_percent: float
+    agent_rss_bytes: int
+    def __init__(self, cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., disk_percent: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., agent_cpu_percent: _Optional[float] = ..., agent_rss_bytes: _Optional[int] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("sent_at", "agent_version", "agent_uptime_seconds", "packets_captured", "packets_dropped", "outbox_depth", "outbox_shed", "host")
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_CAPTURED_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_SHED_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    sent_at: _timestamp_pb2.Timestamp
+    agent_version: str
+    agent_uptime_seconds: float
+    packets_captured: int
+    packets_dropped: int
+    outbox_depth: int
+    outbox_shed: int
+    host: HostHealth
+    def __init__(self, sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., agent_uptime_seconds: _Optional[float] = ..., packets_captured: _Optional[int] = ..., packets_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., outbox_shed: _Optional[int] = ..., host: _Optional[_Union[HostHealth, _Mapping]] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("batch", "heartbeat")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    batch: AlertBatch
+    heartbeat: Heartbeat
+    def __init__(self, batch: _Optional[_Union[AlertBatch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("seq", "stored", "duplicates")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    stored: int
+    duplicates: int
+    def __init__(self, seq: _Optional[int] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+
+class FlowControl(_message.Message):
+    __slots__ = ("max_batches_in_flight", "max_alerts_per_second")
+    MAX_BATCHES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ALERTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    max_batches_in_flight: int
+    max_alerts_per_second: int
+    def __init__(self, max_batches_in_flight: _Optional[int] = ..., max_alerts_per_second: _Optional[int] = ...) -> None: ...
+
+class CollectorMessage(_message.Message):
+    __slots__ = ("ack", "flow_control")
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    FLOW_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    ack: Ack
+    flow_control: FlowControl
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., flow_control: _Optional[_Union[FlowControl, _Mapping]] = ...) -> None: ...
