@@ -23,8 +23,13 @@ class _Open:
 
 
 class Aggregator:
-    def __init__(self, emit: Callable[[Finding], None], window: float = 3600.0,
-                 update_interval: float = 60.0, max_open: int = 50_000) -> None:
+    def __init__(
+        self,
+        emit: Callable[[Finding], None],
+        window: float = 3600.0,
+        update_interval: float = 60.0,
+        max_open: int = 50_000,
+    ) -> None:
         self.emit = emit
         self.window = window
         self.update_interval = update_interval
@@ -33,9 +38,18 @@ class Aggregator:
         self.reports = 0
         self.dropped = 0
 
-    def report(self, *, detector, subject: str, ts: float, summary: str,
-               entities: list[Entity], metrics: dict[str, float], count: int,
-               severity: int) -> None:
+    def report(
+        self,
+        *,
+        detector,
+        subject: str,
+        ts: float,
+        summary: str,
+        entities: list[Entity],
+        metrics: dict[str, float],
+        count: int,
+        severity: int,
+    ) -> None:
         self.reports += 1
         key = (detector.name, subject)
         cur = self.open.get(key)
@@ -47,9 +61,17 @@ class Aggregator:
                 self.dropped += 1  # bounded: counted, reported in stats and heartbeats
                 return
             f = Finding(
-                id=uuid.uuid4().hex, revision=1, detector=detector.name, severity=severity,
-                technique=detector.technique, summary=summary, first_seen=ts, last_seen=ts,
-                occurrences=count, entities=entities, metrics=dict(metrics),
+                id=uuid.uuid4().hex,
+                revision=1,
+                detector=detector.name,
+                severity=severity,
+                technique=detector.technique,
+                summary=summary,
+                first_seen=ts,
+                last_seen=ts,
+                occurrences=count,
+                entities=entities,
+                metrics=dict(metrics),
             )
             self.open[key] = _Open(f, ts)
             self.emit(f)

@@ -49,25 +49,37 @@ class Delivery:
 
     def __init__(self, cfg: dict[str, Any], stats: Callable[[], tuple[int, int]]) -> None:
         c = cfg["collector"]
-        self.outbox = Outbox(settings.path(cfg, cfg["outbox"]["path"], "outbox.db"),
-                             cfg["outbox"]["max_alerts"])
-        creds = Credentials(settings.path(cfg, c["ca"], "tls/ca.crt"),
-                            settings.path(cfg, c["cert"], "tls/agent.crt"),
-                            settings.path(cfg, c["key"], "tls/agent.key"))
+        self.outbox = Outbox(
+            settings.path(cfg, cfg["outbox"]["path"], "outbox.db"), cfg["outbox"]["max_alerts"]
+        )
+        creds = Credentials(
+            settings.path(cfg, c["ca"], "tls/ca.crt"),
+            settings.path(cfg, c["cert"], "tls/agent.crt"),
+            settings.path(cfg, c["key"], "tls/agent.key"),
+        )
         creds.load()  # fail now, with the file named, rather than in the sender's loop
         self.started = time.time()
         self.stats = stats
-        self.sender = Sender(self.outbox, c["address"], creds, self.heartbeat, c["batch_size"],
-                             c["heartbeat_seconds"])
+        self.sender = Sender(
+            self.outbox,
+            c["address"],
+            creds,
+            self.heartbeat,
+            c["batch_size"],
+            c["heartbeat_seconds"],
+        )
         self.drain_timeout = c["drain_timeout_seconds"]
 
     def heartbeat(self) -> ingest_pb2.Heartbeat:
         received, dropped = self.stats()
         me = psutil.Process()
         hb = ingest_pb2.Heartbeat(
-            agent_version=VERSION, agent_uptime_seconds=time.time() - self.started,
-            packets_captured=received, packets_dropped=dropped,
-            outbox_depth=self.outbox.depth(), outbox_shed=self.outbox.shed(),
+            agent_version=VERSION,
+            agent_uptime_seconds=time.time() - self.started,
+            packets_captured=received,
+            packets_dropped=dropped,
+            outbox_depth=self.outbox.depth(),
+            outbox_shed=self.outbox.shed(),
         )
         hb.sent_at.GetCurrentTime()
         hb.host.cpu_percent = psutil.cpu_percent(interval=None)
@@ -102,9 +114,13 @@ def _jsonl(alert: alert_pb2.Alert) -> None:
 def _print_stats(pipe: Pipeline, read: ReadStats | None, elapsed: float) -> None:
     d = pipe.decode_stats
     out = {
-        "packets": pipe.packets, "bytes": pipe.bytes, "decoded": d.decoded,
-        "malformed": dict(sorted(d.malformed.items())), "skipped": dict(sorted(d.skipped.items())),
-        "flows_created": pipe.flows.created, "flows_evicted": pipe.flows.evicted,
+        "packets": pipe.packets,
+        "bytes": pipe.bytes,
+        "decoded": d.decoded,
+        "malformed": dict(sorted(d.malformed.items())),
+        "skipped": dict(sorted(d.skipped.items())),
+        "flows_created": pipe.flows.created,
+        "flows_evicted": pipe.flows.evicted,
         "alerts": dict(sorted(pipe.counters.alerts.items())),
         "seconds": round(elapsed, 3),
         "packets_per_second": round(pipe.packets / elapsed) if elapsed > 0 else 0,
@@ -130,8 +146,13 @@ def cmd_replay(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     elapsed = time.perf_counter() - t0
     for reason, n in read_stats.errors.items():
         log.warning("capture_file_damaged", reason=reason, count=n)
-    log.info("replay_done", packets=pipe.packets, alerts=sum(pipe.counters.alerts.values()),
-             malformed=sum(pipe.decode_stats.malformed.values()), seconds=round(elapsed, 3))
+    log.info(
+        "replay_done",
+        packets=pipe.packets,
+        alerts=sum(pipe.counters.alerts.values()),
+        malformed=sum(pipe.decode_stats.malformed.values()),
+        seconds=round(elapsed, 3),
+    )
     if args.stats:
         _print_stats(pipe, read_stats, elapsed)
     if delivery and not delivery.finish(wait=True):
@@ -164,8 +185,12 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         pipe.finish()
         received, dropped = cap.stats()
         cap.close()
-        log.info("capture_stopped", packets=pipe.packets, kernel_received=received,
-                 kernel_dropped=dropped)
+        log.info(
+            "capture_stopped",
+            packets=pipe.packets,
+            kernel_received=received,
+            kernel_dropped=dropped,
+        )
         if delivery:
             delivery.finish(wait=False)
     return 0
@@ -178,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     def common_args(sp: argparse.ArgumentParser, default_output: str) -> None:
         sp.add_argument("--config", help="TOML file (default: built-in defaults)")
         sp.add_argument("--state-dir", help="override state_dir")
-        sp.add_argument("--output", choices=("jsonl", "collector"), default=default_output,
-                        help=f"where alerts go (default {default_output})")
+        sp.add_argument(
+            "--output",
+            choices=("jsonl", "collector"),
+            default=default_output,
+            help=f"where alerts go (default {default_output})",
+        )
         sp.add_argument("--collector", metavar="HOST:PORT", help="override collector.address")
 
     r = sub.add_parser("replay", help="run the pipeline on a pcap/pcapng, on its own timestamps")
@@ -206,8 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "replay":
             return cmd_replay(args, cfg)
         return cmd_run(args, cfg)
-    except (config.ConfigError, CaptureError, LiveError, OutboxError,
-            AnonymisationError, FileNotFoundError) as exc:
+    except (
+        config.ConfigError,
+        CaptureError,
+        LiveError,
+        OutboxError,
+        AnonymisationError,
+        FileNotFoundError,
+    ) as exc:
         print(f"vigie-agent: {exc}", file=sys.stderr)
         return EX_USAGE
     except KeyboardInterrupt:

@@ -51,9 +51,13 @@ def quoted_key(p: Packet) -> tuple | None:
 
 
 class Pipeline:
-    def __init__(self, cfg: dict[str, Any], anonymiser: Anonymiser,
-                 output: Callable[[alert_pb2.Alert], None],
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        anonymiser: Anonymiser,
+        output: Callable[[alert_pb2.Alert], None],
+        clock: Callable[[], float],
+    ) -> None:
         self.anonymiser = anonymiser
         self.output = output
         self.clock = clock  # wall clock, for observed_at only
@@ -61,8 +65,9 @@ class Pipeline:
         self.decode_stats = DecodeStats()
         self.decode = make_decoder(self.decode_stats)
         agg = cfg["aggregation"]
-        self.aggregator = Aggregator(self._emit, agg["window_seconds"],
-                                     agg["update_interval_seconds"])
+        self.aggregator = Aggregator(
+            self._emit, agg["window_seconds"], agg["update_interval_seconds"]
+        )
         self.detectors = [
             cls(cfg["detectors"][registry.config_key(cls)], self.aggregator.report)
             for cls in registry.DETECTORS
@@ -75,8 +80,11 @@ class Pipeline:
         self._on_tick = on("on_tick")
         f = cfg["flows"]
         self.flows = FlowTable(
-            self._outcome, self._flow_end, max_flows=f["max_flows"],
-            attempt_timeout=f["attempt_timeout_seconds"], tcp_idle=f["tcp_idle_seconds"],
+            self._outcome,
+            self._flow_end,
+            max_flows=f["max_flows"],
+            attempt_timeout=f["attempt_timeout_seconds"],
+            tcp_idle=f["tcp_idle_seconds"],
             udp_idle=f["udp_idle_seconds"],
         )
         self.packets = 0

@@ -21,37 +21,46 @@ def _ranges(value: list) -> str | None:
 
 
 SCHEMA: dict[str, Any] = {
-    "state_dir": Option(str, "/var/lib/vigie-agent",
-                        "Outbox, pseudonymisation secret and credentials live here."),
-    "log_level": Option(str, "info", "debug, info, warning or error.",
-                        one_of("debug", "info", "warning", "error")),
+    "state_dir": Option(
+        str, "/var/lib/vigie-agent", "Outbox, pseudonymisation secret and credentials live here."
+    ),
+    "log_level": Option(
+        str, "info", "debug, info, warning or error.", one_of("debug", "info", "warning", "error")
+    ),
     "capture": {
-        "bpf_filter": Option(str, "ip or ip6 or arp",
-                             "Kernel (BPF) filter applied to live capture, tcpdump syntax."),
+        "bpf_filter": Option(
+            str, "ip or ip6 or arp", "Kernel (BPF) filter applied to live capture, tcpdump syntax."
+        ),
         "snaplen": Option(int, 65535, "Bytes kept of each captured packet.", at_least(64)),
     },
     "flows": {
-        "max_flows": Option(int, 200_000, "Flow table bound; oldest flows are evicted first.",
-                            at_least(100)),
-        "attempt_timeout_seconds": Option(float, 3.0,
-                                          "An attempt unanswered for this long has failed.",
-                                          positive),
+        "max_flows": Option(
+            int, 200_000, "Flow table bound; oldest flows are evicted first.", at_least(100)
+        ),
+        "attempt_timeout_seconds": Option(
+            float, 3.0, "An attempt unanswered for this long has failed.", positive
+        ),
         "tcp_idle_seconds": Option(float, 300.0, "Idle TCP flows end after this.", positive),
         "udp_idle_seconds": Option(float, 60.0, "Idle UDP flows end after this.", positive),
     },
     "aggregation": {
-        "window_seconds": Option(float, 3600.0,
-                                 "One alert per detector and subject per window.", positive),
-        "update_interval_seconds": Option(float, 60.0,
-                                          "How often a growing alert is re-sent.", positive),
+        "window_seconds": Option(
+            float, 3600.0, "One alert per detector and subject per window.", positive
+        ),
+        "update_interval_seconds": Option(
+            float, 60.0, "How often a growing alert is re-sent.", positive
+        ),
     },
     "anonymisation": {
-        "secret_file": Option(str, "",
-                              "Per-establishment secret (0600). Empty: state_dir/anon.key"),
-        "key_epoch": Option(int, 1, "Raise when rolling in a new secret; alerts carry it.",
-                            at_least(1)),
-        "internal_ranges": Option(list, [], "Public ranges the establishment uses internally.",
-                                  _ranges),
+        "secret_file": Option(
+            str, "", "Per-establishment secret (0600). Empty: state_dir/anon.key"
+        ),
+        "key_epoch": Option(
+            int, 1, "Raise when rolling in a new secret; alerts carry it.", at_least(1)
+        ),
+        "internal_ranges": Option(
+            list, [], "Public ranges the establishment uses internally.", _ranges
+        ),
         "internal_domains": Option(list, [], "DNS suffixes that name internal machines."),
         "clear_external_ips": Option(bool, True, "Send public addresses in clear."),
         "clear_external_domains": Option(bool, True, "Send public domain names in clear."),
@@ -67,14 +76,18 @@ SCHEMA: dict[str, Any] = {
         "key": Option(str, "", "This agent's private key. Empty: state_dir/tls/agent.key"),
         "batch_size": Option(int, 200, "Alerts per batch.", at_least(1)),
         "heartbeat_seconds": Option(float, 30.0, "Heartbeat period.", positive),
-        "drain_timeout_seconds": Option(float, 30.0,
-                                        "replay: how long to wait for the collector's acks.",
-                                        positive),
+        "drain_timeout_seconds": Option(
+            float, 30.0, "replay: how long to wait for the collector's acks.", positive
+        ),
     },
     "outbox": {
         "path": Option(str, "", "Durable outbox (SQLite). Empty: state_dir/outbox.db"),
-        "max_alerts": Option(int, 100_000, "Bound; beyond it the oldest low-severity alerts "
-                             "are shed (counted).", at_least(10)),
+        "max_alerts": Option(
+            int,
+            100_000,
+            "Bound; beyond it the oldest low-severity alerts are shed (counted).",
+            at_least(10),
+        ),
     },
     "detectors": {registry.config_key(d): d.schema() for d in registry.DETECTORS},
 }

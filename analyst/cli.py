@@ -21,8 +21,13 @@ from common.config import ConfigError
 
 EX_USAGE, EX_UNREACHABLE, EX_REFUSED = 2, 3, 4
 SEV_TAG = {"critical": "CRIT", "high": "HIGH", "medium": "MED", "low": "LOW", "info": "INFO"}
-SEV_COLOUR = {"CRIT": "\033[1;37;41m", "HIGH": "\033[1;31m", "MED": "\033[33m",
-              "LOW": "\033[36m", "INFO": "\033[2m"}
+SEV_COLOUR = {
+    "CRIT": "\033[1;37;41m",
+    "HIGH": "\033[1;31m",
+    "MED": "\033[33m",
+    "LOW": "\033[36m",
+    "INFO": "\033[2m",
+}
 
 
 def _local(t) -> str:
@@ -38,8 +43,9 @@ def _since(text: str) -> float:
     try:
         return dt.datetime.fromisoformat(text).astimezone().timestamp()
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration (30m, 2h, 7d) or ISO time: {text!r}"
-                                         ) from None
+        raise argparse.ArgumentTypeError(
+            f"not a duration (30m, 2h, 7d) or ISO time: {text!r}"
+        ) from None
 
 
 def _sev(name: str, colour: bool) -> str:
@@ -55,8 +61,12 @@ def print_alerts(items, as_json: bool, colour: bool) -> None:
     if as_json:
         for it in items:
             d = alert_dict(it.alert)
-            d["origin"] = {"agent_id": it.origin.agent_id, "finess": it.origin.finess,
-                           "ght": it.origin.ght, "region": it.origin.region}
+            d["origin"] = {
+                "agent_id": it.origin.agent_id,
+                "finess": it.origin.finess,
+                "ght": it.origin.ght,
+                "region": it.origin.region,
+            }
             print(json.dumps(d, separators=(",", ":")))
         return
     width = max(80, shutil.get_terminal_size((80, 24)).columns)
@@ -66,8 +76,10 @@ def print_alerts(items, as_json: bool, colour: bool) -> None:
     for it in items:
         a = it.alert
         site = f"{it.origin.ght} / {it.origin.finess}"
-        print(f"{_local(a.last_seen):<16}  {_sev(severity_name(a.severity), colour)}  "
-              f"{_fit(a.detector, 18):<18}  {_fit(site, 26):<26}  {a.occurrences:>5}")
+        print(
+            f"{_local(a.last_seen):<16}  {_sev(severity_name(a.severity), colour)}  "
+            f"{_fit(a.detector, 18):<18}  {_fit(site, 26):<26}  {a.occurrences:>5}"
+        )
         print(_fit(f"    {a.summary}", width))
         ents = "  ".join(
             f"{alert_pb2.EntityRole.Name(e.role).removeprefix('ROLE_').lower()}="
@@ -83,8 +95,11 @@ def print_alerts(items, as_json: bool, colour: bool) -> None:
 
 def cmd_alerts(stub, args) -> int:
     req = analyst_pb2.ListAlertsRequest(
-        detector=args.detector or "", ght=args.ght or "", finess=args.finess or "",
-        region=args.region or "", page_size=min(args.limit, 1000),
+        detector=args.detector or "",
+        ght=args.ght or "",
+        finess=args.finess or "",
+        region=args.region or "",
+        page_size=min(args.limit, 1000),
     )
     if args.severity:
         req.min_severity = alert_pb2.Severity.Value(f"SEVERITY_{args.severity.upper()}")
@@ -106,27 +121,42 @@ def cmd_agents(stub, args) -> int:
     agents = sorted(resp.agents, key=lambda a: (not a.silent, a.last_seen.seconds))
     if args.json:
         for a in agents:
-            print(json.dumps({
-                "agent_id": a.origin.agent_id, "finess": a.origin.finess, "ght": a.origin.ght,
-                "region": a.origin.region, "last_seen": _local(a.last_seen),
-                "version": a.agent_version, "packets_dropped": a.packets_dropped,
-                "outbox_depth": a.outbox_depth, "outbox_shed": a.outbox_shed,
-                "silent": a.silent}))
+            print(
+                json.dumps(
+                    {
+                        "agent_id": a.origin.agent_id,
+                        "finess": a.origin.finess,
+                        "ght": a.origin.ght,
+                        "region": a.origin.region,
+                        "last_seen": _local(a.last_seen),
+                        "version": a.agent_version,
+                        "packets_dropped": a.packets_dropped,
+                        "outbox_depth": a.outbox_depth,
+                        "outbox_shed": a.outbox_shed,
+                        "silent": a.silent,
+                    }
+                )
+            )
         return 0
-    print(f"{'STATE':<7} {'LAST SEEN':<16} {'GHT':<10} {'FINESS':<9} {'VERSION':<10} "
-          f"{'DROPS':>7} {'BACKLOG':>8}")
+    print(
+        f"{'STATE':<7} {'LAST SEEN':<16} {'GHT':<10} {'FINESS':<9} {'VERSION':<10} "
+        f"{'DROPS':>7} {'BACKLOG':>8}"
+    )
     for a in agents:
-        print(f"{'SILENT' if a.silent else 'ok':<7} {_local(a.last_seen):<16} "
-              f"{_fit(a.origin.ght, 10):<10} {a.origin.finess:<9} {_fit(a.agent_version, 10):<10} "
-              f"{a.packets_dropped:>7} {a.outbox_depth:>8}")
+        print(
+            f"{'SILENT' if a.silent else 'ok':<7} {_local(a.last_seen):<16} "
+            f"{_fit(a.origin.ght, 10):<10} {a.origin.finess:<9} {_fit(a.agent_version, 10):<10} "
+            f"{a.packets_dropped:>7} {a.outbox_depth:>8}"
+        )
     if not agents:
         print("(no agents)")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vigie", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="vigie", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--collector", help="HOST:PORT (or VIGIE_COLLECTOR)")
     p.add_argument("--ca", help="CA certificate (or VIGIE_CA)")
     p.add_argument("--cert", help="analyst certificate (or VIGIE_CERT)")
@@ -135,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("alerts", help="list stored alerts, newest first")
     a.add_argument("--since", type=_since, help="30m, 2h, 7d or an ISO time")
     a.add_argument("--detector")
-    a.add_argument("--severity", choices=["info", "low", "medium", "high", "critical"],
-                   help="at least this severity")
+    a.add_argument(
+        "--severity",
+        choices=["info", "low", "medium", "high", "critical"],
+        help="at least this severity",
+    )
     a.add_argument("--ght")
     a.add_argument("--finess")
     a.add_argument("--region")
@@ -147,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
-        cfg = connect.settings({"collector": args.collector, "ca": args.ca, "cert": args.cert,
-                                "key": args.key})
+        cfg = connect.settings(
+            {"collector": args.collector, "ca": args.ca, "cert": args.cert, "key": args.key}
+        )
         with connect.channel(cfg) as channel:
             stub = analyst_pb2_grpc.AnalystStub(channel)
             return {"alerts": cmd_alerts, "agents": cmd_agents}[args.cmd](stub, args)
@@ -158,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as exc:
         code = exc.code()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            print(f"vigie: collector {cfg['collector']} unreachable ({exc.details()})",
-                  file=sys.stderr)
+            print(
+                f"vigie: collector {cfg['collector']} unreachable ({exc.details()})",
+                file=sys.stderr,
+            )
             return EX_UNREACHABLE
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             print(f"vigie: refused by the collector: {exc.details()}", file=sys.stderr)

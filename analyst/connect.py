@@ -48,7 +48,8 @@ def channel(cfg: dict[str, str]) -> grpc.Channel:
     if missing:
         raise ConnectError(
             f"no {', '.join(missing)} given: set VIGIE_{missing[0].upper()} or "
-            f"--{missing[0]}, or write ~/.config/vigie/cli.toml")
+            f"--{missing[0]}, or write ~/.config/vigie/cli.toml"
+        )
     try:
         ca, cert, key = (Path(cfg[k]).read_bytes() for k in ("ca", "cert", "key"))
     except OSError as exc:

@@ -72,7 +72,8 @@ def _wrap(handler: grpc.RpcMethodHandler, check: Callable) -> grpc.RpcMethodHand
             return inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer)
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
@@ -81,7 +82,8 @@ def _wrap(handler: grpc.RpcMethodHandler, check: Callable) -> grpc.RpcMethodHand
             yield from inner_us(request, context)
 
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer)
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
@@ -90,7 +92,8 @@ def _wrap(handler: grpc.RpcMethodHandler, check: Callable) -> grpc.RpcMethodHand
             return inner_su(requests, context)
 
         return grpc.stream_unary_rpc_method_handler(
-            stream_unary, handler.request_deserializer, handler.response_serializer)
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
     inner_ss = handler.stream_stream
 
     def stream_stream(requests, context):
@@ -98,4 +101,5 @@ def _wrap(handler: grpc.RpcMethodHandler, check: Callable) -> grpc.RpcMethodHand
         yield from inner_ss(requests, context)
 
     return grpc.stream_stream_rpc_method_handler(
-        stream_stream, handler.request_deserializer, handler.response_serializer)
+        stream_stream, handler.request_deserializer, handler.response_serializer
+    )

@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ksub = k.add_subparsers(dest="pki_cmd", required=True)
     ki = ksub.add_parser("init", help="create the CA and the server certificate")
     common_args(ki)
-    ka = ksub.add_parser("issue-agent",
-                         help="issue development agent credentials (key made here)")
+    ka = ksub.add_parser("issue-agent", help="issue development agent credentials (key made here)")
     common_args(ka)
     ka.add_argument("--finess", required=True)
     ka.add_argument("--ght", required=True)
@@ -65,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         authority = pki.Authority(d)
         if args.pki_cmd == "issue-agent":
-            ident = pki.Identity("agent", args.agent_id or pki.new_agent_id(), args.finess,
-                                 args.ght, args.region)
+            ident = pki.Identity(
+                "agent", args.agent_id or pki.new_agent_id(), args.finess, args.ght, args.region
+            )
             path = authority.issue(args.out, "agent", identity=ident)
         else:
             if not pki.valid_role(args.role):

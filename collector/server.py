@@ -63,10 +63,14 @@ def build(cfg: dict[str, Any], store: SqliteStore) -> tuple[grpc.Server, int]:
         maximum_concurrent_rpcs=cfg["ingest"]["workers"] * 4,
     )
     ingest_pb2_grpc.add_IngestServicer_to_server(
-        IngestServicer(store, cfg["ingest"]["max_batches_in_flight"],
-                       cfg["ingest"]["max_alerts_per_second"]), server)
+        IngestServicer(
+            store, cfg["ingest"]["max_batches_in_flight"], cfg["ingest"]["max_alerts_per_second"]
+        ),
+        server,
+    )
     analyst_pb2_grpc.add_AnalystServicer_to_server(
-        AnalystServicer(store, cfg["silent_after_seconds"]), server)
+        AnalystServicer(store, cfg["silent_after_seconds"]), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (

@@ -5,33 +5,46 @@ from __future__ import annotations
 from common.config import Option, at_least, host_port, one_of, positive
 
 SCHEMA = {
-    "listen": Option(str, "127.0.0.1:4443", "Address the gRPC (mutual TLS) server listens on.",
-                     host_port),
-    "state_dir": Option(str, "/var/lib/vigie-collector",
-                        "Where the store and the PKI live unless set below."),
+    "listen": Option(
+        str, "127.0.0.1:4443", "Address the gRPC (mutual TLS) server listens on.", host_port
+    ),
+    "state_dir": Option(
+        str, "/var/lib/vigie-collector", "Where the store and the PKI live unless set below."
+    ),
     "storage": Option(str, "", "Store URL: sqlite:///PATH. Empty: sqlite in state_dir."),
-    "sqlite_synchronous": Option(str, "full",
-                                 "SQLite durability: 'full' survives power loss, 'normal' a crash.",
-                                 one_of("full", "normal")),
-    "silent_after_seconds": Option(float, 300.0,
-                                   "An agent without heartbeat for this long is shown silent.",
-                                   positive),
-    "log_level": Option(str, "info", "debug, info, warning or error.",
-                        one_of("debug", "info", "warning", "error")),
+    "sqlite_synchronous": Option(
+        str,
+        "full",
+        "SQLite durability: 'full' survives power loss, 'normal' a crash.",
+        one_of("full", "normal"),
+    ),
+    "silent_after_seconds": Option(
+        float, 300.0, "An agent without heartbeat for this long is shown silent.", positive
+    ),
+    "log_level": Option(
+        str, "info", "debug, info, warning or error.", one_of("debug", "info", "warning", "error")
+    ),
     "pki": {
         "dir": Option(str, "", "CA, server certificate and key. Empty: state_dir/pki."),
-        "auto_init": Option(bool, True,
-                            "Create a CA and server certificate at first start if missing."),
-        "server_names": Option(list, ["localhost", "127.0.0.1", "::1"],
-                               "Names and addresses put in the server certificate."),
+        "auto_init": Option(
+            bool, True, "Create a CA and server certificate at first start if missing."
+        ),
+        "server_names": Option(
+            list,
+            ["localhost", "127.0.0.1", "::1"],
+            "Names and addresses put in the server certificate.",
+        ),
     },
     "ingest": {
-        "max_batches_in_flight": Option(int, 8, "Unacknowledged batches an agent may send.",
-                                        at_least(1)),
-        "max_alerts_per_second": Option(int, 2000,
-                                        "Backlog drain rate told to each agent.", at_least(1)),
-        "max_message_bytes": Option(int, 4 * 1024 * 1024, "Largest gRPC message accepted.",
-                                    at_least(65536)),
+        "max_batches_in_flight": Option(
+            int, 8, "Unacknowledged batches an agent may send.", at_least(1)
+        ),
+        "max_alerts_per_second": Option(
+            int, 2000, "Backlog drain rate told to each agent.", at_least(1)
+        ),
+        "max_message_bytes": Option(
+            int, 4 * 1024 * 1024, "Largest gRPC message accepted.", at_least(65536)
+        ),
         "workers": Option(int, 32, "Threads serving streams and queries.", at_least(2)),
     },
 }

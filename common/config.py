@@ -28,8 +28,14 @@ class Option:
 
 Section = Mapping[str, "Option | Section"]
 
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-               list: "a list", dict: "a table"}
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a table",
+}
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -102,6 +108,7 @@ def load(path: str | Path | None, schema: Section) -> dict[str, Any]:
 
 # Reusable checks -------------------------------------------------------------------------
 
+
 def positive(value: float) -> str | None:
     return None if value > 0 else f"must be greater than 0, got {value}"
 
@@ -109,18 +116,21 @@ def positive(value: float) -> str | None:
 def at_least(n: float) -> Callable[[float], str | None]:
     def check(value: float) -> str | None:
         return None if value >= n else f"must be at least {n}, got {value}"
+
     return check
 
 
 def between(lo: float, hi: float) -> Callable[[float], str | None]:
     def check(value: float) -> str | None:
         return None if lo <= value <= hi else f"must be between {lo} and {hi}, got {value}"
+
     return check
 
 
 def one_of(*choices: str) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}, got {value!r}"
+
     return check
 
 

@@ -12,10 +12,10 @@ HERE = Path(__file__).resolve().parent
 
 HEADERS = {
     "agent": "# vigie-agent configuration. Every key is optional: shown here with its default.\n"
-             "# Unknown keys, wrong types and bad values stop the agent with the key named.\n\n",
+    "# Unknown keys, wrong types and bad values stop the agent with the key named.\n\n",
     "collector": "# vigie-collector configuration. Every key is optional: shown here with its "
-                 "default.\n# Unknown keys, wrong types and bad values stop the collector with "
-                 "the key named.\n\n",
+    "default.\n# Unknown keys, wrong types and bad values stop the collector with "
+    "the key named.\n\n",
 }
 
 
@@ -24,8 +24,10 @@ def rendered() -> dict[str, str]:
     from collector.settings import SCHEMA as COLLECTOR
     from common.config import Documented
 
-    return {name: HEADERS[name] + Documented(schema).render()
-            for name, schema in (("agent", AGENT), ("collector", COLLECTOR))}
+    return {
+        name: HEADERS[name] + Documented(schema).render()
+        for name, schema in (("agent", AGENT), ("collector", COLLECTOR))
+    }
 
 
 if __name__ == "__main__":

@@ -26,17 +26,40 @@ from common.pbtime import set_seconds as _set
 BUILTIN_INTERNAL = [
     ipaddress.ip_network(n)
     for n in (
-        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
-        "169.254.0.0/16", "0.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32",
-        "::1/128", "::/128", "fc00::/7", "fe80::/10", "ff00::/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "0.0.0.0/8",
+        "224.0.0.0/4",
+        "255.255.255.255/32",
+        "::1/128",
+        "::/128",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
     )
 ]
-BUILTIN_INTERNAL_SUFFIXES = (".local", ".lan", ".internal", ".localdomain", ".home.arpa",
-                             ".in-addr.arpa", ".ip6.arpa", ".corp", ".intranet")
+BUILTIN_INTERNAL_SUFFIXES = (
+    ".local",
+    ".lan",
+    ".internal",
+    ".localdomain",
+    ".home.arpa",
+    ".in-addr.arpa",
+    ".ip6.arpa",
+    ".corp",
+    ".intranet",
+)
 
 # Kinds that always name a person or an internal machine: pseudonymised, no switch.
 ALWAYS_PSEUDONYMISED = {
-    alert_pb2.KIND_HOSTNAME, alert_pb2.KIND_USER, alert_pb2.KIND_AE_TITLE, alert_pb2.KIND_MAC,
+    alert_pb2.KIND_HOSTNAME,
+    alert_pb2.KIND_USER,
+    alert_pb2.KIND_AE_TITLE,
+    alert_pb2.KIND_MAC,
 }
 # Kinds kept in clear (when external), each with its own switch in [anonymisation].
 CLEAR_SWITCHES = {
@@ -96,18 +119,26 @@ def load_or_create_secret(path: str | Path) -> bytes:
     if len(data) < 16:
         raise AnonymisationError(f"{p}: pseudonymisation secret is shorter than 16 bytes")
     if p.stat().st_mode & 0o077:
-        raise AnonymisationError(f"{p}: pseudonymisation secret must not be readable by others "
-                                 "(chmod 600)")
+        raise AnonymisationError(
+            f"{p}: pseudonymisation secret must not be readable by others (chmod 600)"
+        )
     return data
 
 
 class Anonymiser:
-    def __init__(self, secret: bytes, key_epoch: int = 1, internal_ranges: list[str] = (),
-                 internal_suffixes: list[str] = (), clear: dict[str, bool] | None = None) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        key_epoch: int = 1,
+        internal_ranges: list[str] = (),
+        internal_suffixes: list[str] = (),
+        clear: dict[str, bool] | None = None,
+    ) -> None:
         self._secret = secret
         self.key_epoch = key_epoch
-        self._internal = BUILTIN_INTERNAL + [ipaddress.ip_network(r, strict=False)
-                                             for r in internal_ranges]
+        self._internal = BUILTIN_INTERNAL + [
+            ipaddress.ip_network(r, strict=False) for r in internal_ranges
+        ]
         self._suffixes = tuple(s.lower().lstrip(".") for s in internal_suffixes)
         self._clear = {k: True for k in CLEAR_SWITCHES.values()} | (clear or {})
         self._cache: dict[tuple[int, str], str] = {}
@@ -161,8 +192,9 @@ class Anonymiser:
             clear = False  # unknown kinds are sensitive until declared otherwise
         if clear:
             return alert_pb2.Entity(role=e.role, kind=kind, value=value, pseudonymised=False)
-        return alert_pb2.Entity(role=e.role, kind=kind, value=self.pseudonym(kind, value),
-                                pseudonymised=True)
+        return alert_pb2.Entity(
+            role=e.role, kind=kind, value=self.pseudonym(kind, value), pseudonymised=True
+        )
 
     def alert(self, f: Finding, observed_at: float) -> alert_pb2.Alert:
         entities = [self.entity(e) for e in f.entities]
@@ -172,9 +204,15 @@ class Anonymiser:
             if out.pseudonymised and raw.value in summary:
                 summary = summary.replace(raw.value, out.value)
         a = alert_pb2.Alert(
-            id=f.id, revision=f.revision, detector=f.detector, severity=f.severity,
-            technique=f.technique, summary=summary, occurrences=f.occurrences,
-            key_epoch=self.key_epoch, entities=entities,
+            id=f.id,
+            revision=f.revision,
+            detector=f.detector,
+            severity=f.severity,
+            technique=f.technique,
+            summary=summary,
+            occurrences=f.occurrences,
+            key_epoch=self.key_epoch,
+            entities=entities,
         )
         a.metrics.update(f.metrics)
         _set(a.first_seen, f.first_seen)

@@ -22,8 +22,9 @@ class CaptureError(Exception):
 
 
 class LiveCapture:
-    def __init__(self, interface: str, bpf_filter: str, snaplen: int = 65535,
-                 rcvbuf: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self, interface: str, bpf_filter: str, snaplen: int = 65535, rcvbuf: int = 64 * 1024 * 1024
+    ) -> None:
         self.interface = interface
         self.snaplen = snaplen
         self.received = 0
@@ -31,8 +32,9 @@ class LiveCapture:
         try:
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         except PermissionError:
-            raise CaptureError("capture needs CAP_NET_RAW (run as root or via the systemd "
-                               "unit)") from None
+            raise CaptureError(
+                "capture needs CAP_NET_RAW (run as root or via the systemd unit)"
+            ) from None
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             if bpf_filter:
@@ -40,8 +42,9 @@ class LiveCapture:
             self.sock.bind((interface, 0))
         except OSError as exc:
             self.sock.close()
-            raise CaptureError(f"cannot capture on interface {interface!r}: {exc.strerror}"
-                               ) from None
+            raise CaptureError(
+                f"cannot capture on interface {interface!r}: {exc.strerror}"
+            ) from None
         self.sock.settimeout(0.2)
 
     def _attach(self, bpf_filter: str) -> None:

@@ -34,14 +34,22 @@ class Credentials:
         except FileNotFoundError as exc:
             raise FileNotFoundError(
                 f"TLS file missing: {exc.filename} (enroll the agent, or set [collector] "
-                "ca/cert/key)") from None
+                "ca/cert/key)"
+            ) from None
         return grpc.ssl_channel_credentials(ca, key, cert)
 
 
 class Sender(threading.Thread):
-    def __init__(self, outbox: Outbox, address: str, creds: Credentials,
-                 heartbeat: Callable[[], ingest_pb2.Heartbeat], batch_size: int = 200,
-                 heartbeat_seconds: float = 30.0, backoff_max: float = 60.0) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        address: str,
+        creds: Credentials,
+        heartbeat: Callable[[], ingest_pb2.Heartbeat],
+        batch_size: int = 200,
+        heartbeat_seconds: float = 30.0,
+        backoff_max: float = 60.0,
+    ) -> None:
         super().__init__(name="vigie-sender", daemon=True)
         self.outbox = outbox
         self.address = address
@@ -117,9 +125,13 @@ class Sender(threading.Thread):
 
     def _session(self) -> None:
         creds = self.creds.load()
-        with grpc.secure_channel(self.address, creds, options=[
-            ("grpc.keepalive_time_ms", 30_000),
-        ]) as channel:
+        with grpc.secure_channel(
+            self.address,
+            creds,
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+            ],
+        ) as channel:
             stub = ingest_pb2_grpc.IngestStub(channel)
             done = threading.Event()
             self._call = call = stub.Stream(self._requests(done))
@@ -139,8 +151,11 @@ class Sender(threading.Thread):
                             self._cv.notify_all()
                         if not self.connected.is_set():
                             self.connects += 1
-                            log.info("stream_connected", max_in_flight=self._max_in_flight,
-                                     max_alerts_per_second=self._rate)
+                            log.info(
+                                "stream_connected",
+                                max_in_flight=self._max_in_flight,
+                                max_alerts_per_second=self._rate,
+                            )
                         self.connected.set()
                     if self._stopping.is_set():
                         break

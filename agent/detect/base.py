@@ -32,8 +32,9 @@ def _cidrs(value: list) -> str | None:
 
 COMMON_OPTIONS: dict[str, Option] = {
     "enabled": Option(bool, True, "Run this detector."),
-    "allow": Option(list, [], "Addresses or CIDR ranges this detector never reports as source.",
-                    _cidrs),
+    "allow": Option(
+        list, [], "Addresses or CIDR ranges this detector never reports as source.", _cidrs
+    ),
 }
 
 
@@ -70,8 +71,23 @@ class Detector:
             self._allow_cache[packed] = hit
         return hit
 
-    def report(self, subject: str, ts: float, summary: str, entities: list[Entity],
-               metrics: dict[str, float], count: int = 1, severity: int | None = None) -> None:
-        self._report(detector=self, subject=subject, ts=ts, summary=summary, entities=entities,
-                     metrics=metrics, count=count,
-                     severity=self.severity if severity is None else severity)
+    def report(
+        self,
+        subject: str,
+        ts: float,
+        summary: str,
+        entities: list[Entity],
+        metrics: dict[str, float],
+        count: int = 1,
+        severity: int | None = None,
+    ) -> None:
+        self._report(
+            detector=self,
+            subject=subject,
+            ts=ts,
+            summary=summary,
+            entities=entities,
+            metrics=metrics,
+            count=count,
+            severity=self.severity if severity is None else severity,
+        )

@@ -50,23 +50,30 @@ class PortScan(Detector):
     severity = alert_pb2.SEVERITY_MEDIUM
     help = "Port and host scans: TCP SYN/connect/FIN/NULL/Xmas, UDP; TRW plus fan-out."
     options: ClassVar[dict[str, Option]] = {
-        "window_seconds": Option(float, 900.0,
-                                 "A source's evidence is forgotten after this much silence.",
-                                 positive),
-        "theta_benign": Option(float, 0.8, "TRW: chance a benign first contact succeeds.",
-                               between(0.01, 0.99)),
-        "theta_scanner": Option(float, 0.2, "TRW: chance a scanner's first contact succeeds.",
-                                between(0.01, 0.99)),
-        "detection_probability": Option(float, 0.99, "TRW: wanted detection probability PD.",
-                                        between(0.5, 0.9999)),
-        "false_positive_probability": Option(float, 0.01, "TRW: tolerated false positive rate PF.",
-                                             between(0.0001, 0.5)),
-        "fanout_ports": Option(int, 100, "Distinct ports tried on one host that make a scan.",
-                               positive),
-        "fanout_hosts": Option(int, 50, "Distinct hosts tried on one port that make a sweep.",
-                               positive),
-        "stealth_probes": Option(int, 3, "FIN/NULL/Xmas probes to distinct targets that make a "
-                                 "scan.", positive),
+        "window_seconds": Option(
+            float, 900.0, "A source's evidence is forgotten after this much silence.", positive
+        ),
+        "theta_benign": Option(
+            float, 0.8, "TRW: chance a benign first contact succeeds.", between(0.01, 0.99)
+        ),
+        "theta_scanner": Option(
+            float, 0.2, "TRW: chance a scanner's first contact succeeds.", between(0.01, 0.99)
+        ),
+        "detection_probability": Option(
+            float, 0.99, "TRW: wanted detection probability PD.", between(0.5, 0.9999)
+        ),
+        "false_positive_probability": Option(
+            float, 0.01, "TRW: tolerated false positive rate PF.", between(0.0001, 0.5)
+        ),
+        "fanout_ports": Option(
+            int, 100, "Distinct ports tried on one host that make a scan.", positive
+        ),
+        "fanout_hosts": Option(
+            int, 50, "Distinct hosts tried on one port that make a sweep.", positive
+        ),
+        "stealth_probes": Option(
+            int, 3, "FIN/NULL/Xmas probes to distinct targets that make a scan.", positive
+        ),
     }
 
     def __init__(self, settings: dict, report) -> None:
@@ -119,12 +126,22 @@ class PortScan(Detector):
         if hosts == 1:
             entities.append(Entity(alert_pb2.ROLE_TARGET, alert_pb2.KIND_IP, ip_text(flow.dst)))
         self.report(
-            subject=src.hex(), ts=ts, count=count, entities=entities,
-            summary=(f"{shape} port scan: {st.failed} failed probes, {ports} ports on "
-                     f"{hosts} host(s) ({', '.join(sorted(st.styles))})"),
-            metrics={"failed_probes": st.failed, "succeeded": st.succeeded,
-                     "distinct_ports": ports, "distinct_hosts": hosts,
-                     "stealth_probes": st.stealth, "trw_log_ratio": round(st.llr, 3)},
+            subject=src.hex(),
+            ts=ts,
+            count=count,
+            entities=entities,
+            summary=(
+                f"{shape} port scan: {st.failed} failed probes, {ports} ports on "
+                f"{hosts} host(s) ({', '.join(sorted(st.styles))})"
+            ),
+            metrics={
+                "failed_probes": st.failed,
+                "succeeded": st.succeeded,
+                "distinct_ports": ports,
+                "distinct_hosts": hosts,
+                "stealth_probes": st.stealth,
+                "trw_log_ratio": round(st.llr, 3),
+            },
         )
 
     def on_tick(self, now: float) -> None:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from agent.decode.packet import ACK, FIN, ICMP, ICMP6, PSH, RST, SYN, TCP, UDP, URG, Packet
 
 # Attempt outcomes
-SUCCESS = "success"      # handshake answered (SYN-ACK) or UDP answered
-REJECTED = "rejected"    # RST (or ICMP unreachable) in answer to the attempt
+SUCCESS = "success"  # handshake answered (SYN-ACK) or UDP answered
+REJECTED = "rejected"  # RST (or ICMP unreachable) in answer to the attempt
 UNANSWERED = "unanswered"  # TCP only: nothing came back before attempt_timeout
 # A UDP attempt with no answer is no evidence either way (syslog, NTP, multicast...):
 # it ends with no outcome; only an answer or an ICMP unreachable decide.
@@ -27,8 +27,22 @@ STEALTH_NULL, STEALTH_FIN, STEALTH_XMAS, STEALTH_OTHER = "null", "fin", "xmas", 
 
 class Flow:
     __slots__ = (
-        "bytes_o", "bytes_r", "dport", "dst", "first", "key", "last", "outcome", "pkts_o",
-        "pkts_r", "proto", "sport", "src", "state", "stealth", "vlan",
+        "bytes_o",
+        "bytes_r",
+        "dport",
+        "dst",
+        "first",
+        "key",
+        "last",
+        "outcome",
+        "pkts_o",
+        "pkts_r",
+        "proto",
+        "sport",
+        "src",
+        "state",
+        "stealth",
+        "vlan",
     )
 
     def __init__(self, key: tuple, p: Packet) -> None:
@@ -60,11 +74,18 @@ def stealth_kind(flags: int) -> str:
 class FlowTable:
     """Keyed by the unordered 5-tuple plus VLAN. Bounded: the oldest flows go first."""
 
-    def __init__(self, on_outcome: Callable[[Flow, str, float], None],
-                 on_end: Callable[[Flow], None], *, max_flows: int = 200_000,
-                 attempt_timeout: float = 3.0, tcp_idle: float = 300.0,
-                 udp_idle: float = 60.0, other_idle: float = 30.0,
-                 sweep_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        on_outcome: Callable[[Flow, str, float], None],
+        on_end: Callable[[Flow], None],
+        *,
+        max_flows: int = 200_000,
+        attempt_timeout: float = 3.0,
+        tcp_idle: float = 300.0,
+        udp_idle: float = 60.0,
+        other_idle: float = 30.0,
+        sweep_interval: float = 5.0,
+    ) -> None:
         self.flows: dict[tuple, Flow] = {}
         self.on_outcome = on_outcome
         self.on_end = on_end

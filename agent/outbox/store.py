@@ -69,17 +69,21 @@ class Outbox:
                 if excess > 0:
                     self._db.execute(
                         "DELETE FROM outbox WHERE n IN (SELECT n FROM outbox "
-                        "ORDER BY severity ASC, n ASC LIMIT ?)", (excess,))
-                    self._db.execute("UPDATE meta SET value = value + ? WHERE name = 'shed'",
-                                     (excess,))
+                        "ORDER BY severity ASC, n ASC LIMIT ?)",
+                        (excess,),
+                    )
+                    self._db.execute(
+                        "UPDATE meta SET value = value + ? WHERE name = 'shed'", (excess,)
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self.changed.notify_all()
 
-    def pending(self, limit: int, exclude: set[str] | frozenset = frozenset()
-                ) -> list[tuple[str, int, bytes]]:
+    def pending(
+        self, limit: int, exclude: set[str] | frozenset = frozenset()
+    ) -> list[tuple[str, int, bytes]]:
         """Oldest first: (id, revision, payload) not already in flight."""
         with self._lock:
             rows = self._db.execute(

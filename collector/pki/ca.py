@@ -114,8 +114,9 @@ class Authority:
         return (d / "ca.crt").exists() and (d / "ca.key").exists()
 
     @classmethod
-    def create(cls, directory: str | Path, name: str = "Vigie collector CA",
-               days: int = 3650) -> Authority:
+    def create(
+        cls, directory: str | Path, name: str = "Vigie collector CA", days: int = 3650
+    ) -> Authority:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = new_key()
@@ -141,8 +142,14 @@ class Authority:
         (d / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(d)
 
-    def sign(self, csr: x509.CertificateSigningRequest, *, server_names: list[str] | None = None,
-             identity: Identity | None = None, days: int = 365) -> x509.Certificate:
+    def sign(
+        self,
+        csr: x509.CertificateSigningRequest,
+        *,
+        server_names: list[str] | None = None,
+        identity: Identity | None = None,
+        days: int = 365,
+    ) -> x509.Certificate:
         """Sign a request. The identity and names come from the caller, never from the CSR."""
         if not csr.is_signature_valid:
             raise PkiError("certificate request signature is invalid")
@@ -178,8 +185,15 @@ class Authority:
         )
         return cert
 
-    def issue(self, out_dir: str | Path, stem: str, *, server_names: list[str] | None = None,
-              identity: Identity | None = None, days: int = 365) -> Path:
+    def issue(
+        self,
+        out_dir: str | Path,
+        stem: str,
+        *,
+        server_names: list[str] | None = None,
+        identity: Identity | None = None,
+        days: int = 365,
+    ) -> Path:
         """Make a key pair in out_dir and sign it: for the collector's own certificate and
         for development credentials. Real agents make their key themselves (enrollment)."""
         out = Path(out_dir)

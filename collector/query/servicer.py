@@ -43,8 +43,10 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         flt = AlertFilter(
             since=_ts(request.since) if request.HasField("since") else None,
             until=_ts(request.until) if request.HasField("until") else None,
-            detector=request.detector, min_severity=request.min_severity,
-            finess=request.finess, ght=request.ght,
+            detector=request.detector,
+            min_severity=request.min_severity,
+            finess=request.finess,
+            ght=request.ght,
             region=_scope_region(context, request.region),
         )
         page, cursor = self.store.list_alerts(flt, size, before)
@@ -66,8 +68,10 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         rows = [r for r in self.store.list_agents() if not region or r["region"] == region]
         for r in rows:
             a = out.agents.add(
-                agent_version=r["agent_version"], packets_dropped=r["packets_dropped"],
-                outbox_depth=r["outbox_depth"], outbox_shed=r["outbox_shed"],
+                agent_version=r["agent_version"],
+                packets_dropped=r["packets_dropped"],
+                outbox_depth=r["outbox_depth"],
+                outbox_shed=r["outbox_shed"],
                 silent=now - r["last_seen"] > self.silent_after,
             )
             a.origin.agent_id = r["agent_id"]

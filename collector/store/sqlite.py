@@ -113,8 +113,9 @@ class SqliteStore:
         with self._lock:
             self._db.close()
 
-    def ingest(self, origin: Origin, alerts: Sequence[alert_pb2.Alert],
-               received_at: float | None = None) -> tuple[int, int]:
+    def ingest(
+        self, origin: Origin, alerts: Sequence[alert_pb2.Alert], received_at: float | None = None
+    ) -> tuple[int, int]:
         """Store a batch in one transaction; return (stored, duplicates).
 
         Returns only after the commit, so an acknowledgement built from it is true.
@@ -122,10 +123,24 @@ class SqliteStore:
         now = time.time() if received_at is None else received_at
         rows = [
             (
-                origin.agent_id, a.id, a.revision, origin.finess, origin.ght, origin.region,
-                a.detector, a.severity, a.technique, a.summary, _ts(a.first_seen),
-                _ts(a.last_seen), _ts(a.observed_at), a.occurrences, a.key_epoch,
-                _entities_json(a), json.dumps(dict(a.metrics), separators=(",", ":")), now,
+                origin.agent_id,
+                a.id,
+                a.revision,
+                origin.finess,
+                origin.ght,
+                origin.region,
+                a.detector,
+                a.severity,
+                a.technique,
+                a.summary,
+                _ts(a.first_seen),
+                _ts(a.last_seen),
+                _ts(a.observed_at),
+                a.occurrences,
+                a.key_epoch,
+                _entities_json(a),
+                json.dumps(dict(a.metrics), separators=(",", ":")),
+                now,
             )
             for a in alerts
         ]
@@ -151,12 +166,15 @@ class SqliteStore:
             (origin.agent_id, origin.finess, origin.ght, origin.region, now, now),
         )
 
-    def heartbeat(self, origin: Origin, hb: ingest_pb2.Heartbeat,
-                  received_at: float | None = None) -> None:
+    def heartbeat(
+        self, origin: Origin, hb: ingest_pb2.Heartbeat, received_at: float | None = None
+    ) -> None:
         now = time.time() if received_at is None else received_at
         host = {
-            "cpu_percent": hb.host.cpu_percent, "memory_percent": hb.host.memory_percent,
-            "disk_percent": hb.host.disk_percent, "uptime_seconds": hb.host.uptime_seconds,
+            "cpu_percent": hb.host.cpu_percent,
+            "memory_percent": hb.host.memory_percent,
+            "disk_percent": hb.host.disk_percent,
+            "uptime_seconds": hb.host.uptime_seconds,
             "agent_cpu_percent": hb.host.agent_cpu_percent,
             "agent_rss_bytes": hb.host.agent_rss_bytes,
         }
@@ -167,20 +185,31 @@ class SqliteStore:
                 self._db.execute(
                     """UPDATE agents SET agent_version = ?, packets_dropped = ?,
                        outbox_depth = ?, outbox_shed = ?, host = ? WHERE agent_id = ?""",
-                    (hb.agent_version, hb.packets_dropped, hb.outbox_depth, hb.outbox_shed,
-                     json.dumps(host), origin.agent_id),
+                    (
+                        hb.agent_version,
+                        hb.packets_dropped,
+                        hb.outbox_depth,
+                        hb.outbox_shed,
+                        json.dumps(host),
+                        origin.agent_id,
+                    ),
                 )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def list_alerts(self, flt: AlertFilter, limit: int = 100, before_n: int | None = None
-                    ) -> tuple[list[tuple[Origin, alert_pb2.Alert, float]], int | None]:
+    def list_alerts(
+        self, flt: AlertFilter, limit: int = 100, before_n: int | None = None
+    ) -> tuple[list[tuple[Origin, alert_pb2.Alert, float]], int | None]:
         """Newest first. Returns the page and the cursor for the next one (None at the end)."""
         where, args = [], []
-        for column, value in (("detector", flt.detector), ("finess", flt.finess),
-                              ("ght", flt.ght), ("region", flt.region)):
+        for column, value in (
+            ("detector", flt.detector),
+            ("finess", flt.finess),
+            ("ght", flt.ght),
+            ("region", flt.region),
+        ):
             if value:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -207,8 +236,14 @@ class SqliteStore:
             rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
         more = len(rows) > limit
         rows = rows[:limit]
-        page = [(Origin(r["agent_id"], r["finess"], r["ght"], r["region"]), _to_alert(r),
-                 r["received_at"]) for r in rows]
+        page = [
+            (
+                Origin(r["agent_id"], r["finess"], r["ght"], r["region"]),
+                _to_alert(r),
+                r["received_at"],
+            )
+            for r in rows
+        ]
         return page, (rows[-1]["n"] if more and rows else None)
 
     def list_agents(self) -> list[dict]:
@@ -229,9 +264,14 @@ class SqliteStore:
 
 def _to_alert(r: dict) -> alert_pb2.Alert:
     a = alert_pb2.Alert(
-        id=r["alert_id"], revision=r["revision"], detector=r["detector"],
-        severity=r["severity"], technique=r["technique"], summary=r["summary"],
-        occurrences=r["occurrences"], key_epoch=r["key_epoch"],
+        id=r["alert_id"],
+        revision=r["revision"],
+        detector=r["detector"],
+        severity=r["severity"],
+        technique=r["technique"],
+        summary=r["summary"],
+        occurrences=r["occurrences"],
+        key_epoch=r["key_epoch"],
     )
     _set_ts(a.first_seen, r["first_seen"])
     _set_ts(a.last_seen, r["last_seen"])
