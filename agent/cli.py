@@ -14,7 +14,6 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import psutil
-from vigie.v1 import alert_pb2, ingest_pb2
 
 from agent import settings
 from agent.anonymise.policy import AnonymisationError, Anonymiser, load_or_create_secret
@@ -26,6 +25,7 @@ from agent.outbox.store import Outbox, OutboxError
 from agent.pipeline import Pipeline
 from common import config, logs
 from common.alertjson import alert_dict
+from vigie.v1 import alert_pb2, ingest_pb2
 
 EX_USAGE, EX_TEMPFAIL = 2, 75
 

@@ -11,14 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vigie.v1 import alert_pb2
-
 from agent.aggregate import Aggregator
 from agent.anonymise.policy import Anonymiser, Finding
 from agent.decode.fast import DecodeStats, make_decoder
 from agent.decode.packet import ICMP, ICMP6, TCP, UDP, Packet
 from agent.detect import registry
 from agent.flows.table import FlowTable
+from vigie.v1 import alert_pb2
 
 TICK_INTERVAL = 1.0
 

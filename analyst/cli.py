@@ -13,11 +13,11 @@ import shutil
 import sys
 
 import grpc
-from vigie.v1 import alert_pb2, analyst_pb2, analyst_pb2_grpc
 
 from analyst import connect
 from common.alertjson import alert_dict, severity_name
 from common.config import ConfigError
+from vigie.v1 import alert_pb2, analyst_pb2, analyst_pb2_grpc
 
 EX_USAGE, EX_UNREACHABLE, EX_REFUSED = 2, 3, 4
 SEV_TAG = {"critical": "CRIT", "high": "HIGH", "medium": "MED", "low": "LOW", "info": "INFO"}

@@ -11,7 +11,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from vigie.v1 import analyst_pb2, analyst_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 from collector.auth import AuthInterceptor
 from collector.ingest.servicer import IngestServicer
@@ -19,6 +18,7 @@ from collector.pki import ca as pki
 from collector.query.servicer import AnalystServicer
 from collector.store.sqlite import SqliteStore
 from common import logs
+from vigie.v1 import analyst_pb2, analyst_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 log = logs.get("collector")
 

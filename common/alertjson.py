@@ -5,9 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from vigie.v1 import alert_pb2
-
 from common.pbtime import seconds
+from vigie.v1 import alert_pb2
 
 
 def iso(t) -> str:

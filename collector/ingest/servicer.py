@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import grpc
-from vigie.v1 import ingest_pb2, ingest_pb2_grpc
 
 from collector.auth import caller
 from collector.ingest.validate import Invalid, check_batch
 from collector.store.sqlite import Origin, SqliteStore
 from common import logs
+from vigie.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logs.get("collector.ingest")
 

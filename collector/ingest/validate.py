@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 import time
 
-from vigie.v1 import alert_pb2
-
 from common.pbtime import seconds as _ts
+from vigie.v1 import alert_pb2
 
 MAX_ALERTS_PER_BATCH = 1000
 MAX_ENTITIES = 64

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 import grpc
-from vigie.v1 import analyst_pb2, analyst_pb2_grpc
 
 from collector.auth import caller
 from collector.store.sqlite import AlertFilter, SqliteStore
 from common.pbtime import seconds as _ts
 from common.pbtime import set_seconds as _set_ts
+from vigie.v1 import analyst_pb2, analyst_pb2_grpc
 
 MAX_PAGE = 1000
 

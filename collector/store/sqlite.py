@@ -10,10 +10,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vigie.v1 import alert_pb2, ingest_pb2
-
 from common.pbtime import seconds as _ts
 from common.pbtime import set_seconds as _set_ts
+from vigie.v1 import alert_pb2, ingest_pb2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
