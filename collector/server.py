@@ -16,7 +16,8 @@ from collector.auth import AuthInterceptor
 from collector.ingest.servicer import IngestServicer
 from collector.pki import ca as pki
 from collector.query.servicer import AnalystServicer
-from collector.store.sqlite import SqliteStore
+from collector.store import Store, StoreError
+from collector.store import open_store as _open
 from common import logs
 from vigie.v1 import analyst_pb2, analyst_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
@@ -31,14 +32,15 @@ def pki_dir(cfg: dict[str, Any]) -> Path:
     return Path(cfg["pki"]["dir"] or Path(cfg["state_dir"]) / "pki")
 
 
-def open_store(cfg: dict[str, Any]) -> SqliteStore:
+def open_store(cfg: dict[str, Any]) -> Store:
     url = cfg["storage"] or f"sqlite:///{Path(cfg['state_dir']) / 'vigie.db'}"
-    if not url.startswith("sqlite:///"):
-        raise StartError(f"storage {url.split(':', 1)[0]!r} is not supported: use sqlite:///PATH")
-    return SqliteStore(url.removeprefix("sqlite:///"), cfg["sqlite_synchronous"].upper())
+    try:
+        return _open(url, cfg["sqlite_synchronous"].upper())
+    except StoreError as exc:
+        raise StartError(str(exc)) from None
 
 
-def build(cfg: dict[str, Any], store: SqliteStore) -> tuple[grpc.Server, int]:
+def build(cfg: dict[str, Any], store: Store) -> tuple[grpc.Server, int]:
     d = pki_dir(cfg)
     if not pki.Authority.exists(d) or not (d / "server.crt").exists():
         if not cfg["pki"]["auto_init"]:

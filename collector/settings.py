@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from common.config import Option, at_least, host_port, one_of, positive
 
+
+def _storage_url(value: str) -> str | None:
+    if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        return f"must start with sqlite:/// or postgresql://, got {value!r}"
+    return None
+
+
 SCHEMA = {
     "listen": Option(
         str, "127.0.0.1:4443", "Address the gRPC (mutual TLS) server listens on.", host_port
@@ -11,7 +18,13 @@ SCHEMA = {
     "state_dir": Option(
         str, "/var/lib/vigie-collector", "Where the store and the PKI live unless set below."
     ),
-    "storage": Option(str, "", "Store URL: sqlite:///PATH. Empty: sqlite in state_dir."),
+    "storage": Option(
+        str,
+        "",
+        "Store URL: sqlite:///PATH, or postgresql://USER@HOST/DB shared by several replicas.\n"
+        "Empty: sqlite:///state_dir/vigie.db.",
+        _storage_url,
+    ),
     "sqlite_synchronous": Option(
         str,
         "full",

@@ -6,7 +6,7 @@ import grpc
 
 from collector.auth import caller
 from collector.ingest.validate import Invalid, check_batch
-from collector.store.sqlite import Origin, SqliteStore
+from collector.store import Origin, Store
 from common import logs
 from vigie.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -15,7 +15,7 @@ log = logs.get("collector.ingest")
 
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
     def __init__(
-        self, store: SqliteStore, max_batches_in_flight: int = 8, max_alerts_per_second: int = 2000
+        self, store: Store, max_batches_in_flight: int = 8, max_alerts_per_second: int = 2000
     ) -> None:
         self.store = store
         self.flow = ingest_pb2.FlowControl(

@@ -7,7 +7,7 @@ import time
 import grpc
 
 from collector.auth import caller
-from collector.store.sqlite import AlertFilter, SqliteStore
+from collector.store import AlertFilter, Store
 from common.pbtime import seconds as _ts
 from common.pbtime import set_seconds as _set_ts
 from vigie.v1 import analyst_pb2, analyst_pb2_grpc
@@ -27,7 +27,7 @@ def _scope_region(context: grpc.ServicerContext, asked: str) -> str:
 
 
 class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
-    def __init__(self, store: SqliteStore, silent_after: float = 300.0) -> None:
+    def __init__(self, store: Store, silent_after: float = 300.0) -> None:
         self.store = store
         self.silent_after = silent_after
 

@@ -1,0 +1,137 @@
+"""The two places alerts can live: SQLite (embedded default) and PostgreSQL (replicas).
+
+Only connection handling and dialect differences live here; every query is in sql.py,
+written once with `?` placeholders.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+class StoreError(Exception):
+    pass
+
+
+class Tx:
+    """What a transaction offers the store: statements, batches, fetches."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> None: ...
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int: ...  # rows changed
+    def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
+
+
+class SqliteTx(Tx):
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self.db.execute(sql, args)
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        before = self.db.total_changes
+        self.db.executemany(sql, rows)
+        return self.db.total_changes - before
+
+    def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.db.execute(sql, args)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+class Sqlite:
+    dialect = "sqlite"
+
+    def __init__(self, path: str, synchronous: str = "FULL") -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open the store: {exc}") from None
+        self.path = path
+        self._lock = threading.Lock()  # one writer; SQLite serialises anyway
+
+    @contextmanager
+    def tx(self) -> Iterator[Tx]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteTx(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class PgTx(Tx):
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self.conn.execute(_pg(sql), args)
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        with self.conn.cursor() as cur:
+            cur.executemany(_pg(sql), rows)
+            return max(cur.rowcount, 0)  # psycopg sums rowcount over the batch
+
+    def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self.conn.cursor() as cur:
+            cur.execute(_pg(sql), args)
+            cols = [d.name for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def _pg(sql: str) -> str:
+    # Our SQL never holds a literal '?' or '%': placeholders convert one to one.
+    return sql.replace("?", "%s")
+
+
+class Postgres:
+    dialect = "postgresql"
+
+    def __init__(self, url: str, min_size: int = 2, max_size: int = 16) -> None:
+        try:
+            from psycopg_pool import ConnectionPool
+        except ImportError:
+            raise StoreError(
+                "PostgreSQL storage needs psycopg: pip install 'vigie[postgres]'"
+            ) from None
+        import psycopg
+
+        self.url = url
+        try:
+            # Fail fast and clearly when the server is not there, before the pool retries.
+            psycopg.connect(url, connect_timeout=5).close()
+            self._pool = ConnectionPool(
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                open=True,
+                timeout=15,
+                kwargs={"autocommit": False},
+            )
+            self._pool.wait(timeout=15)
+        except (psycopg.Error, Exception) as exc:  # PoolTimeout is not a psycopg.Error
+            raise StoreError(f"cannot reach PostgreSQL: {exc}") from None
+
+    @contextmanager
+    def tx(self) -> Iterator[Tx]:
+        with self._pool.connection() as conn, conn.transaction():
+            yield PgTx(conn)
+
+    def close(self) -> None:
+        self._pool.close()
