@@ -26,13 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from vigie.v1 import alert_pb2 as vigie_dot_v1_dot_alert__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vigie/v1/analyst.proto\x12\x08vigie.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14vigie/v1/alert.proto\"G\n\x06Origin\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66iness\x18\x02 \x01(\t\x12\x0b\n\x03ght\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\"\x80\x01\n\x0bStoredAlert\x12\x1e\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x0f.vigie.v1.Alert\x12 \n\x06origin\x18\x02 \x01(\x0b\x32\x10.vigie.v1.Origin\x12/\n\x0breceived_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf5\x01\n\x11ListAlertsRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65tector\x18\x03 \x01(\t\x12(\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x12.vigie.v1.Severity\x12\x0e\n\x06\x66iness\x18\x05 \x01(\t\x12\x0b\n\x03ght\x18\x06 \x01(\t\x12\x0e\n\x06region\x18\x07 \x01(\t\x12\x11\n\tpage_size\x18\x08 \x01(\r\x12\x0e\n\x06\x63ursor\x18\t \x01(\t\"P\n\x12ListAlertsResponse\x12%\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x15.vigie.v1.StoredAlert\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x13\n\x11ListAgentsRequest\"\xc9\x01\n\x0b\x41gentStatus\x12 \n\x06origin\x18\x01 \x01(\x0b\x32\x10.vigie.v1.Origin\x12-\n\tlast_seen\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x17\n\x0fpackets_dropped\x18\x04 \x01(\x04\x12\x14\n\x0coutbox_depth\x18\x05 \x01(\x04\x12\x13\n\x0boutbox_shed\x18\x06 \x01(\x04\x12\x0e\n\x06silent\x18\x07 \x01(\x08\";\n\x12ListAgentsResponse\x12%\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x15.vigie.v1.AgentStatus2\x9b\x01\n\x07\x41nalyst\x12G\n\nListAlerts\x12\x1b.vigie.v1.ListAlertsRequest\x1a\x1c.vigie.v1.ListAlertsResponse\x12G\n\nListAgents\x12\x1b.vigie.v1.ListAgentsRequest\x1a\x1c.vigie.v1.ListAgentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vigie/v1/analyst.proto\x12\x08vigie.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14vigie/v1/alert.proto\"G\n\x06Origin\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66iness\x18\x02 \x01(\t\x12\x0b\n\x03ght\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\"\x80\x01\n\x0bStoredAlert\x12\x1e\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x0f.vigie.v1.Alert\x12 \n\x06origin\x18\x02 \x01(\x0b\x32\x10.vigie.v1.Origin\x12/\n\x0breceived_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf5\x01\n\x11ListAlertsRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65tector\x18\x03 \x01(\t\x12(\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x12.vigie.v1.Severity\x12\x0e\n\x06\x66iness\x18\x05 \x01(\t\x12\x0b\n\x03ght\x18\x06 \x01(\t\x12\x0e\n\x06region\x18\x07 \x01(\t\x12\x11\n\tpage_size\x18\x08 \x01(\r\x12\x0e\n\x06\x63ursor\x18\t \x01(\t\"P\n\x12ListAlertsResponse\x12%\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x15.vigie.v1.StoredAlert\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x13\n\x11ListAgentsRequest\"\xc9\x01\n\x0b\x41gentStatus\x12 \n\x06origin\x18\x01 \x01(\x0b\x32\x10.vigie.v1.Origin\x12-\n\tlast_seen\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x17\n\x0fpackets_dropped\x18\x04 \x01(\x04\x12\x14\n\x0coutbox_depth\x18\x05 \x01(\x04\x12\x13\n\x0boutbox_shed\x18\x06 \x01(\x04\x12\x0e\n\x06silent\x18\x07 \x01(\x08\";\n\x12ListAgentsResponse\x12%\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x15.vigie.v1.AgentStatus\"3\n\x04Site\x12\x0e\n\x06\x66iness\x18\x01 \x01(\t\x12\x0b\n\x03ght\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\"\x91\x03\n\x08Incident\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12$\n\x08severity\x18\x04 \x01(\x0e\x32\x12.vigie.v1.Severity\x12(\n\x06status\x18\x05 \x01(\x0e\x32\x18.vigie.v1.IncidentStatus\x12\x11\n\tstatus_by\x18\x06 \x01(\t\x12-\n\tstatus_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0estatus_comment\x18\x08 \x01(\t\x12.\n\nfirst_seen\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07summary\x18\x0b \x01(\t\x12\x1d\n\x05sites\x18\x0c \x03(\x0b\x32\x0e.vigie.v1.Site\x12\x13\n\x0b\x61lert_count\x18\r \x01(\r\x12\x0b\n\x03seq\x18\x0e \x01(\x04\"]\n\x0eIncidentDetail\x12$\n\x08incident\x18\x01 \x01(\x0b\x32\x12.vigie.v1.Incident\x12%\n\x06\x61lerts\x18\x02 \x03(\x0b\x32\x15.vigie.v1.StoredAlert\"\x86\x01\n\x12\x43ountAlertsRequest\x12\n\n\x02\x62y\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06region\x18\x04 \x01(\t\"#\n\x05\x43ount\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"6\n\x13\x43ountAlertsResponse\x12\x1f\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x0f.vigie.v1.Count\"\xd6\x01\n\x14ListIncidentsRequest\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.vigie.v1.IncidentStatus\x12(\n\x0cmin_severity\x18\x02 \x01(\x0e\x32\x12.vigie.v1.Severity\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x07 \x01(\t\"S\n\x15ListIncidentsResponse\x12%\n\tincidents\x18\x01 \x03(\x0b\x32\x12.vigie.v1.Incident\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"!\n\x12GetIncidentRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"_\n\x15UpdateIncidentRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.vigie.v1.IncidentStatus\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"u\n\x15WatchIncidentsRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x12\n\nfrom_start\x18\x02 \x01(\x08\x12(\n\x0cmin_severity\x18\x03 \x01(\x0e\x32\x12.vigie.v1.Severity\x12\x0e\n\x06region\x18\x04 \x01(\t\"5\n\rIncidentEvent\x12$\n\x08incident\x18\x01 \x01(\x0b\x32\x12.vigie.v1.Incident\"N\n\x11\x45xportStixRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06region\x18\x02 \x01(\t\")\n\x12\x45xportStixResponse\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t*e\n\x0eIncidentStatus\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTATUS_OPEN\x10\x01\x12\x17\n\x13STATUS_ACKNOWLEDGED\x10\x02\x12\x11\n\rSTATUS_CLOSED\x10\x03\x32\xde\x04\n\x07\x41nalyst\x12G\n\nListAlerts\x12\x1b.vigie.v1.ListAlertsRequest\x1a\x1c.vigie.v1.ListAlertsResponse\x12G\n\nListAgents\x12\x1b.vigie.v1.ListAgentsRequest\x1a\x1c.vigie.v1.ListAgentsResponse\x12J\n\x0b\x43ountAlerts\x12\x1c.vigie.v1.CountAlertsRequest\x1a\x1d.vigie.v1.CountAlertsResponse\x12P\n\rListIncidents\x12\x1e.vigie.v1.ListIncidentsRequest\x1a\x1f.vigie.v1.ListIncidentsResponse\x12\x45\n\x0bGetIncident\x12\x1c.vigie.v1.GetIncidentRequest\x1a\x18.vigie.v1.IncidentDetail\x12\x45\n\x0eUpdateIncident\x12\x1f.vigie.v1.UpdateIncidentRequest\x1a\x12.vigie.v1.Incident\x12L\n\x0eWatchIncidents\x12\x1f.vigie.v1.WatchIncidentsRequest\x1a\x17.vigie.v1.IncidentEvent0\x01\x12G\n\nExportStix\x12\x1b.vigie.v1.ExportStixRequest\x1a\x1c.vigie.v1.ExportStixResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vigie.v1.analyst_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_INCIDENTSTATUS']._serialized_start=2424
+  _globals['_INCIDENTSTATUS']._serialized_end=2525
   _globals['_ORIGIN']._serialized_start=91
   _globals['_ORIGIN']._serialized_end=162
   _globals['_STOREDALERT']._serialized_start=165
@@ -47,6 +49,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTSTATUS']._serialized_end=848
   _globals['_LISTAGENTSRESPONSE']._serialized_start=850
   _globals['_LISTAGENTSRESPONSE']._serialized_end=909
-  _globals['_ANALYST']._serialized_start=912
-  _globals['_ANALYST']._serialized_end=1067
+  _globals['_SITE']._serialized_start=911
+  _globals['_SITE']._serialized_end=962
+  _globals['_INCIDENT']._serialized_start=965
+  _globals['_INCIDENT']._serialized_end=1366
+  _globals['_INCIDENTDETAIL']._serialized_start=1368
+  _globals['_INCIDENTDETAIL']._serialized_end=1461
+  _globals['_COUNTALERTSREQUEST']._serialized_start=1464
+  _globals['_COUNTALERTSREQUEST']._serialized_end=1598
+  _globals['_COUNT']._serialized_start=1600
+  _globals['_COUNT']._serialized_end=1635
+  _globals['_COUNTALERTSRESPONSE']._serialized_start=1637
+  _globals['_COUNTALERTSRESPONSE']._serialized_end=1691
+  _globals['_LISTINCIDENTSREQUEST']._serialized_start=1694
+  _globals['_LISTINCIDENTSREQUEST']._serialized_end=1908
+  _globals['_LISTINCIDENTSRESPONSE']._serialized_start=1910
+  _globals['_LISTINCIDENTSRESPONSE']._serialized_end=1993
+  _globals['_GETINCIDENTREQUEST']._serialized_start=1995
+  _globals['_GETINCIDENTREQUEST']._serialized_end=2028
+  _globals['_UPDATEINCIDENTREQUEST']._serialized_start=2030
+  _globals['_UPDATEINCIDENTREQUEST']._serialized_end=2125
+  _globals['_WATCHINCIDENTSREQUEST']._serialized_start=2127
+  _globals['_WATCHINCIDENTSREQUEST']._serialized_end=2244
+  _globals['_INCIDENTEVENT']._serialized_start=2246
+  _globals['_INCIDENTEVENT']._serialized_end=2299
+  _globals['_EXPORTSTIXREQUEST']._serialized_start=2301
+  _globals['_EXPORTSTIXREQUEST']._serialized_end=2379
+  _globals['_EXPORTSTIXRESPONSE']._serialized_start=2381
+  _globals['_EXPORTSTIXRESPONSE']._serialized_end=2422
+  _globals['_ANALYST']._serialized_start=2528
+  _globals['_ANALYST']._serialized_end=3134
 # @@protoc_insertion_point(module_scope)

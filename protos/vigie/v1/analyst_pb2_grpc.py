@@ -44,6 +44,36 @@ class AnalystStub:
                 request_serializer=vigie_dot_v1_dot_analyst__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=vigie_dot_v1_dot_analyst__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.CountAlerts = channel.unary_unary(
+                '/vigie.v1.Analyst/CountAlerts',
+                request_serializer=vigie_dot_v1_dot_analyst__pb2.CountAlertsRequest.SerializeToString,
+                response_deserializer=vigie_dot_v1_dot_analyst__pb2.CountAlertsResponse.FromString,
+                _registered_method=True)
+        self.ListIncidents = channel.unary_unary(
+                '/vigie.v1.Analyst/ListIncidents',
+                request_serializer=vigie_dot_v1_dot_analyst__pb2.ListIncidentsRequest.SerializeToString,
+                response_deserializer=vigie_dot_v1_dot_analyst__pb2.ListIncidentsResponse.FromString,
+                _registered_method=True)
+        self.GetIncident = channel.unary_unary(
+                '/vigie.v1.Analyst/GetIncident',
+                request_serializer=vigie_dot_v1_dot_analyst__pb2.GetIncidentRequest.SerializeToString,
+                response_deserializer=vigie_dot_v1_dot_analyst__pb2.IncidentDetail.FromString,
+                _registered_method=True)
+        self.UpdateIncident = channel.unary_unary(
+                '/vigie.v1.Analyst/UpdateIncident',
+                request_serializer=vigie_dot_v1_dot_analyst__pb2.UpdateIncidentRequest.SerializeToString,
+                response_deserializer=vigie_dot_v1_dot_analyst__pb2.Incident.FromString,
+                _registered_method=True)
+        self.WatchIncidents = channel.unary_stream(
+                '/vigie.v1.Analyst/WatchIncidents',
+                request_serializer=vigie_dot_v1_dot_analyst__pb2.WatchIncidentsRequest.SerializeToString,
+                response_deserializer=vigie_dot_v1_dot_analyst__pb2.IncidentEvent.FromString,
+                _registered_method=True)
+        self.ExportStix = channel.unary_unary(
+                '/vigie.v1.Analyst/ExportStix',
+                request_serializer=vigie_dot_v1_dot_analyst__pb2.ExportStixRequest.SerializeToString,
+                response_deserializer=vigie_dot_v1_dot_analyst__pb2.ExportStixResponse.FromString,
+                _registered_method=True)
 
 
 class AnalystServicer:
@@ -61,6 +91,43 @@ class AnalystServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountAlerts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIncidents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIncident(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateIncident(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchIncidents(self, request, context):
+        """Every incident created or updated after `cursor`, then live ones; resumable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportStix(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalystServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +140,36 @@ def add_AnalystServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=vigie_dot_v1_dot_analyst__pb2.ListAgentsRequest.FromString,
                     response_serializer=vigie_dot_v1_dot_analyst__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'CountAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountAlerts,
+                    request_deserializer=vigie_dot_v1_dot_analyst__pb2.CountAlertsRequest.FromString,
+                    response_serializer=vigie_dot_v1_dot_analyst__pb2.CountAlertsResponse.SerializeToString,
+            ),
+            'ListIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIncidents,
+                    request_deserializer=vigie_dot_v1_dot_analyst__pb2.ListIncidentsRequest.FromString,
+                    response_serializer=vigie_dot_v1_dot_analyst__pb2.ListIncidentsResponse.SerializeToString,
+            ),
+            'GetIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIncident,
+                    request_deserializer=vigie_dot_v1_dot_analyst__pb2.GetIncidentRequest.FromString,
+                    response_serializer=vigie_dot_v1_dot_analyst__pb2.IncidentDetail.SerializeToString,
+            ),
+            'UpdateIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateIncident,
+                    request_deserializer=vigie_dot_v1_dot_analyst__pb2.UpdateIncidentRequest.FromString,
+                    response_serializer=vigie_dot_v1_dot_analyst__pb2.Incident.SerializeToString,
+            ),
+            'WatchIncidents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchIncidents,
+                    request_deserializer=vigie_dot_v1_dot_analyst__pb2.WatchIncidentsRequest.FromString,
+                    response_serializer=vigie_dot_v1_dot_analyst__pb2.IncidentEvent.SerializeToString,
+            ),
+            'ExportStix': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportStix,
+                    request_deserializer=vigie_dot_v1_dot_analyst__pb2.ExportStixRequest.FromString,
+                    response_serializer=vigie_dot_v1_dot_analyst__pb2.ExportStixResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +226,168 @@ class Analyst:
             '/vigie.v1.Analyst/ListAgents',
             vigie_dot_v1_dot_analyst__pb2.ListAgentsRequest.SerializeToString,
             vigie_dot_v1_dot_analyst__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigie.v1.Analyst/CountAlerts',
+            vigie_dot_v1_dot_analyst__pb2.CountAlertsRequest.SerializeToString,
+            vigie_dot_v1_dot_analyst__pb2.CountAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigie.v1.Analyst/ListIncidents',
+            vigie_dot_v1_dot_analyst__pb2.ListIncidentsRequest.SerializeToString,
+            vigie_dot_v1_dot_analyst__pb2.ListIncidentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigie.v1.Analyst/GetIncident',
+            vigie_dot_v1_dot_analyst__pb2.GetIncidentRequest.SerializeToString,
+            vigie_dot_v1_dot_analyst__pb2.IncidentDetail.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigie.v1.Analyst/UpdateIncident',
+            vigie_dot_v1_dot_analyst__pb2.UpdateIncidentRequest.SerializeToString,
+            vigie_dot_v1_dot_analyst__pb2.Incident.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vigie.v1.Analyst/WatchIncidents',
+            vigie_dot_v1_dot_analyst__pb2.WatchIncidentsRequest.SerializeToString,
+            vigie_dot_v1_dot_analyst__pb2.IncidentEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportStix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigie.v1.Analyst/ExportStix',
+            vigie_dot_v1_dot_analyst__pb2.ExportStixRequest.SerializeToString,
+            vigie_dot_v1_dot_analyst__pb2.ExportStixResponse.FromString,
             options,
             channel_credentials,
             insecure,
