@@ -27,9 +27,10 @@ def _scope_region(context: grpc.ServicerContext, asked: str) -> str:
 
 
 class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
-    def __init__(self, store: Store, silent_after: float = 300.0) -> None:
+    def __init__(self, store: Store, silent_after: float = 300.0, watch_poll: float = 0.5) -> None:
         self.store = store
         self.silent_after = silent_after
+        self.watch_poll = watch_poll
 
     def ListAlerts(self, request: analyst_pb2.ListAlertsRequest, context):
         size = request.page_size or 100
@@ -80,3 +81,127 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
             a.origin.region = r["region"]
             _set_ts(a.last_seen, r["last_seen"])
         return out
+
+    # Incidents ------------------------------------------------------------------------
+
+    def _page_size(self, context, size: int) -> int:
+        if size > MAX_PAGE:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be at most {MAX_PAGE}")
+        return size or 100
+
+    def ListIncidents(self, request: analyst_pb2.ListIncidentsRequest, context):
+        size = self._page_size(context, request.page_size)
+        region = _scope_region(context, request.region)
+        before = _cursor(context, request.cursor)
+        rows = self.store.list_incidents(
+            status=request.status,
+            min_severity=request.min_severity,
+            rule=request.rule,
+            region=region,
+            since=_ts(request.since) if request.HasField("since") else None,
+            before_seq=before,
+            limit=size + 1,
+        )
+        out = analyst_pb2.ListIncidentsResponse()
+        for r in rows[:size]:
+            out.incidents.append(incident_message(r, region))
+        if len(rows) > size:
+            out.next_cursor = str(rows[size - 1]["seq"])
+        return out
+
+    def GetIncident(self, request: analyst_pb2.GetIncidentRequest, context):
+        region = _scope_region(context, "")
+        found = self.store.get_incident(request.key)
+        if found is None or (region and not any(s["region"] == region for s in found[0]["sites"])):
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such incident")
+        row, alerts = found
+        out = analyst_pb2.IncidentDetail(incident=incident_message(row, region))
+        for origin, alert, received in alerts:
+            if region and origin.region != region:
+                continue
+            out.alerts.append(stored_alert(origin, alert, received))
+        return out
+
+    def UpdateIncident(self, request: analyst_pb2.UpdateIncidentRequest, context):
+        if request.status not in (analyst_pb2.STATUS_ACKNOWLEDGED, analyst_pb2.STATUS_CLOSED):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "status must be ACKNOWLEDGED or CLOSED")
+        if len(request.comment) > 2000:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "comment is longer than 2000")
+        who = caller(context)
+        self.GetIncident(analyst_pb2.GetIncidentRequest(key=request.key), context)  # scope
+        row = self.store.update_incident(request.key, request.status, who.name, request.comment)
+        return incident_message(row, _scope_region(context, ""))
+
+    def WatchIncidents(self, request: analyst_pb2.WatchIncidentsRequest, context):
+        """Polls the database, so an incident raised by any replica reaches every watcher."""
+        region = _scope_region(context, request.region)
+        cursor = request.cursor
+        if not cursor and not request.from_start:
+            cursor = self.store.last_incident_seq()
+        while context.is_active():
+            rows = self.store.list_incidents(
+                after_seq=cursor, region=region, limit=100, ascending=True
+            )
+            for r in rows:
+                cursor = r["seq"]
+                if r["severity"] >= request.min_severity:
+                    yield analyst_pb2.IncidentEvent(incident=incident_message(r, region))
+            if len(rows) < 100:
+                time.sleep(self.watch_poll)
+
+    def CountAlerts(self, request: analyst_pb2.CountAlertsRequest, context):
+        region = _scope_region(context, request.region)
+        try:
+            counts = self.store.count_by(
+                request.by,
+                _ts(request.since) if request.HasField("since") else None,
+                _ts(request.until) if request.HasField("until") else None,
+                region,
+            )
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"by: {exc}")
+        return analyst_pb2.CountAlertsResponse(
+            counts=[analyst_pb2.Count(key=k, count=c) for k, c in counts]
+        )
+
+
+def _cursor(context, text: str) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or len(text) > 19:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cursor is not one of ours")
+    return int(text)
+
+
+def stored_alert(origin, alert, received: float) -> analyst_pb2.StoredAlert:
+    item = analyst_pb2.StoredAlert(alert=alert)
+    item.origin.agent_id = origin.agent_id
+    item.origin.finess = origin.finess
+    item.origin.ght = origin.ght
+    item.origin.region = origin.region
+    _set_ts(item.received_at, received)
+    return item
+
+
+def incident_message(r: dict, region: str = "") -> analyst_pb2.Incident:
+    """A stored incident; a regional analyst sees only the sites of their region."""
+    inc = analyst_pb2.Incident(
+        key=r["key"],
+        rule=r["rule"],
+        subject=r["subject"],
+        severity=r["severity"],
+        status=r["status"],
+        status_by=r["status_by"],
+        status_comment=r["status_comment"],
+        summary=r["summary"],
+        alert_count=r["alert_count"],
+        seq=r["seq"],
+    )
+    _set_ts(inc.first_seen, r["first_seen"])
+    _set_ts(inc.last_seen, r["last_seen"])
+    if r["status_at"]:
+        _set_ts(inc.status_at, r["status_at"])
+    for s in r.get("sites", []):
+        if not region or s["region"] == region:
+            inc.sites.add(finess=s["finess"], ght=s["ght"], region=s["region"])
+    return inc

@@ -73,6 +73,61 @@ CREATE TABLE agents (
 );
 """,
     ),
+    (
+        2,
+        """
+CREATE TABLE alert_indicators (
+    agent_id  TEXT NOT NULL,
+    alert_id  TEXT NOT NULL,
+    kind      {INT} NOT NULL,
+    value     TEXT NOT NULL,
+    finess    TEXT NOT NULL,
+    ght       TEXT NOT NULL,
+    region    TEXT NOT NULL,
+    seen      {REAL} NOT NULL,
+    PRIMARY KEY (agent_id, alert_id, kind, value)
+);
+CREATE INDEX alert_indicators_value ON alert_indicators (kind, value, seen);
+CREATE INDEX alerts_detector ON alerts (detector, last_seen);
+CREATE INDEX alerts_finess ON alerts (finess, last_seen);
+CREATE TABLE incidents (
+    key             TEXT PRIMARY KEY,
+    rule            TEXT NOT NULL,
+    subject         TEXT NOT NULL,
+    severity        {INT} NOT NULL,
+    status          {INT} NOT NULL,
+    status_by       TEXT NOT NULL DEFAULT '',
+    status_at       {REAL} NOT NULL DEFAULT 0,
+    status_comment  TEXT NOT NULL DEFAULT '',
+    first_seen      {REAL} NOT NULL,
+    last_seen       {REAL} NOT NULL,
+    summary         TEXT NOT NULL,
+    alert_count     {INT} NOT NULL DEFAULT 0,
+    seq             {INT} NOT NULL,
+    created_at      {REAL} NOT NULL,
+    updated_at      {REAL} NOT NULL
+);
+CREATE INDEX incidents_seq ON incidents (seq);
+CREATE INDEX incidents_rule_subject ON incidents (rule, subject, status);
+CREATE TABLE incident_sites (
+    incident_key  TEXT NOT NULL,
+    finess        TEXT NOT NULL,
+    ght           TEXT NOT NULL,
+    region        TEXT NOT NULL,
+    PRIMARY KEY (incident_key, finess)
+);
+CREATE INDEX incident_sites_region ON incident_sites (region, incident_key);
+CREATE TABLE incident_alerts (
+    incident_key  TEXT NOT NULL,
+    agent_id      TEXT NOT NULL,
+    alert_id      TEXT NOT NULL,
+    PRIMARY KEY (incident_key, agent_id, alert_id)
+);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value {INT} NOT NULL);
+INSERT INTO counters VALUES ('incident_seq', 0);
+CREATE TABLE jobs (name TEXT PRIMARY KEY, last_run {REAL} NOT NULL, cursor {INT} NOT NULL)
+""",
+    ),
 ]
 
 # A newer revision of an alert replaces the stored one; an equal or older one is a duplicate.
@@ -127,10 +182,14 @@ def _entities_json(alert: alert_pb2.Alert) -> str:
 
 
 class Store:
-    def __init__(self, backend) -> None:
+    def __init__(self, backend, correlation: dict[str, Any] | None = None) -> None:
+        from collector.correlate.rules import OPTIONS, Correlator
+        from common.config import defaults
+
         self.backend = backend
         self.dialect = backend.dialect
         self.migrate()
+        self.correlator = Correlator(correlation or defaults(OPTIONS), self.dialect)
 
     # Schema ---------------------------------------------------------------------------
 
@@ -195,6 +254,8 @@ class Store:
         with self.backend.tx() as tx:
             stored = tx.many(UPSERT_ALERT, rows)
             self._touch_agent(tx, origin, now)
+            if stored:  # rules run in the same transaction: no alert escapes correlation
+                self.correlator.on_ingest(tx, origin, alerts, now)
         return stored, len(rows) - stored
 
     def _touch_agent(self, tx: Tx, origin: Origin, now: float) -> None:
@@ -283,6 +344,187 @@ class Store:
     def count_alerts(self) -> int:
         with self.backend.tx() as tx:
             return tx.fetch("SELECT COUNT(*) AS n FROM alerts")[0]["n"]
+
+    # Incidents ------------------------------------------------------------------------
+
+    def list_incidents(
+        self,
+        *,
+        status: int = 0,
+        min_severity: int = 0,
+        rule: str = "",
+        region: str = "",
+        since: float | None = None,
+        after_seq: int | None = None,
+        before_seq: int | None = None,
+        limit: int = 100,
+        ascending: bool = False,
+    ) -> list[dict[str, Any]]:
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if min_severity:
+            where.append("severity >= ?")
+            args.append(min_severity)
+        if rule:
+            where.append("rule = ?")
+            args.append(rule)
+        if since is not None:
+            where.append("last_seen >= ?")
+            args.append(since)
+        if after_seq is not None:
+            where.append("seq > ?")
+            args.append(after_seq)
+        if before_seq is not None:
+            where.append("seq < ?")
+            args.append(before_seq)
+        if region:
+            where.append("key IN (SELECT incident_key FROM incident_sites WHERE region = ?)")
+            args.append(region)
+        sql = "SELECT * FROM incidents"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY seq {'ASC' if ascending else 'DESC'} LIMIT ?"
+        args.append(limit)
+        with self.backend.tx() as tx:
+            rows = tx.fetch(sql, args)
+            self._attach_sites(tx, rows)
+        return rows
+
+    def _attach_sites(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        marks = ",".join("?" * len(rows))
+        sites = tx.fetch(
+            f"SELECT * FROM incident_sites WHERE incident_key IN ({marks}) ORDER BY ght, finess",
+            [r["key"] for r in rows],
+        )
+        by_key: dict[str, list] = {}
+        for s in sites:
+            by_key.setdefault(s["incident_key"], []).append(s)
+        for r in rows:
+            r["sites"] = by_key.get(r["key"], [])
+
+    def get_incident(
+        self, key: str, alert_limit: int = 200
+    ) -> tuple[dict[str, Any], list[tuple[Origin, alert_pb2.Alert, float]]] | None:
+        with self.backend.tx() as tx:
+            rows = tx.fetch("SELECT * FROM incidents WHERE key = ?", (key,))
+            if not rows:
+                return None
+            self._attach_sites(tx, rows)
+            alerts = tx.fetch(
+                "SELECT a.* FROM incident_alerts l JOIN alerts a ON a.agent_id = l.agent_id "
+                "AND a.alert_id = l.alert_id WHERE l.incident_key = ? ORDER BY a.first_seen "
+                "LIMIT ?",
+                (key, alert_limit),
+            )
+        return rows[0], [
+            (
+                Origin(r["agent_id"], r["finess"], r["ght"], r["region"]),
+                _to_alert(r),
+                r["received_at"],
+            )
+            for r in alerts
+        ]
+
+    def update_incident(
+        self, key: str, status: int, by: str, comment: str, now: float | None = None
+    ) -> dict[str, Any] | None:
+        from collector.correlate.incidents import next_seq
+
+        now = time.time() if now is None else now
+        with self.backend.tx() as tx:
+            if not tx.fetch("SELECT key FROM incidents WHERE key = ?", (key,)):
+                return None
+            tx.execute(
+                "UPDATE incidents SET status = ?, status_by = ?, status_at = ?, "
+                "status_comment = ?, seq = ?, updated_at = ? WHERE key = ?",
+                (status, by, now, comment, next_seq(tx), now, key),
+            )
+        return self.get_incident(key, 0)[0]
+
+    def last_incident_seq(self) -> int:
+        with self.backend.tx() as tx:
+            return tx.fetch("SELECT value FROM counters WHERE name = 'incident_seq'")[0]["value"]
+
+    # Periodic jobs, once across replicas --------------------------------------------
+
+    def run_job(self, name: str, interval: float, job, now: float | None = None) -> bool:
+        """Run `job(tx, cursor) -> new cursor` if due and no other replica holds it."""
+        now = time.time() if now is None else now
+        with self.backend.tx() as tx:
+            if self.dialect == "postgresql":
+                key = ADVISORY_LOCK_MIGRATIONS + 1 + sum(name.encode()) % 1000
+                if not tx.fetch("SELECT pg_try_advisory_xact_lock(?) AS ok", (key,))[0]["ok"]:
+                    return False
+            rows = tx.fetch("SELECT last_run, cursor FROM jobs WHERE name = ?", (name,))
+            if rows and now - rows[0]["last_run"] < interval:
+                return False
+            cursor = job(tx, rows[0]["cursor"] if rows else 0)
+            tx.execute(
+                "INSERT INTO jobs VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "last_run = excluded.last_run, cursor = excluded.cursor",
+                (name, now, cursor or 0),
+            )
+        return True
+
+    def dark_sites(self, tx: Tx, now: float) -> int:
+        return self.correlator.dark_sites(tx, now)
+
+    def purge(self, tx: Tx, older_than: float) -> int:
+        """Retention: alerts and closed incidents last seen before `older_than` go."""
+        tx.execute(
+            "DELETE FROM incident_alerts WHERE incident_key IN (SELECT key FROM "
+            "incidents WHERE status = 3 AND last_seen < ?)",
+            (older_than,),
+        )
+        tx.execute(
+            "DELETE FROM incident_sites WHERE incident_key IN (SELECT key FROM "
+            "incidents WHERE status = 3 AND last_seen < ?)",
+            (older_than,),
+        )
+        tx.execute("DELETE FROM incidents WHERE status = 3 AND last_seen < ?", (older_than,))
+        tx.execute("DELETE FROM alert_indicators WHERE seen < ?", (older_than,))
+        return tx.many("DELETE FROM alerts WHERE last_seen < ?", [(older_than,)])
+
+    def count_by(
+        self, by: str, since: float | None, until: float | None, region: str
+    ) -> list[tuple[str, int]]:
+        """Counts of alerts grouped by a column chosen from a fixed list (never user SQL)."""
+        column = {
+            "ght": "ght",
+            "detector": "detector",
+            "finess": "finess",
+            "region": "region",
+            "severity": "severity",
+            "technique": "technique",
+        }.get(by)
+        if by == "hour":
+            column = (
+                "CAST(CAST(last_seen / 3600 AS INTEGER) * 3600 AS TEXT)"
+                if self.dialect == "sqlite"
+                else "CAST(CAST(FLOOR(last_seen / 3600) AS BIGINT) * 3600 AS TEXT)"
+            )
+        if column is None:
+            raise ValueError(f"cannot count by {by!r}")
+        where, args = [], []
+        if since is not None:
+            where.append("last_seen >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("last_seen < ?")
+            args.append(until)
+        if region:
+            where.append("region = ?")
+            args.append(region)
+        sql = f"SELECT {column} AS k, COUNT(*) AS c FROM alerts"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " GROUP BY k ORDER BY c DESC, k LIMIT 1000"
+        with self.backend.tx() as tx:
+            return [(str(r["k"]), r["c"]) for r in tx.fetch(sql, args)]
 
 
 def _to_alert(r: dict[str, Any]) -> alert_pb2.Alert:

@@ -1,0 +1,199 @@
+"""Correlation rules on both backends: each fires once, with the right sites, not below
+its threshold; replicas racing on the same indicator open one incident."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from collector.correlate.rules import longest_ordered_stages
+from collector.store import Origin, Store, open_store
+from tests.stores import pg_schema_url
+from vigie.v1 import alert_pb2, ingest_pb2
+
+T0 = 1_750_000_000.0
+
+
+def site(n: int, ght: str | None = None, region: str = "11") -> Origin:
+    return Origin(f"agt-{n}", f"{n:09d}", ght or f"GHT-{n}", region)
+
+
+def alert(
+    aid: str, detector: str = "net.portscan", t: float = T0, indicator: str | None = "203.0.113.9"
+) -> alert_pb2.Alert:
+    a = alert_pb2.Alert(
+        id=aid,
+        revision=1,
+        detector=detector,
+        severity=3,
+        technique="T1046",
+        summary="x",
+        occurrences=1,
+    )
+    for f in (a.first_seen, a.last_seen, a.observed_at):
+        f.FromNanoseconds(int(t * 1e9))
+    a.entities.add(
+        role=alert_pb2.ROLE_SOURCE, kind=alert_pb2.KIND_IP, value="p:abcdef", pseudonymised=True
+    )
+    if indicator:
+        a.entities.add(
+            role=alert_pb2.ROLE_SOURCE, kind=alert_pb2.KIND_IP, value=indicator, pseudonymised=False
+        )
+    return a
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'vigie.db'}"
+    else:
+        yield from pg_schema_url()
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[Store]:
+    s = open_store(url)
+    yield s
+    s.close()
+
+
+def incidents(store: Store, rule: str) -> list[dict]:
+    return [r for r in store.list_incidents(limit=1000) if r["rule"] == rule]
+
+
+def test_multi_site_indicator_fires_once_across_two_ghts(store: Store) -> None:
+    store.ingest(site(1), [alert("a1")])
+    store.ingest(site(2, ght="GHT-1"), [alert("a2")])  # same GHT, other establishment
+    assert incidents(store, "multi_site_indicator") == []
+    store.ingest(site(3), [alert("a3")])
+    store.ingest(site(4), [alert("a4")])  # a third GHT updates, does not reopen
+    (inc,) = incidents(store, "multi_site_indicator")
+    assert inc["subject"] == "ip:203.0.113.9"
+    assert inc["alert_count"] == 4
+    assert {s["ght"] for s in inc["sites"]} == {"GHT-1", "GHT-3", "GHT-4"}
+    assert len(inc["sites"]) == 4
+
+
+def test_pseudonymised_entities_never_correlate(store: Store) -> None:
+    for n in range(1, 4):
+        store.ingest(site(n), [alert(f"a{n}", indicator=None)])
+    assert incidents(store, "multi_site_indicator") == []
+
+
+def test_indicator_outside_the_window_does_not_count(store: Store) -> None:
+    store.ingest(site(1), [alert("a1", t=T0)])
+    store.ingest(site(2), [alert("a2", t=T0 + 3 * 86400)])
+    assert incidents(store, "multi_site_indicator") == []
+
+
+def test_wave_needs_five_establishments(store: Store) -> None:
+    for n in range(1, 5):
+        store.ingest(site(n, ght="GHT-X"), [alert(f"w{n}", "host.mass_write", indicator=None)])
+    assert incidents(store, "wave") == []
+    store.ingest(site(5, ght="GHT-Y"), [alert("w5", "host.mass_write", indicator=None)])
+    (inc,) = incidents(store, "wave")
+    assert inc["subject"] == "host.mass_write" and len(inc["sites"]) == 5
+    assert inc["severity"] == alert_pb2.SEVERITY_HIGH
+
+
+def test_kill_chain_in_order_inside_one_establishment(store: Store) -> None:
+    s = site(7)
+    store.ingest(s, [alert("k1", "net.portscan", T0, None)])
+    store.ingest(s, [alert("k2", "net.bruteforce", T0 + 60, None)])
+    assert incidents(store, "kill_chain") == []
+    store.ingest(s, [alert("k3", "net.lateral", T0 + 120, None)])
+    (inc,) = incidents(store, "kill_chain")
+    assert inc["subject"] == s.finess and inc["severity"] == alert_pb2.SEVERITY_CRITICAL
+    assert "scan -> credential -> lateral" in inc["summary"]
+    assert inc["alert_count"] == 3
+
+
+def test_kill_chain_out_of_order_or_across_sites_does_not_fire(store: Store) -> None:
+    store.ingest(site(8), [alert("o1", "net.lateral", T0, None)])
+    store.ingest(site(8), [alert("o2", "net.bruteforce", T0 + 60, None)])
+    store.ingest(site(8), [alert("o3", "net.portscan", T0 + 120, None)])
+    store.ingest(site(9), [alert("o4", "net.portscan", T0, None)])
+    store.ingest(site(10), [alert("o5", "net.bruteforce", T0 + 60, None)])
+    store.ingest(site(11), [alert("o6", "net.lateral", T0 + 120, None)])
+    assert incidents(store, "kill_chain") == []
+
+
+def test_longest_ordered_stages() -> None:
+    assert longest_ordered_stages([(1, 0), (2, 1), (3, 2)]) == [0, 1, 2]
+    assert longest_ordered_stages([(1, 2), (2, 1), (3, 0)]) in ([2], [1], [0])
+    assert longest_ordered_stages([(1, 0), (2, 2), (3, 1), (4, 3)]) in ([0, 2, 3], [0, 1, 3])
+
+
+def test_dark_site_once_across_replicas(url: str) -> None:
+    replicas = [open_store(url) for _ in range(3)]
+    hb = ingest_pb2.Heartbeat(agent_version="1")
+    now = T0 + 100_000
+    replicas[0].heartbeat(site(20), hb, received_at=now - 2000)  # silent for 2000 s
+    replicas[0].heartbeat(
+        Origin("agt-20b", site(20).finess, "GHT-20", "11"), hb, received_at=now - 1500
+    )  # its second agent too
+    replicas[0].heartbeat(site(21), hb, received_at=now - 10)  # healthy
+    replicas[0].heartbeat(site(22), hb, received_at=now - 10 * 86400)  # long gone before
+    ran = []
+
+    def job(s: Store) -> None:
+        ran.append(s.run_job("dark_site", 60, lambda tx, c: s.dark_sites(tx, now), now=now))
+
+    threads = [threading.Thread(target=job, args=(s,)) for s in replicas]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(ran) == 1  # the job ran on exactly one replica
+    (inc,) = incidents(replicas[0], "dark_site")
+    assert inc["subject"] == site(20).finess
+    for s in replicas:
+        s.close()
+
+
+def test_replicas_racing_on_one_indicator_open_one_incident(url: str) -> None:
+    replicas = [open_store(url) for _ in range(3)]
+    barrier = threading.Barrier(3)
+
+    def go(i: int) -> None:
+        barrier.wait()
+        replicas[i].ingest(site(30 + i), [alert(f"r{i}", indicator="198.51.100.77")])
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (inc,) = incidents(replicas[0], "multi_site_indicator")
+    assert inc["alert_count"] == 3 and len(inc["sites"]) == 3
+    for s in replicas:
+        s.close()
+
+
+def test_acknowledge_close_and_reopen(store: Store) -> None:
+    store.ingest(site(1), [alert("a1")])
+    store.ingest(site(2), [alert("a2")])
+    (inc,) = incidents(store, "multi_site_indicator")
+    seq0 = inc["seq"]
+    got = store.update_incident(inc["key"], 2, "analyst-1", "looking", now=T0 + 10)
+    assert (got["status"], got["status_by"], got["status_comment"]) == (2, "analyst-1", "looking")
+    assert got["seq"] > seq0  # watchers see the change
+    store.update_incident(inc["key"], 3, "analyst-1", "blocked at the border")
+    store.ingest(site(3), [alert("a3")])  # new evidence after closing: the incident reopens
+    (again,) = incidents(store, "multi_site_indicator")
+    assert again["key"] == inc["key"] and again["status"] == 1
+
+
+def test_retention_purges_old_alerts_and_closed_incidents(store: Store) -> None:
+    store.ingest(site(1), [alert("old", t=T0)])
+    store.ingest(site(2), [alert("old2", t=T0)])
+    store.ingest(site(3), [alert("new", t=T0 + 40 * 86400, indicator=None)])
+    (inc,) = incidents(store, "multi_site_indicator")
+    store.update_incident(inc["key"], 3, "a", "done")
+    with store.backend.tx() as tx:
+        assert store.purge(tx, T0 + 30 * 86400) == 2
+    assert store.count_alerts() == 1
+    assert incidents(store, "multi_site_indicator") == []
