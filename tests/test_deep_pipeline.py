@@ -1,0 +1,45 @@
+"""The pipeline hands application messages to `on_app` handlers, and only then decodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent import settings
+from agent.anonymise.policy import Anonymiser
+from agent.capture.pcapfile import read_capture
+from agent.decode.deep import DeepDecoder
+from agent.pipeline import Pipeline
+from common import config
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
+needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
+
+
+def pipeline(tmp_path: Path) -> Pipeline:
+    cfg = config.load(None, settings.SCHEMA)
+    cfg["state_dir"] = str(tmp_path)
+    return Pipeline(cfg, Anonymiser.from_settings(cfg["anonymisation"], str(tmp_path)),
+                    lambda a: None, lambda: 0.0)  # fmt: skip
+
+
+def test_no_on_app_handler_means_no_deep_decoder(tmp_path: Path) -> None:
+    pipe = pipeline(tmp_path)
+    if not pipe._on_app:
+        assert pipe.deep is None
+
+
+@needs_corpus
+def test_messages_reach_on_app_handlers(tmp_path: Path) -> None:
+    pipe = pipeline(tmp_path)
+    seen: list = []
+    pipe._on_app = [lambda msg, flow, packet: seen.append((msg, flow, packet))]
+    pipe.deep = DeepDecoder(pipe.deep_stats)
+    for rec in read_capture(CORPUS / "smb/smb2_psexec_service_add_user.pcap"):
+        pipe.feed(*rec)
+    pipe.finish()
+    assert any(m.kind == "dcerpc" and m.action == "service_start" for m, _, _ in seen)
+    assert all(m.flow is f and m.ts == p.ts for m, f, p in seen)
+    assert pipe.deep_stats.decoded["smb"] > 0 and pipe.deep_stats.decoded["dcerpc"] > 0
+    assert not pipe.deep._states  # every flow's state dropped at its end
