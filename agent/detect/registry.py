@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+from agent.detect.arp_spoof import ArpSpoof
 from agent.detect.base import Detector
+from agent.detect.beacon import Beacon
+from agent.detect.bruteforce import BruteForce
+from agent.detect.dos import Dos
+from agent.detect.exfil import Exfil
+from agent.detect.lateral import Lateral
 from agent.detect.portscan import PortScan
+from agent.detect.tunnel import Tunnel
+from agent.host.detectors import HOST_DETECTORS
 
-DETECTORS: list[type[Detector]] = [PortScan]
+DETECTORS: list[type[Detector]] = [
+    PortScan,
+    BruteForce,
+    Lateral,
+    Dos,
+    Beacon,
+    Exfil,
+    Tunnel,
+    ArpSpoof,
+]
 
 
 def config_key(cls: type[Detector]) -> str:
     return cls.name.removeprefix("net.").removeprefix("host.")
+
+
+# Host detectors (agent/host/detectors/) share the [detectors.<name>] namespace: config_key
+# drops the "net."/"host." prefix, so two detectors must never reduce to the same key.
+DETECTORS += HOST_DETECTORS
+_keys = [config_key(d) for d in DETECTORS]
+if len(set(_keys)) != len(_keys):
+    raise RuntimeError(
+        f"detector config keys collide: {sorted(k for k in _keys if _keys.count(k) > 1)}"
+    )

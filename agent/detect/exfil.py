@@ -1,0 +1,169 @@
+"""net.exfil — outbound volume from an internal host far above its own baseline, or a
+large transfer to a destination the host had never sent anything to.
+
+Bytes an internal host sends to external addresses are summed per interval; once a
+host has `learning_intervals` intervals behind it, an interval whose volume passes both
+`factor` × its EWMA baseline and `min_bytes` is exfiltration. Separately, a destination
+first contacted after the learning period that receives `large_transfer_bytes` fires on
+its own. The baseline never learns more than the threshold from an anomalous interval.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from agent.anonymise.policy import Entity
+from agent.decode.packet import Packet
+from agent.detect.base import Detector, ip_text
+from agent.detect.nets import is_internal, is_unicast
+from agent.detect.window import Ewma, KeyedWindow
+from common.config import Option, at_least, between, positive
+from vigie.v1 import alert_pb2
+
+
+class _Host:
+    __slots__ = ("baseline", "first", "flagged_interval", "interval", "volume")
+
+    def __init__(self, now: float) -> None:
+        self.first = now
+        self.interval = -1  # index of the interval being summed
+        self.volume = 0
+        self.baseline: Ewma | None = None
+        self.flagged_interval = -1
+
+
+class _Dest:
+    __slots__ = ("bytes", "first", "flagged", "new")
+
+    def __init__(self, now: float) -> None:
+        self.first = now
+        self.bytes = 0
+        self.new = False
+        self.flagged = False
+
+
+class Exfil(Detector):
+    name = "net.exfil"
+    technique = "T1048"
+    severity = alert_pb2.SEVERITY_HIGH
+    help = "Exfiltration: outbound volume far above a host's baseline, or a large upload "
+    "to a new destination."
+    options: ClassVar[dict[str, Option]] = {
+        "interval_seconds": Option(
+            float,
+            300.0,
+            "Outbound bytes are summed per host over intervals this long.",
+            positive,
+        ),
+        "learning_intervals": Option(
+            int, 12, "Intervals a host is observed before its baseline is trusted.", at_least(1)
+        ),
+        "alpha": Option(float, 0.1, "EWMA weight of the newest interval.", between(0.001, 1.0)),
+        "factor": Option(
+            float, 10.0, "An interval above factor x baseline is anomalous...", at_least(1.0)
+        ),
+        "min_bytes": Option(
+            int,
+            50_000_000,
+            "...and above this many bytes (no alert on small volumes).",
+            positive,
+        ),
+        "large_transfer_bytes": Option(
+            int,
+            100_000_000,
+            "Bytes sent to one new destination that fire on their own.",
+            positive,
+        ),
+        "memory_seconds": Option(
+            float, 86400.0, "Hosts and destinations idle this long are forgotten.", positive
+        ),
+    }
+
+    def __init__(self, settings: dict[str, Any], report) -> None:
+        super().__init__(settings, report)
+        s = settings
+        self.hosts: KeyedWindow[_Host] = KeyedWindow(s["memory_seconds"], _Host, 50_000)
+        self.dests: KeyedWindow[_Dest] = KeyedWindow(s["memory_seconds"], _Dest, 200_000)
+
+    def on_packet(self, p: Packet) -> None:
+        src, dst = p.src, p.dst
+        if not p.ip_version or not is_internal(src) or is_internal(dst) or not is_unicast(dst):
+            return
+        if self.allowed(src):
+            return
+        s = self.settings
+        ts = p.ts
+        h = self.hosts.get(src, ts)
+        idx = int(ts // s["interval_seconds"])
+        if idx != h.interval:
+            self._roll(h, idx)
+        h.volume += p.length
+        learned = h.baseline is not None and h.baseline.samples >= s["learning_intervals"]
+        d = self.dests.peek((src, dst))
+        if d is None:
+            d = self.dests.get((src, dst), ts)
+            d.new = learned
+        else:
+            self.dests.get((src, dst), ts)
+        d.bytes += p.length
+        if d.new and not d.flagged and d.bytes >= s["large_transfer_bytes"]:
+            d.flagged = True
+            self._emit_large(src, dst, d, ts)
+        if learned and h.flagged_interval != idx and h.volume >= s["min_bytes"]:
+            base = h.baseline.value
+            if h.volume > s["factor"] * base:
+                h.flagged_interval = idx
+                self._emit_volume(src, dst, h, base, ts)
+
+    def _roll(self, h: _Host, idx: int) -> None:
+        s = self.settings
+        if h.interval >= 0:
+            if h.baseline is None:
+                h.baseline = Ewma(s["alpha"])
+            cap = max(s["min_bytes"], s["factor"] * h.baseline.value)
+            vol = min(h.volume, cap) if h.baseline.samples else h.volume
+            h.baseline.update(vol)
+            # idle intervals in between count as empty ones
+            for _ in range(min(idx - h.interval - 1, 1000)):
+                h.baseline.update(0.0)
+        h.interval = idx
+        h.volume = 0
+
+    def _emit_volume(self, src: bytes, dst: bytes, h: _Host, base: float, ts: float) -> None:
+        mb = h.volume / 1e6
+        self.report(
+            subject=f"{src.hex()}:volume",
+            ts=ts,
+            entities=[
+                Entity(alert_pb2.ROLE_SOURCE, alert_pb2.KIND_IP, ip_text(src)),
+                Entity(alert_pb2.ROLE_TARGET, alert_pb2.KIND_IP, ip_text(dst)),
+            ],
+            summary=(
+                f"outbound volume {mb:.1f} MB in one {self.settings['interval_seconds']:.0f} s "
+                f"interval, {h.volume / max(base, 1.0):.0f}x the host's baseline"
+            ),
+            metrics={
+                "interval_bytes": h.volume,
+                "baseline_bytes": round(base, 1),
+                "ratio": round(h.volume / max(base, 1.0), 2),
+            },
+        )
+
+    def _emit_large(self, src: bytes, dst: bytes, d: _Dest, ts: float) -> None:
+        self.report(
+            subject=f"{src.hex()}>{dst.hex()}",
+            ts=ts,
+            entities=[
+                Entity(alert_pb2.ROLE_SOURCE, alert_pb2.KIND_IP, ip_text(src)),
+                Entity(alert_pb2.ROLE_TARGET, alert_pb2.KIND_IP, ip_text(dst)),
+            ],
+            summary=(
+                f"large transfer to a new external destination: {d.bytes / 1e6:.1f} MB "
+                f"in {ts - d.first:.0f} s"
+            ),
+            metrics={"bytes": d.bytes, "seconds": round(ts - d.first, 3)},
+        )
+
+    def on_tick(self, now: float) -> None:
+        self.hosts.expire(now)
+        self.dests.expire(now)
