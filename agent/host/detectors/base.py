@@ -1,0 +1,99 @@
+"""What host detectors share on top of agent.detect.base.Detector.
+
+A host detector implements `on_host(sample)`; the pipeline calls it from its own thread
+with each sample the sampler queued. Its allow-list holds process base names (shell
+globs), not addresses; everything else (declared options, report, technique) is the
+network detectors' own.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, ClassVar
+
+from agent.anonymise.policy import Entity
+from agent.detect.base import Detector, Report
+from agent.host.sample import HostSample
+from common.config import Option
+from vigie.v1 import alert_pb2
+
+
+def names(value: list) -> str | None:
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            return f"holds {item!r}, which is not a name"
+    return None
+
+
+HOST_COMMON: dict[str, Option] = {
+    "enabled": Option(bool, True, "Run this detector (needs [host] enabled)."),
+    "allow": Option(
+        list, [], "Process base names (shell globs) this detector never reports.", names
+    ),
+}
+
+
+class _As:
+    """The detector as the aggregator sees it, under one rule's technique."""
+
+    __slots__ = ("name", "technique")
+
+    def __init__(self, name: str, technique: str) -> None:
+        self.name, self.technique = name, technique
+
+
+class HostDetector(Detector):
+    options: ClassVar[dict[str, Option]] = {}
+
+    def __init__(self, settings: dict[str, Any], report: Report) -> None:
+        # Not Detector.__init__: that one reads `allow` as CIDR ranges.
+        self.settings = settings
+        self._report = report
+        self._allow = []
+        self._allow_cache = {}
+        self._allow_names = [str(n).lower() for n in settings["allow"]]
+
+    @classmethod
+    def schema(cls) -> dict[str, Option]:
+        return HOST_COMMON | cls.options
+
+    def allowed_process(self, base: str) -> bool:
+        b = base.lower()
+        return any(fnmatch.fnmatchcase(b, pat) for pat in self._allow_names)
+
+    def on_host(self, sample: HostSample) -> None:
+        raise NotImplementedError
+
+    def report_rule(
+        self,
+        technique: str,
+        subject: str,
+        ts: float,
+        summary: str,
+        entities: list[Entity],
+        metrics: dict[str, float],
+        count: int = 1,
+    ) -> None:
+        self._report(
+            detector=_As(self.name, technique),
+            subject=subject,
+            ts=ts,
+            summary=summary,
+            entities=entities,
+            metrics=metrics,
+            count=count,
+            severity=self.severity,
+        )
+
+
+def process_entities(base: str, username: str = "") -> list[Entity]:
+    """A process as an alert may name it: base name in clear, owner pseudonymised."""
+    out = [Entity(alert_pb2.ROLE_SOURCE, alert_pb2.KIND_PROCESS, base)]
+    if username:
+        out.append(Entity(alert_pb2.ROLE_SOURCE, alert_pb2.KIND_USER, username))
+    return out
+
+
+def subject(*parts: object) -> str:
+    # Subjects stay inside the agent (aggregation keys), but keep them free of argv.
+    return "|".join(str(p) for p in parts)
