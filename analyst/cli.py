@@ -1,7 +1,7 @@
 """vigie: the analysts' command line over the collector's query service.
 
 Exit codes: 0 done, 1 unexpected error, 2 bad usage or settings, 3 collector unreachable,
-4 certificate refused or not allowed.
+4 certificate refused or not allowed, 5 no such incident.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import datetime as dt
 import json
 import shutil
 import sys
+import time
 
 import grpc
 
 from analyst import connect
-from common.alertjson import alert_dict, severity_name
+from common.alertjson import alert_dict, iso, severity_name
 from common.config import ConfigError
 from vigie.v1 import alert_pb2, analyst_pb2, analyst_pb2_grpc
 
-EX_USAGE, EX_UNREACHABLE, EX_REFUSED = 2, 3, 4
+EX_USAGE, EX_UNREACHABLE, EX_REFUSED, EX_NOT_FOUND = 2, 3, 4, 5
 SEV_TAG = {"critical": "CRIT", "high": "HIGH", "medium": "MED", "low": "LOW", "info": "INFO"}
 SEV_COLOUR = {
     "CRIT": "\033[1;37;41m",
@@ -153,6 +154,177 @@ def cmd_agents(stub, args) -> int:
     return 0
 
 
+STATUS_NAME = {1: "open", 2: "acked", 3: "closed"}
+
+
+def incident_dict(inc) -> dict:
+    return {
+        "key": inc.key,
+        "rule": inc.rule,
+        "subject": inc.subject,
+        "severity": severity_name(inc.severity),
+        "status": STATUS_NAME.get(inc.status, "?"),
+        "status_by": inc.status_by,
+        "status_comment": inc.status_comment,
+        "first_seen": iso(inc.first_seen),
+        "last_seen": iso(inc.last_seen),
+        "summary": inc.summary,
+        "alert_count": inc.alert_count,
+        "seq": inc.seq,
+        "sites": [{"finess": s.finess, "ght": s.ght, "region": s.region} for s in inc.sites],
+    }
+
+
+def print_incidents(items, as_json: bool, colour: bool, header: bool = True) -> None:
+    if as_json:
+        for inc in items:
+            print(json.dumps(incident_dict(inc), separators=(",", ":")), flush=True)
+        return
+    width = max(80, shutil.get_terminal_size((80, 24)).columns)
+    if header:
+        print(
+            f"{'LAST SEEN':<16}  {'SEV':<4}  {'STATUS':<6}  {'RULE':<20}  {'SITES':>5}  "
+            f"{'ALERTS':>6}"
+        )
+    for inc in items:
+        print(
+            f"{_local(inc.last_seen):<16}  {_sev(severity_name(inc.severity), colour)}  "
+            f"{STATUS_NAME.get(inc.status, '?'):<6}  {_fit(inc.rule, 20):<20}  "
+            f"{len(inc.sites):>5}  {inc.alert_count:>6}"
+        )
+        print(_fit(f"    {inc.summary}", width))
+        print(f"    key {inc.key}")
+        if inc.status_by:
+            print(
+                _fit(
+                    f"    {STATUS_NAME.get(inc.status)} by {inc.status_by} "
+                    f"{_local(inc.status_at)}: {inc.status_comment}",
+                    width,
+                )
+            )
+    if header and not items:
+        print("(no incidents)")
+
+
+def cmd_incidents(stub, args) -> int:
+    req = analyst_pb2.ListIncidentsRequest(
+        rule=args.rule or "", region=args.region or "", page_size=min(args.limit, 1000)
+    )
+    if args.status:
+        req.status = {"open": 1, "acked": 2, "closed": 3}[args.status]
+    if args.severity:
+        req.min_severity = alert_pb2.Severity.Value(f"SEVERITY_{args.severity.upper()}")
+    if args.since is not None:
+        req.since.FromSeconds(int(args.since))
+    items = []
+    while len(items) < args.limit:
+        resp = stub.ListIncidents(req, timeout=30)
+        items.extend(resp.incidents)
+        if not resp.next_cursor:
+            break
+        req.cursor = resp.next_cursor
+    print_incidents(items[: args.limit], args.json, _colour(args))
+    return 0
+
+
+def cmd_incident(stub, args) -> int:
+    detail = stub.GetIncident(analyst_pb2.GetIncidentRequest(key=args.incident), timeout=30)
+    if args.json:
+        d = incident_dict(detail.incident)
+        d["alerts"] = [
+            alert_dict(a.alert)
+            | {
+                "origin": {
+                    "finess": a.origin.finess,
+                    "ght": a.origin.ght,
+                    "region": a.origin.region,
+                }
+            }
+            for a in detail.alerts
+        ]
+        print(json.dumps(d, separators=(",", ":")))
+        return 0
+    print_incidents([detail.incident], False, _colour(args))
+    print("\nSITES")
+    for s in detail.incident.sites:
+        print(f"    {s.ght:<20} {s.finess:<9}  region {s.region}")
+    print("\nALERTS")
+    print_alerts(list(detail.alerts), False, _colour(args))
+    return 0
+
+
+def _update(stub, key: str, status: int, comment: str) -> int:
+    inc = stub.UpdateIncident(
+        analyst_pb2.UpdateIncidentRequest(key=key, status=status, comment=comment), timeout=30
+    )
+    print(f"{STATUS_NAME[inc.status]}: {inc.key}")
+    return 0
+
+
+def cmd_ack(stub, args) -> int:
+    return _update(stub, args.incident, analyst_pb2.STATUS_ACKNOWLEDGED, args.comment)
+
+
+def cmd_close(stub, args) -> int:
+    return _update(stub, args.incident, analyst_pb2.STATUS_CLOSED, args.comment)
+
+
+def cmd_stats(stub, args) -> int:
+    req = analyst_pb2.CountAlertsRequest(by=args.by, region=args.region or "")
+    if args.since is not None:
+        req.since.FromSeconds(int(args.since))
+    counts = list(stub.CountAlerts(req, timeout=30).counts)
+    if args.by == "hour":
+        counts.sort(key=lambda c: int(c.key))
+    if args.json:
+        for c in counts:
+            key = _local_hour(c.key) if args.by == "hour" else c.key
+            print(json.dumps({args.by: key, "count": c.count}))
+        return 0
+    top = max((c.count for c in counts), default=1)
+    print(f"{args.by.upper():<24} {'ALERTS':>8}")
+    for c in counts:
+        key = _local_hour(c.key) if args.by == "hour" else c.key
+        bar = "#" * max(1, round(40 * c.count / top))
+        print(f"{_fit(key, 24):<24} {c.count:>8}  {bar}")
+    if not counts:
+        print("(no alerts)")
+    return 0
+
+
+def _local_hour(key: str) -> str:
+    return dt.datetime.fromtimestamp(int(key)).astimezone().strftime("%Y-%m-%d %H:00")
+
+
+def cmd_watch(stub, args) -> int:
+    """Follows incidents; after a lost connection it resumes from the last one seen."""
+    cursor = args.cursor
+    first = True
+    delay = 1.0
+    while True:
+        req = analyst_pb2.WatchIncidentsRequest(cursor=cursor, from_start=args.from_start)
+        if args.severity:
+            req.min_severity = alert_pb2.Severity.Value(f"SEVERITY_{args.severity.upper()}")
+        try:
+            for event in stub.WatchIncidents(req):
+                print_incidents([event.incident], args.json, _colour(args), header=first)
+                first = False
+                cursor = event.incident.seq
+                delay = 1.0
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or args.once:
+                raise
+            print(f"vigie: connection lost, resuming after incident #{cursor}", file=sys.stderr)
+            time.sleep(delay)
+            delay = min(30.0, delay * 2)
+        if args.once:
+            return 0
+
+
+def _colour(args) -> bool:
+    return sys.stdout.isatty() and not getattr(args, "no_colour", False)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="vigie", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -178,6 +350,40 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--no-colour", action="store_true")
     g = sub.add_parser("agents", help="fleet health, silent agents first")
     g.add_argument("--json", action="store_true")
+    sev = ["info", "low", "medium", "high", "critical"]
+    i = sub.add_parser("incidents", help="list incidents, newest change first")
+    i.add_argument("--status", choices=["open", "acked", "closed"])
+    i.add_argument("--severity", choices=sev, help="at least this severity")
+    i.add_argument("--rule")
+    i.add_argument("--region")
+    i.add_argument("--since", type=_since)
+    i.add_argument("--limit", type=int, default=50)
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--no-colour", action="store_true")
+    d = sub.add_parser("incident", help="one incident with its sites and alerts")
+    d.add_argument("incident", metavar="KEY", help="the incident key")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--no-colour", action="store_true")
+    for name, what in (("ack", "acknowledge"), ("close", "close")):
+        u = sub.add_parser(name, help=f"{what} an incident")
+        u.add_argument("incident", metavar="KEY", help="the incident key")
+        u.add_argument("--comment", "-m", default="", help="why (kept in the audit log)")
+    st = sub.add_parser("stats", help="alert counts grouped by a field")
+    st.add_argument(
+        "--by",
+        choices=["ght", "detector", "hour", "finess", "region", "technique"],
+        default="detector",
+    )
+    st.add_argument("--since", type=_since)
+    st.add_argument("--region")
+    st.add_argument("--json", action="store_true")
+    w = sub.add_parser("watch", help="follow incidents as they are raised or change")
+    w.add_argument("--severity", choices=sev)
+    w.add_argument("--from-start", action="store_true", help="replay every incident first")
+    w.add_argument("--cursor", type=int, default=0, help="resume after this incident seq")
+    w.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
+    w.add_argument("--json", action="store_true")
+    w.add_argument("--no-colour", action="store_true")
     args = p.parse_args(argv)
     try:
         cfg = connect.settings(
@@ -185,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         with connect.channel(cfg) as channel:
             stub = analyst_pb2_grpc.AnalystStub(channel)
-            return {"alerts": cmd_alerts, "agents": cmd_agents}[args.cmd](stub, args)
+            return COMMANDS[args.cmd](stub, args)
     except (ConfigError, connect.ConnectError) as exc:
         print(f"vigie: {exc}", file=sys.stderr)
         return EX_USAGE
@@ -200,10 +406,27 @@ def main(argv: list[str] | None = None) -> int:
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             print(f"vigie: refused by the collector: {exc.details()}", file=sys.stderr)
             return EX_REFUSED
+        if code == grpc.StatusCode.NOT_FOUND:
+            print(f"vigie: {exc.details()}", file=sys.stderr)
+            return EX_NOT_FOUND
         print(f"vigie: {code.name}: {exc.details()}", file=sys.stderr)
         return EX_USAGE if code == grpc.StatusCode.INVALID_ARGUMENT else 1
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+COMMANDS = {
+    "alerts": cmd_alerts,
+    "agents": cmd_agents,
+    "incidents": cmd_incidents,
+    "incident": cmd_incident,
+    "ack": cmd_ack,
+    "close": cmd_close,
+    "stats": cmd_stats,
+    "watch": cmd_watch,
+}
 
 
 if __name__ == "__main__":

@@ -111,22 +111,23 @@ class Collector:
         return self.state_dir / "vigie.db"
 
 
-def start_collector(state_dir: Path, port: int | None = None) -> Collector:
+def start_collector(
+    state_dir: Path, port: int | None = None, config: Path | None = None
+) -> Collector:
     port = port or free_port()
     log = state_dir.parent / f"{state_dir.name}.log"
     out = open(log, "ab")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(
-        [
-            tool("vigie-collector"),
-            "serve",
-            "--state-dir",
-            str(state_dir),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    cmd = [
+        tool("vigie-collector"),
+        "serve",
+        "--state-dir",
+        str(state_dir),
+        "--listen",
+        f"127.0.0.1:{port}",
+    ]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if log.exists() and b"collector_listening" in log.read_bytes():

@@ -140,7 +140,7 @@ def test_dark_site_once_across_replicas(url: str) -> None:
     ran = []
 
     def job(s: Store) -> None:
-        ran.append(s.run_job("dark_site", 60, lambda tx, c: s.dark_sites(tx, now), now=now))
+        ran.append(s.run_job("dark_site", 60, lambda tx: s.dark_sites(tx, now), now=now))
 
     threads = [threading.Thread(target=job, args=(s,)) for s in replicas]
     for t in threads:
