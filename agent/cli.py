@@ -16,11 +16,14 @@ from typing import Any
 import psutil
 
 from agent import settings
-from agent.anonymise.policy import AnonymisationError, Anonymiser, load_or_create_secret
+from agent.anonymise.explain import cmd_explain
+from agent.anonymise.policy import AnonymisationError, Anonymiser
 from agent.capture.live import CaptureError as LiveError
 from agent.capture.live import LiveCapture
 from agent.capture.pcapfile import CaptureError, ReadStats, read_capture
 from agent.deliver.stream import Credentials, Sender
+from agent.enroll import EnrollError
+from agent.host import sampler as host_sampler
 from agent.outbox.store import Outbox, OutboxError
 from agent.pipeline import Pipeline
 from common import config, logs
@@ -38,10 +41,7 @@ log = logs.get("agent")
 
 
 def _anonymiser(cfg: dict[str, Any]) -> Anonymiser:
-    a = cfg["anonymisation"]
-    secret = load_or_create_secret(settings.path(cfg, a["secret_file"], "anon.key"))
-    clear = {k: v for k, v in a.items() if k.startswith("clear_")}
-    return Anonymiser(secret, a["key_epoch"], a["internal_ranges"], a["internal_domains"], clear)
+    return Anonymiser.from_settings(cfg["anonymisation"], cfg["state_dir"])
 
 
 class Delivery:
@@ -59,6 +59,11 @@ class Delivery:
         )
         creds.load()  # fail now, with the file named, rather than in the sender's loop
         self.started = time.time()
+        # One Process object for the agent's whole life: cpu_percent measures since the
+        # previous call on the same object, so a fresh one every heartbeat always said 0.
+        self._me = psutil.Process()
+        self._me.cpu_percent(interval=None)
+        psutil.cpu_percent(interval=None)
         self.stats = stats
         self.sender = Sender(
             self.outbox,
@@ -67,12 +72,19 @@ class Delivery:
             self.heartbeat,
             c["batch_size"],
             c["heartbeat_seconds"],
+            intel_path=settings.path(cfg, "", "intel.json"),
+            on_intel=self.on_intel,
         )
         self.drain_timeout = c["drain_timeout_seconds"]
 
+    def on_intel(self, bundle: dict) -> None:
+        """A new intel bundle (already stored in state_dir/intel.json): the pipeline's
+        IOC matching picks it up from here."""
+        self.intel = bundle
+
     def heartbeat(self) -> ingest_pb2.Heartbeat:
         received, dropped = self.stats()
-        me = psutil.Process()
+        me = self._me
         hb = ingest_pb2.Heartbeat(
             agent_version=VERSION,
             agent_uptime_seconds=time.time() - self.started,
@@ -122,6 +134,8 @@ def _print_stats(pipe: Pipeline, read: ReadStats | None, elapsed: float) -> None
         "flows_created": pipe.flows.created,
         "flows_evicted": pipe.flows.evicted,
         "alerts": dict(sorted(pipe.counters.alerts.items())),
+        "deep_decoded": dict(sorted(pipe.deep_stats.decoded.items())),
+        "deep_malformed": dict(sorted(pipe.deep_stats.malformed.items())),
         "seconds": round(elapsed, 3),
         "packets_per_second": round(pipe.packets / elapsed) if elapsed > 0 else 0,
     }
@@ -165,12 +179,24 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    cap = LiveCapture(args.interface, cfg["capture"]["bpf_filter"], cfg["capture"]["snaplen"])
+    c = cfg["capture"]
+    cap = LiveCapture(
+        args.interface,
+        c["bpf_filter"],
+        c["snaplen"],
+        ring=c["ring"],
+        ring_megabytes=c["ring_megabytes"],
+    )
+    if c["ring"] and cap.mode != "ring":
+        log.warning("capture_ring_unavailable", reason=cap.ring_error, fallback="recv")
     delivery = Delivery(cfg, cap.stats) if args.output == "collector" else None
     pipe = Pipeline(cfg, _anonymiser(cfg), delivery or _jsonl, time.time)
     if delivery:
         delivery.start()
-    log.info("capture_started", interface=args.interface)
+    host = host_sampler.from_settings(cfg, args.config) if cfg["host"]["enabled"] else None
+    if host is not None:
+        host.start(pipe.host_samples.put_nowait, cfg["host"]["interval_seconds"])
+    log.info("capture_started", interface=args.interface, mode=cap.mode)
     feed, tick = pipe.feed, pipe.tick
     next_tick = 0.0
     try:
@@ -182,6 +208,8 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
                 tick(now)
                 next_tick = now + 1.0
     finally:
+        if host is not None:
+            host.stop()
         pipe.finish()
         received, dropped = cap.stats()
         cap.close()
@@ -193,6 +221,17 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         )
         if delivery:
             delivery.finish(wait=False)
+    return 0
+
+
+def cmd_enroll(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    from agent.enroll import enroll
+
+    if problem := config.host_port(args.collector):
+        raise config.ConfigError(f"--collector {problem}")
+    tls = settings.path(cfg, "", "tls")
+    agent_id = enroll(args.collector, args.token, tls, args.ca_fingerprint, args.ca)
+    print(f"enrolled as {agent_id}: credentials in {tls}")
     return 0
 
 
@@ -219,19 +258,41 @@ def main(argv: list[str] | None = None) -> int:
     live.add_argument("--interface", "-i", required=True)
     common_args(live, "collector")
 
+    en = sub.add_parser("enroll", help="get this agent's certificate with a one-time token")
+    en.add_argument("--collector", required=True, metavar="HOST:PORT", help="enrollment port")
+    en.add_argument("--token", required=True, help="from 'vigie-collector token create'")
+    pin = en.add_mutually_exclusive_group()
+    pin.add_argument("--ca-fingerprint", default="", metavar="SHA256", help="pin the CA")
+    pin.add_argument("--ca", default="", metavar="FILE", help="the collector's CA certificate")
+    en.add_argument("--config", help="TOML file (default: built-in defaults)")
+    en.add_argument("--state-dir", help="override state_dir")
+
+    ex = sub.add_parser(
+        "explain-anonymisation",
+        help="show how addresses and names would be reported (for the data protection officer)",
+    )
+    ex.add_argument("values", nargs="+", metavar="VALUE", help="address or name")
+    ex.add_argument("--config", help="TOML file (default: built-in defaults)")
+    ex.add_argument("--state-dir", help="override state_dir")
+    ex.add_argument("--json", action="store_true", help="machine-readable output")
+
     args = p.parse_args(argv)
     # stdout carries alerts with --output jsonl: logs go to stderr then.
-    stream = sys.stderr if args.output == "jsonl" else sys.stdout
+    stream = sys.stderr if getattr(args, "output", "jsonl") == "jsonl" else sys.stdout
     logs.setup(stream)
     try:
         cfg = config.load(args.config, settings.SCHEMA)
         if args.state_dir:
             cfg["state_dir"] = args.state_dir
-        if args.collector:
+        if args.cmd == "enroll":
+            return cmd_enroll(args, cfg)
+        if getattr(args, "collector", None):
             if problem := config.host_port(args.collector):
                 raise config.ConfigError(f"--collector {problem}")
             cfg["collector"]["address"] = args.collector
         logs.setup(stream, cfg["log_level"])
+        if args.cmd == "explain-anonymisation":
+            return cmd_explain(args.values, cfg, args.json)
         if args.cmd == "replay":
             return cmd_replay(args, cfg)
         return cmd_run(args, cfg)
@@ -242,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         OutboxError,
         AnonymisationError,
         FileNotFoundError,
+        EnrollError,
     ) as exc:
         print(f"vigie-agent: {exc}", file=sys.stderr)
         return EX_USAGE

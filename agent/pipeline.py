@@ -6,6 +6,7 @@ the caller's `tick(now)` (live capture on a quiet link).
 
 from __future__ import annotations
 
+import queue
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 
 from agent.aggregate import Aggregator
 from agent.anonymise.policy import Anonymiser, Finding
+from agent.decode.deep import DeepDecoder, DeepStats
 from agent.decode.fast import DecodeStats, make_decoder
 from agent.decode.packet import ICMP, ICMP6, TCP, UDP, Packet
 from agent.detect import registry
@@ -20,6 +22,7 @@ from agent.flows.table import FlowTable
 from vigie.v1 import alert_pb2
 
 TICK_INTERVAL = 1.0
+HOST_QUEUE = 16  # host samples waiting for a tick; the sampler counts what did not fit
 
 
 @dataclass
@@ -77,6 +80,14 @@ class Pipeline:
         self._on_outcome = on("on_outcome")
         self._on_flow_end = on("on_flow_end")
         self._on_tick = on("on_tick")
+        self._on_app = on("on_app")
+        # Host samples come from the sampler's thread through this bounded queue and are
+        # handled in tick(), so detectors, aggregator and anonymiser stay single-threaded.
+        self._on_host = on("on_host")
+        self.host_samples: queue.Queue = queue.Queue(maxsize=HOST_QUEUE)
+        self.deep_stats = DeepStats()
+        # Only built when a detector wants application messages: otherwise no packet pays.
+        self.deep = DeepDecoder(self.deep_stats) if self._on_app else None
         f = cfg["flows"]
         self.flows = FlowTable(
             self._outcome,
@@ -85,6 +96,7 @@ class Pipeline:
             attempt_timeout=f["attempt_timeout_seconds"],
             tcp_idle=f["tcp_idle_seconds"],
             udp_idle=f["udp_idle_seconds"],
+            active_timeout=f["active_timeout_seconds"],
         )
         self.packets = 0
         self.bytes = 0
@@ -104,6 +116,8 @@ class Pipeline:
     def _flow_end(self, flow) -> None:
         for h in self._on_flow_end:
             h(flow)
+        if self.deep is not None:
+            self.deep.forget(flow.key)
 
     def feed(self, ts: float, linktype: int, wirelen: int, frame: bytes) -> None:
         self.packets += 1
@@ -113,8 +127,14 @@ class Pipeline:
             return
         for h in self._on_packet:
             h(p)
-        self.flows.packet(p)
-        if p.proto in (ICMP, ICMP6) and p.sport in (1, 3):
+        flow = self.flows.packet(p)
+        proto = p.proto
+        # Literal protocol numbers make constant tuples: no global lookups per packet.
+        if self.deep is not None and p.payload and proto in (6, 17):  # TCP, UDP
+            for msg in self.deep(p, flow):
+                for h in self._on_app:
+                    h(msg, flow, p)
+        if proto in (1, 58) and p.sport in (1, 3):  # ICMP/ICMPv6 unreachable
             self.flows.icmp_unreachable(p, quoted_key(p))
         if ts > self.last_ts:
             self.last_ts = ts
@@ -123,6 +143,8 @@ class Pipeline:
 
     def tick(self, now: float) -> None:
         self._next_tick = now + TICK_INTERVAL
+        if self._on_host:
+            self._drain_host()
         self.flows.tick(now)
         for h in self._on_tick:
             h(now)
@@ -134,4 +156,15 @@ class Pipeline:
         self.flows.flush(self.last_ts)
         for h in self._on_tick:
             h(self.last_ts)
+        if self._on_host:
+            self._drain_host()
         self.aggregator.flush()
+
+    def _drain_host(self) -> None:
+        while True:
+            try:
+                sample = self.host_samples.get_nowait()
+            except queue.Empty:
+                return
+            for h in self._on_host:
+                h(sample)

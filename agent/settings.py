@@ -32,6 +32,18 @@ SCHEMA: dict[str, Any] = {
             str, "ip or ip6 or arp", "Kernel (BPF) filter applied to live capture, tcpdump syntax."
         ),
         "snaplen": Option(int, 65535, "Bytes kept of each captured packet.", at_least(64)),
+        "ring": Option(
+            bool,
+            True,
+            "Receive through a shared-memory ring (PACKET_MMAP TPACKET_V3): several times "
+            "fewer system calls and drops at high rates. false: one recv() per packet.",
+        ),
+        "ring_megabytes": Option(
+            int,
+            32,
+            "Size of the capture ring (1 MB blocks); more absorbs longer bursts.",
+            at_least(2),
+        ),
     },
     "flows": {
         "max_flows": Option(
@@ -42,6 +54,12 @@ SCHEMA: dict[str, Any] = {
         ),
         "tcp_idle_seconds": Option(float, 300.0, "Idle TCP flows end after this.", positive),
         "udp_idle_seconds": Option(float, 60.0, "Idle UDP flows end after this.", positive),
+        "active_timeout_seconds": Option(
+            float,
+            3600.0,
+            "Flows still active after this are reported and go on as a new record.",
+            positive,
+        ),
     },
     "aggregation": {
         "window_seconds": Option(
@@ -53,10 +71,25 @@ SCHEMA: dict[str, Any] = {
     },
     "anonymisation": {
         "secret_file": Option(
-            str, "", "Per-establishment secret (0600). Empty: state_dir/anon.key"
+            str,
+            "",
+            "Per-establishment secret (0600, made on first start, never sent). Empty: "
+            "state_dir/anon.key for key_epoch 1, state_dir/anon-<epoch>.key after. "
+            "A path given here needs {epoch} in it to allow key_epoch > 1.",
         ),
         "key_epoch": Option(
-            int, 1, "Raise when rolling in a new secret; alerts carry it.", at_least(1)
+            int,
+            1,
+            "Raise to roll in a new secret (made on first start): pseudonyms change, "
+            "alerts carry the epoch, the old secret file is left alone.",
+            at_least(1),
+        ),
+        "prefix_preserving": Option(
+            bool,
+            False,
+            "Internal IPv4 addresses become Crypto-PAn pseudonyms ('pp:' + dotted quad) "
+            "that keep shared prefixes, so hosts of one subnet look related. Reveals the "
+            "subnet layout; off: 'p:' + HMAC for every address.",
         ),
         "internal_ranges": Option(
             list, [], "Public ranges the establishment uses internally.", _ranges
@@ -87,6 +120,19 @@ SCHEMA: dict[str, Any] = {
             100_000,
             "Bound; beyond it the oldest low-severity alerts are shed (counted).",
             at_least(10),
+        ),
+    },
+    "host": {
+        "enabled": Option(
+            bool, True, "run: sample processes, sockets and sessions (host detectors)."
+        ),
+        "interval_seconds": Option(float, 5.0, "Seconds between host samples.", at_least(0.1)),
+        "exe_recheck_rounds": Option(
+            int,
+            1,
+            "Re-read every process's binary path every N samples (catches binaries deleted "
+            "after start); 0: only when a process is new.",
+            at_least(0),
         ),
     },
     "detectors": {registry.config_key(d): d.schema() for d in registry.DETECTORS},

@@ -18,6 +18,7 @@ from collector.pki.ca import Identity, PkiError
 SERVICE_KINDS = {
     "/vigie.v1.Ingest/": "agent",
     "/vigie.v1.Analyst/": "analyst",
+    "/vigie.v1.Renewal/": "agent",
 }
 
 
@@ -44,6 +45,11 @@ def _required_kind(method: str) -> str | None:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
+    """`revoked(agent_id)` is asked on every call (a cache: see pki.registry)."""
+
+    def __init__(self, revoked: Callable[[str], bool] | None = None) -> None:
+        self.revoked = revoked
+
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = continuation(details)
         if handler is None:
@@ -54,6 +60,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             who = caller(context)
             if who is None:
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid Vigie certificate")
+            if who.kind == "agent" and self.revoked is not None and self.revoked(who.name):
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "this agent certificate is revoked")
             if kind is not None and who.kind != kind:
                 context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,

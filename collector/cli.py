@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import re
 import sys
 from pathlib import Path
 
 from collector import server, settings
 from collector.pki import ca as pki
+from collector.pki import intel
+from collector.pki.registry import format_token
 from common import config, logs
+
+FINESS_RE = re.compile(r"^[0-9][0-9AB][0-9]{7}$")
+TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> float:
+    """'24h', '30m', '7d', '90s' or a number of seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise config.ConfigError(f"--ttl {text!r}: use a duration such as 30m, 24h or 7d")
+    seconds = float(m.group(1)) * TTL_UNITS[m.group(2) or "s"]
+    if seconds > 30 * 86400:
+        raise config.ConfigError("--ttl: an enrollment token lives at most 30 days")
+    return seconds
 
 
 def _load(args: argparse.Namespace) -> dict:
@@ -31,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve", help="run the collector")
     common_args(s)
     s.add_argument("--listen", help="override listen (HOST:PORT; port 0 picks one)")
+    s.add_argument("--enroll-listen", help="override enroll.listen (HOST:PORT, 'auto' or '')")
 
     k = sub.add_parser("pki", help="manage the collector's certificate authority")
     ksub = k.add_subparsers(dest="pki_cmd", required=True)
@@ -48,6 +67,32 @@ def main(argv: list[str] | None = None) -> int:
     kn.add_argument("--name", required=True)
     kn.add_argument("--role", required=True, help="national or regional:<code>")
     kn.add_argument("--out", required=True)
+    kr = ksub.add_parser(
+        "rollover", help="make a new issuing CA; the old one stays trusted until it expires"
+    )
+    common_args(kr)
+
+    t = sub.add_parser("token", help="enrollment tokens")
+    tsub = t.add_subparsers(dest="token_cmd", required=True)
+    tc = tsub.add_parser("create", help="issue a one-time, expiring enrollment token")
+    common_args(tc)
+    tc.add_argument("--region", required=True)
+    tc.add_argument("--ght", required=True)
+    tc.add_argument("--finess", required=True, help="9-character FINESS number")
+    tc.add_argument("--ttl", default="24h", help="lifetime: 30m, 24h, 7d (default 24h)")
+
+    ag = sub.add_parser("agent", help="manage enrolled agents")
+    agsub = ag.add_subparsers(dest="agent_cmd", required=True)
+    ar = agsub.add_parser("revoke", help="refuse an agent from now on (every call is checked)")
+    common_args(ar)
+    ar.add_argument("agent_id")
+    ar.add_argument("--reason", default="")
+
+    it = sub.add_parser("intel", help="the intel bundle distributed to agents")
+    isub = it.add_subparsers(dest="intel_cmd", required=True)
+    il = isub.add_parser("load", help="validate a JSON bundle and publish it as a new version")
+    common_args(il)
+    il.add_argument("file")
 
     args = p.parse_args(argv)
     logs.setup(sys.stdout)
@@ -55,12 +100,39 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _load(args)
         logs.setup(sys.stdout, cfg["log_level"])
         if args.cmd == "serve":
+            if args.enroll_listen is not None:
+                cfg["enroll"]["listen"] = args.enroll_listen
             server.serve(cfg)
             return 0
         d = server.pki_dir(cfg)
+        if args.cmd == "token":
+            return _token_create(args, cfg, d)
+        if args.cmd == "agent":
+            reg = server.open_registry(cfg)
+            reg.revoke(args.agent_id, args.reason)
+            reg.close()
+            print(f"agent {args.agent_id} revoked: its calls are refused from now on")
+            return 0
+        if args.cmd == "intel":
+            bundle = intel.load_file(args.file)
+            reg = server.open_registry(cfg)
+            version = reg.load_intel(bundle)
+            reg.close()
+            counts = ", ".join(f"{len(bundle[k])} {k}" for k in intel.KEYS)
+            print(f"intel version {version} loaded: {counts}")
+            return 0
         if args.pki_cmd == "init":
             pki.init(d, cfg["pki"]["server_names"])
             print(f"CA and server certificate in {d}")
+            print(f"CA fingerprint (SHA-256): {pki.server_ca_fingerprint(d)}")
+            return 0
+        if args.pki_cmd == "rollover":
+            new = pki.rollover(d)
+            print(
+                f"new issuing CA {pki.fingerprint(new.cert)}; trusted: "
+                + ", ".join(pki.fingerprint(c)[:16] for c in pki.trusted_cas(d))
+            )
+            print("restart the collector so that it trusts both")
             return 0
         authority = pki.Authority(d)
         if args.pki_cmd == "issue-agent":
@@ -75,9 +147,33 @@ def main(argv: list[str] | None = None) -> int:
             path = authority.issue(args.out, "analyst", identity=ident)
         print(f"{ident.kind} {ident.name} certificate: {Path(path)}")
         return 0
-    except (config.ConfigError, server.StartError, pki.PkiError) as exc:
+    except (config.ConfigError, server.StartError, pki.PkiError, intel.IntelError) as exc:
         print(f"vigie-collector: {exc}", file=sys.stderr)
         return 2
+
+
+def _token_create(args: argparse.Namespace, cfg: dict, d: Path) -> int:
+    if not FINESS_RE.match(args.finess):
+        raise config.ConfigError(f"--finess {args.finess!r} is not a 9-character FINESS number")
+    for name in ("region", "ght"):
+        value = getattr(args, name)
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+            raise config.ConfigError(f"--{name} {value!r}: 1-64 characters of [A-Za-z0-9._-]")
+    ttl = parse_ttl(args.ttl)
+    if not pki.Authority.exists(d) or not (d / "server.crt").exists():
+        pki.init(d, cfg["pki"]["server_names"])
+    fp = pki.server_ca_fingerprint(d)
+    reg = server.open_registry(cfg)
+    token_id, secret, expires = reg.create_token(args.finess, args.ght, args.region, ttl)
+    reg.close()
+    until = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(format_token(token_id, secret, fp))
+    print(
+        f"one-time token {token_id} for FINESS {args.finess}, GHT {args.ght}, region "
+        f"{args.region}; expires {until}; CA fingerprint (SHA-256) {fp}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 if __name__ == "__main__":

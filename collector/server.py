@@ -12,14 +12,26 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from collector.audit import AuditInterceptor
 from collector.auth import AuthInterceptor
+from collector.enroll.servicer import EnrollmentServicer, RenewalServicer
 from collector.ingest.servicer import IngestServicer
+from collector.jobs import Jobs
 from collector.pki import ca as pki
+from collector.pki.intel import IntelSource
+from collector.pki.registry import Registry, RevocationCache
 from collector.query.servicer import AnalystServicer
 from collector.store import Store, StoreError
 from collector.store import open_store as _open
 from common import logs
-from vigie.v1 import analyst_pb2, analyst_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from vigie.v1 import (
+    analyst_pb2,
+    analyst_pb2_grpc,
+    enroll_pb2,
+    enroll_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+)
 
 log = logs.get("collector")
 
@@ -32,16 +44,24 @@ def pki_dir(cfg: dict[str, Any]) -> Path:
     return Path(cfg["pki"]["dir"] or Path(cfg["state_dir"]) / "pki")
 
 
+def open_registry(cfg: dict[str, Any]) -> Registry:
+    return Registry(Path(cfg["state_dir"]) / "registry.db")
+
+
 def open_store(cfg: dict[str, Any]) -> Store:
     url = cfg["storage"] or f"sqlite:///{Path(cfg['state_dir']) / 'vigie.db'}"
     try:
-        return _open(url, cfg["sqlite_synchronous"].upper())
+        return _open(url, cfg["sqlite_synchronous"].upper(), cfg["correlation"])
     except StoreError as exc:
         raise StartError(str(exc)) from None
 
 
-def build(cfg: dict[str, Any], store: Store) -> tuple[grpc.Server, int]:
+def build(
+    cfg: dict[str, Any], store: Store, registry: Registry | None = None
+) -> tuple[grpc.Server, int]:
     d = pki_dir(cfg)
+    registry = registry or open_registry(cfg)
+    revoked = RevocationCache(registry)
     if not pki.Authority.exists(d) or not (d / "server.crt").exists():
         if not cfg["pki"]["auto_init"]:
             raise StartError(f"no PKI in {d}: run 'vigie-collector pki init'")
@@ -49,13 +69,13 @@ def build(cfg: dict[str, Any], store: Store) -> tuple[grpc.Server, int]:
         log.info("pki_created", dir=str(d))
     creds = grpc.ssl_server_credentials(
         [((d / "server.key").read_bytes(), (d / "server.crt").read_bytes())],
-        root_certificates=(d / "ca.crt").read_bytes(),
+        root_certificates=pki.trust_bundle(d),  # the issuing CA and any kept by a rollover
         require_client_auth=True,
     )
     limit = cfg["ingest"]["max_message_bytes"]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg["ingest"]["workers"]),
-        interceptors=[AuthInterceptor()],
+        interceptors=[AuthInterceptor(revoked), AuditInterceptor(store)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -66,18 +86,26 @@ def build(cfg: dict[str, Any], store: Store) -> tuple[grpc.Server, int]:
     )
     ingest_pb2_grpc.add_IngestServicer_to_server(
         IngestServicer(
-            store, cfg["ingest"]["max_batches_in_flight"], cfg["ingest"]["max_alerts_per_second"]
+            store,
+            cfg["ingest"]["max_batches_in_flight"],
+            cfg["ingest"]["max_alerts_per_second"],
+            IntelSource(registry),
+            revoked,
         ),
         server,
     )
+    enroll_pb2_grpc.add_RenewalServicer_to_server(
+        RenewalServicer(d, registry, cfg["pki"]["agent_cert_seconds"]), server
+    )
     analyst_pb2_grpc.add_AnalystServicer_to_server(
-        AnalystServicer(store, cfg["silent_after_seconds"]), server
+        AnalystServicer(store, cfg["silent_after_seconds"], stix=cfg["sinks"]["stix"]), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
         ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name,
         analyst_pb2.DESCRIPTOR.services_by_name["Analyst"].full_name,
+        enroll_pb2.DESCRIPTOR.services_by_name["Renewal"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
@@ -85,24 +113,89 @@ def build(cfg: dict[str, Any], store: Store) -> tuple[grpc.Server, int]:
     port = server.add_secure_port(cfg["listen"], creds)
     if port == 0:
         raise StartError(f"cannot listen on {cfg['listen']}")
-    for name in ("", *names[:2]):
+    for name in ("", *names[:3]):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, port
 
 
+def build_enroll(
+    cfg: dict[str, Any], registry: Registry, main_port: int
+) -> tuple[grpc.Server | None, int]:
+    """The enrollment listener: server-side TLS only, and the Enrollment service alone.
+
+    Python gRPC cannot request a client certificate without requiring it, so enrollment
+    (where the agent has none yet) gets its own port rather than weakening the main one.
+    """
+    where = cfg["enroll"]["listen"]
+    if not where:
+        return None, 0
+    auto = where == "auto"
+    if auto:
+        host = cfg["listen"].rpartition(":")[0]
+        where = f"{host}:{main_port + 1}"
+    d = pki_dir(cfg)
+    creds = grpc.ssl_server_credentials(
+        [((d / "server.key").read_bytes(), pki.server_chain(d))], require_client_auth=False
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=[("grpc.max_receive_message_length", 64 * 1024)],
+        maximum_concurrent_rpcs=16,
+    )
+    enroll_pb2_grpc.add_EnrollmentServicer_to_server(
+        EnrollmentServicer(d, registry, cfg["pki"]["agent_cert_seconds"]), server
+    )
+    try:
+        port = server.add_secure_port(where, creds)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        if auto:
+            log.warning("enroll_listener_skipped", address=where, reason="address in use")
+            return None, 0
+        raise StartError(f"cannot listen for enrollment on {where}")
+    return server, port
+
+
+def build_sinks(cfg: dict[str, Any]) -> list:
+    """The national service's outputs enabled in [sinks] (none by default)."""
+    from collector.sinks import build_sinks as _build
+
+    return _build(cfg["sinks"], state_dir=cfg["state_dir"])
+
+
 def serve(cfg: dict[str, Any]) -> None:
     store = open_store(cfg)
-    server, port = build(cfg, store)
+    registry = open_registry(cfg)
+    server, port = build(cfg, store, registry)
+    enroll, enroll_port = build_enroll(cfg, registry, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
     host = cfg["listen"].rpartition(":")[0]
+    if enroll is not None:
+        enroll.start()
+        where = cfg["enroll"]["listen"]
+        ehost = host if where == "auto" else where.rpartition(":")[0]
+        log.info(
+            "enroll_listening",
+            address=f"{ehost}:{enroll_port}",
+            ca_fingerprint=pki.server_ca_fingerprint(pki_dir(cfg)),
+        )
+    jobs = Jobs(store, cfg, build_sinks(cfg))
+    jobs.start()
     log.info("collector_listening", address=f"{host}:{port}")
     try:
         stop.wait()
     finally:
         log.info("collector_stopping")
+        jobs.stop()
+        for sink in jobs.sinks:
+            sink.close()
+        if enroll is not None:
+            enroll.stop(grace=1)
         server.stop(grace=5).wait()
         store.close()
+        registry.close()
         log.info("collector_stopped")

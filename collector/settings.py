@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collector.correlate.rules import OPTIONS as CORRELATION
+from collector.sinks import OPTIONS as SINKS
 from common.config import Option, at_least, host_port, one_of, positive
 
 
@@ -47,6 +49,21 @@ SCHEMA = {
             ["localhost", "127.0.0.1", "::1"],
             "Names and addresses put in the server certificate.",
         ),
+        "agent_cert_seconds": Option(
+            int,
+            90 * 86400,
+            "Lifetime of agent certificates (enrollment and renewal); agents renew when a "
+            "third is left. Seconds-long values are for tests.",
+            at_least(5),
+        ),
+    },
+    "enroll": {
+        "listen": Option(
+            str,
+            "auto",
+            "Enrollment listener (server TLS only, serves nothing but Enroll): HOST:PORT, "
+            "'auto' for the main port + 1 (skipped with a warning if taken), '' for none.",
+        ),
     },
     "ingest": {
         "max_batches_in_flight": Option(
@@ -60,4 +77,12 @@ SCHEMA = {
         ),
         "workers": Option(int, 32, "Threads serving streams and queries.", at_least(2)),
     },
+    "correlation": CORRELATION,
+    "retention": {
+        "alert_days": Option(
+            float, 365.0, "Alerts and closed incidents older than this are purged (GDPR).", positive
+        ),
+        "check_interval_seconds": Option(float, 3600.0, "How often the purge runs.", positive),
+    },
+    **SINKS,
 }

@@ -5,28 +5,46 @@ that carried it (the collector acks after commit). On any stream failure every
 unacknowledged batch is simply sent again after a jittered exponential backoff; the
 collector's ids make the re-sends harmless. The collector's flow control bounds how
 many batches are in flight and how fast a backlog drains.
+
+The same stream brings intel bundles (stored in state_dir/intel.json, handed to a
+callback, applied without restart). Certificates renew themselves over the mutual-TLS
+channel when less than a third of their lifetime is left; the sender then reconnects
+with the new one.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
-from vigie.v1 import alert_pb2, ingest_pb2, ingest_pb2_grpc
+from google.protobuf.json_format import MessageToDict
 
+from agent import enroll as certs
 from agent.outbox.store import Outbox
 from common import logs
+from vigie.v1 import alert_pb2, ingest_pb2, ingest_pb2_grpc
 
 log = logs.get("agent.deliver")
+
+
+def backoff(first: float = 0.5, cap: float = 60.0) -> Iterator[float]:
+    """Full-jitter exponential backoff: sleep uniform(0, d), d doubling up to cap. A fleet
+    that lost its collector does not come back in step."""
+    delay = first
+    while True:
+        yield random.uniform(0, delay)
+        delay = min(cap, delay * 2)
 
 
 class Credentials:
     def __init__(self, ca: Path, cert: Path, key: Path) -> None:
         self.paths = (ca, cert, key)
+        self.ca, self.cert, self.key = ca, cert, key
 
     def load(self) -> grpc.ChannelCredentials:
         try:
@@ -49,6 +67,9 @@ class Sender(threading.Thread):
         batch_size: int = 200,
         heartbeat_seconds: float = 30.0,
         backoff_max: float = 60.0,
+        intel_path: Path | None = None,
+        on_intel: Callable[[dict], None] | None = None,
+        renew_fraction: float = 1 / 3,
     ) -> None:
         super().__init__(name="vigie-sender", daemon=True)
         self.outbox = outbox
@@ -67,10 +88,21 @@ class Sender(threading.Thread):
         self.connected = threading.Event()
         self.acked = 0
         self.connects = 0
+        self.renewals = 0
+        self.intel_path = intel_path
+        self.on_intel = on_intel
+        self.renew_fraction = renew_fraction
+        self.intel_version = _stored_intel_version(intel_path)
+        self._reconnect_now = False
+
+    def _heartbeat(self) -> ingest_pb2.AgentMessage:
+        hb = self.heartbeat()
+        hb.intel_version = self.intel_version
+        return ingest_pb2.AgentMessage(heartbeat=hb)
 
     # The request side runs in gRPC's thread: it pulls batches from the outbox.
     def _requests(self, call_done: threading.Event):
-        yield ingest_pb2.AgentMessage(heartbeat=self.heartbeat())
+        yield self._heartbeat()
         next_hb = time.monotonic() + self.heartbeat_seconds
         sent_at = time.monotonic()
         while not self._stopping.is_set() and not call_done.is_set():
@@ -83,7 +115,7 @@ class Sender(threading.Thread):
                     self._cv.wait(timeout=min(1.0, max(0.05, next_hb - time.monotonic())))
             if time.monotonic() >= next_hb:
                 next_hb = time.monotonic() + self.heartbeat_seconds
-                yield ingest_pb2.AgentMessage(heartbeat=self.heartbeat())
+                yield self._heartbeat()
             if not rows:
                 continue
             if self._rate:  # drain a backlog no faster than the collector allows
@@ -100,7 +132,7 @@ class Sender(threading.Thread):
             yield ingest_pb2.AgentMessage(batch=batch)
 
     def run(self) -> None:
-        delay = 0.5
+        delays = backoff(0.5, self.backoff_max)
         while not self._stopping.is_set():
             started = time.monotonic()
             try:
@@ -117,24 +149,87 @@ class Sender(threading.Thread):
                     self._in_flight.clear()  # unacked batches go again on the next stream
             if self._stopping.is_set():
                 break
+            if self._reconnect_now:  # a renewed certificate: reconnect at once
+                self._reconnect_now = False
+                continue
             if time.monotonic() - started > 30:
-                delay = 0.5  # the last stream was healthy: start the backoff over
-            sleep = random.uniform(0, delay)  # full jitter: a fleet does not return in step
-            delay = min(self.backoff_max, delay * 2)
-            self._stopping.wait(sleep)
+                delays = backoff(0.5, self.backoff_max)  # the last stream was healthy
+            self._stopping.wait(next(delays))
+
+    def _channel(self) -> grpc.Channel:
+        return grpc.secure_channel(
+            self.address, self.creds.load(), options=[("grpc.keepalive_time_ms", 30_000)]
+        )
+
+    def _needs_renewal(self) -> bool:
+        try:
+            return certs.needs_renewal(self.creds.cert.read_bytes(), self.renew_fraction)
+        except (OSError, ValueError):
+            return False
+
+    def _renew(self, channel: grpc.Channel) -> bool:
+        try:
+            left = certs.renew(channel, self.creds.key, self.creds.cert, self.creds.ca)
+        except grpc.RpcError as exc:
+            log.warning("cert_renewal_failed", code=str(exc.code()), detail=_detail(exc))
+            return False
+        except (OSError, ValueError) as exc:
+            log.error("cert_renewal_failed", error=str(exc))
+            return False
+        self.renewals += 1
+        log.info("cert_renewed", seconds_left=round(left))
+        return True
+
+    def _watch_certificate(self, channel: grpc.Channel, done: threading.Event) -> None:
+        """While a stream runs: renew when due, then end the stream to reconnect."""
+        try:
+            _, total = certs.lifetime_left(self.creds.cert.read_bytes())
+        except (OSError, ValueError):
+            return
+        every = min(60.0, max(0.5, total / 30))
+        while not done.wait(every):
+            if self._needs_renewal() and self._renew(channel):
+                self._reconnect_now = True
+                call = getattr(self, "_call", None)
+                if call is not None:
+                    call.cancel()
+                return
+
+    def _apply_intel(self, bundle: ingest_pb2.IntelBundle) -> None:
+        doc = MessageToDict(bundle, preserving_proto_field_name=True)
+        doc["version"] = int(bundle.version)
+        for key in ("ips", "domains", "ja3", "ja4", "hashes"):
+            doc.setdefault(key, [])
+        doc.setdefault("thresholds", {})
+        if self.intel_path is not None:
+            certs.write_atomic(self.intel_path, json.dumps(doc, sort_keys=True).encode(), 0o600)
+        self.intel_version = bundle.version
+        if self.on_intel is not None:
+            try:
+                self.on_intel(doc)
+            except Exception as exc:  # a bad consumer must not cut delivery
+                log.error("intel_callback_failed", error=str(exc))
+        log.info(
+            "intel_applied",
+            version=bundle.version,
+            **{k: len(doc[k]) for k in ("ips", "domains", "ja3", "ja4", "hashes", "thresholds")},
+        )
 
     def _session(self) -> None:
-        creds = self.creds.load()
-        with grpc.secure_channel(
-            self.address,
-            creds,
-            options=[
-                ("grpc.keepalive_time_ms", 30_000),
-            ],
-        ) as channel:
+        # Renew first if the certificate is already due: a stream would only be cut for it.
+        if self._needs_renewal():
+            with self._channel() as channel:
+                self._renew(channel)
+        with self._channel() as channel:
             stub = ingest_pb2_grpc.IngestStub(channel)
             done = threading.Event()
             self._call = call = stub.Stream(self._requests(done))
+            threading.Thread(
+                target=self._watch_certificate,
+                args=(channel, done),
+                name="vigie-cert-watch",
+                daemon=True,
+            ).start()
             try:
                 for msg in call:
                     body = msg.WhichOneof("body")
@@ -157,6 +252,8 @@ class Sender(threading.Thread):
                                 max_alerts_per_second=self._rate,
                             )
                         self.connected.set()
+                    elif body == "intel":
+                        self._apply_intel(msg.intel.bundle)
                     if self._stopping.is_set():
                         break
             finally:
@@ -180,6 +277,15 @@ class Sender(threading.Thread):
         call = getattr(self, "_call", None)
         if call is not None:
             call.cancel()
+
+
+def _stored_intel_version(path: Path | None) -> int:
+    if path is None:
+        return 0
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8")).get("version", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def _detail(exc: grpc.RpcError) -> str:

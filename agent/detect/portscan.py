@@ -14,14 +14,13 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-from vigie.v1 import alert_pb2
-
 from agent.anonymise.policy import Entity
 from agent.decode.packet import UDP
 from agent.detect.base import Detector, ip_text
 from agent.detect.window import Distinct, KeyedWindow
 from agent.flows.table import SUCCESS, Flow
 from common.config import Option, between, positive
+from vigie.v1 import alert_pb2
 
 
 class _Source:

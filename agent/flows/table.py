@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 
-from agent.decode.packet import ACK, FIN, ICMP, ICMP6, PSH, RST, SYN, TCP, UDP, URG, Packet
+from agent.decode.packet import ACK, FIN, PSH, RST, SYN, TCP, UDP, URG, Packet
 
 # Attempt outcomes
 SUCCESS = "success"  # handshake answered (SYN-ACK) or UDP answered
@@ -72,7 +73,12 @@ def stealth_kind(flags: int) -> str:
 
 
 class FlowTable:
-    """Keyed by the unordered 5-tuple plus VLAN. Bounded: the oldest flows go first."""
+    """Keyed by the unordered 5-tuple plus VLAN. Bounded: the oldest flows go first.
+
+    Idle flows end after their protocol's idle timeout; flows still active after
+    `active_timeout` are reported (on_end) and go on as a fresh record with the same
+    originator, so a day-long transfer shows up hourly instead of once at its end.
+    """
 
     def __init__(
         self,
@@ -84,6 +90,7 @@ class FlowTable:
         tcp_idle: float = 300.0,
         udp_idle: float = 60.0,
         other_idle: float = 30.0,
+        active_timeout: float = 3600.0,
         sweep_interval: float = 5.0,
     ) -> None:
         self.flows: dict[tuple, Flow] = {}
@@ -93,44 +100,56 @@ class FlowTable:
         self.attempt_timeout = attempt_timeout
         self.idle = {TCP: tcp_idle, UDP: udp_idle}
         self.other_idle = other_idle
+        self.active_timeout = active_timeout
         self.sweep_interval = sweep_interval
         self._pending: deque[tuple[float, Flow]] = deque()  # attempts awaiting an answer
         self._next_sweep = 0.0
         self.created = 0
         self.evicted = 0
         self.expired = 0
+        self.restarted = 0  # long flows reported at the active timeout and continued
 
     def __len__(self) -> int:
         return len(self.flows)
 
     def packet(self, p: Packet) -> Flow | None:
+        # Hot path (every decoded packet): locals only, one dict lookup, no temporaries
+        # beyond the key itself.
         proto = p.proto
-        if proto not in (TCP, UDP, ICMP, ICMP6):
+        if proto in (6, 17):  # TCP, UDP (literals: a constant tuple, no global lookups)
+            src, sport, dst, dport = p.src, p.sport, p.dst, p.dport
+            if src < dst or (src == dst and sport <= dport):
+                key = (proto, p.vlan, src, sport, dst, dport)
+            else:
+                key = (proto, p.vlan, dst, dport, src, sport)
+        elif proto in (1, 58):  # ICMP, ICMPv6
+            src, sport, dst = p.src, p.sport, p.dst  # type/code are not a flow identity
+            key = (proto, p.vlan, src, 0, dst, 0) if src <= dst else (proto, p.vlan, dst, 0, src, 0)
+        else:
             return None
-        a, b = (p.src, p.sport), (p.dst, p.dport)
-        if proto in (ICMP, ICMP6):
-            a, b = (p.src, 0), (p.dst, 0)  # type/code are not a flow identity
-        key = (proto, p.vlan, *a, *b) if a <= b else (proto, p.vlan, *b, *a)
-        flow = self.flows.get(key)
+        flows = self.flows
+        flow = flows.get(key)
         ts = p.ts
         if flow is None:
-            if len(self.flows) >= self.max_flows:
+            if len(flows) >= self.max_flows:
                 self._evict()
             flow = Flow(key, p)
-            self.flows[key] = flow
+            flows[key] = flow
             self.created += 1
             if proto == TCP:
                 self._open_tcp(flow, p)
         flow.last = ts
-        if p.src == flow.src and p.sport == flow.sport:
+        if src == flow.src and sport == flow.sport:
             flow.pkts_o += 1
             flow.bytes_o += p.length
         else:
             flow.pkts_r += 1
             flow.bytes_r += p.length
-            if proto == TCP:
+            if flow.outcome:
+                pass
+            elif proto == TCP:
                 self._answer_tcp(flow, p)
-            elif proto == UDP and not flow.outcome:
+            elif proto == UDP:
                 flow.outcome = SUCCESS
                 self.on_outcome(flow, SUCCESS, ts)
         return flow
@@ -169,7 +188,7 @@ class FlowTable:
             self.on_outcome(flow, REJECTED, p.ts)
 
     def tick(self, now: float) -> None:
-        """Advance time: unanswered attempts, then (less often) idle flows."""
+        """Advance time: unanswered attempts, then (less often) idle and long flows."""
         pending = self._pending
         while pending and pending[0][0] <= now:
             _, flow = pending.popleft()
@@ -179,17 +198,32 @@ class FlowTable:
         if now < self._next_sweep:
             return
         self._next_sweep = now + self.sweep_interval
-        idle, other = self.idle, self.other_idle
-        dead = [k for k, f in self.flows.items() if now - f.last > idle.get(f.proto, other)]
+        idle, other, active = self.idle, self.other_idle, self.active_timeout
+        tcp_idle, udp_idle = idle[TCP], idle[UDP]
+        dead, long = [], []
+        for k, f in self.flows.items():
+            proto = f.proto
+            limit = tcp_idle if proto == TCP else udp_idle if proto == UDP else other
+            if now - f.last > limit:
+                dead.append(k)
+            elif now - f.first >= active:
+                long.append(k)
+        flows, on_end = self.flows, self.on_end
         for k in dead:
-            self.on_end(self.flows.pop(k))
+            on_end(flows.pop(k))
         self.expired += len(dead)
+        for k in long:
+            old = flows[k]
+            on_end(old)
+            flows[k] = _continued(old, now)
+        self.restarted += len(long)
 
     def _evict(self) -> None:
         # dicts keep insertion order: the first keys are the oldest flows
         n = max(1, self.max_flows // 100)
-        for k in list(self.flows)[:n]:
-            self.on_end(self.flows.pop(k))
+        flows, on_end = self.flows, self.on_end
+        for k in list(islice(flows, n)):
+            on_end(flows.pop(k))
         self.evicted += n
 
     def flush(self, now: float) -> None:
@@ -198,3 +232,15 @@ class FlowTable:
         for flow in self.flows.values():
             self.on_end(flow)
         self.flows.clear()
+
+
+def _continued(old: Flow, now: float) -> Flow:
+    """The record that carries a long flow on after its report at the active timeout."""
+    f = Flow.__new__(Flow)
+    f.key, f.proto, f.vlan = old.key, old.proto, old.vlan
+    f.src, f.sport, f.dst, f.dport = old.src, old.sport, old.dst, old.dport
+    f.first = f.last = now
+    f.pkts_o = f.pkts_r = f.bytes_o = f.bytes_r = 0
+    # Same connection: its attempt already ended, so no second outcome is reported.
+    f.state, f.outcome, f.stealth = old.state, old.outcome, old.stealth
+    return f

@@ -18,6 +18,12 @@ EARLIEST = 946684800.0  # 2000-01-01: no capture of ours is older
 FUTURE_SLACK = 86400.0  # clocks drift; a day ahead is an error, not drift
 
 
+# Computed once: .values() builds a new list at every call, on the hot path.
+SEVERITIES = frozenset(v for v in alert_pb2.Severity.values() if v)
+ROLES = frozenset(v for v in alert_pb2.EntityRole.values() if v)
+KINDS = frozenset(v for v in alert_pb2.EntityKind.values() if v)
+
+
 class Invalid(ValueError):
     pass
 
@@ -29,7 +35,7 @@ def check_alert(a: alert_pb2.Alert, i: int, now: float | None = None) -> None:
         raise Invalid(f"{where}.id must be 1-128 characters of [A-Za-z0-9._:-]")
     if not DETECTOR_RE.match(a.detector):
         raise Invalid(f"{where}.detector is not a detector name")
-    if a.severity not in alert_pb2.Severity.values() or a.severity == 0:
+    if a.severity not in SEVERITIES:
         raise Invalid(f"{where}.severity {a.severity} is not a known severity")
     if a.technique and not TECHNIQUE_RE.match(a.technique):
         raise Invalid(f"{where}.technique must be a MITRE ATT&CK id such as T1046")
@@ -46,9 +52,9 @@ def check_alert(a: alert_pb2.Alert, i: int, now: float | None = None) -> None:
     if len(a.entities) > MAX_ENTITIES:
         raise Invalid(f"{where}.entities holds more than {MAX_ENTITIES} entries")
     for j, e in enumerate(a.entities):
-        if e.role not in alert_pb2.EntityRole.values() or e.role == 0:
+        if e.role not in ROLES:
             raise Invalid(f"{where}.entities[{j}].role is not a known role")
-        if e.kind not in alert_pb2.EntityKind.values() or e.kind == 0:
+        if e.kind not in KINDS:
             raise Invalid(f"{where}.entities[{j}].kind is not a known kind")
         if not e.value or len(e.value) > 512:
             raise Invalid(f"{where}.entities[{j}].value must hold 1-512 characters")

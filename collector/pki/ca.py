@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, urlencode, urlparse
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -149,11 +150,20 @@ class Authority:
         server_names: list[str] | None = None,
         identity: Identity | None = None,
         days: int = 365,
+        seconds: int | None = None,
     ) -> x509.Certificate:
-        """Sign a request. The identity and names come from the caller, never from the CSR."""
+        """Sign a request. The identity and names come from the caller, never from the CSR.
+
+        `seconds`, when given, overrides `days` (short-lived certificates). The start is
+        back-dated a little for clock skew, never more than a tenth of the lifetime, so that
+        "a third of the lifetime left" means the same thing for every certificate.
+        """
         if not csr.is_signature_valid:
             raise PkiError("certificate request signature is invalid")
+        check_public_key(csr.public_key())
         now = _now()
+        life = dt.timedelta(seconds=seconds) if seconds else dt.timedelta(days=days)
+        backdate = min(dt.timedelta(minutes=5), life / 10)
         sans: list[x509.GeneralName] = []
         usage = []
         if server_names:
@@ -173,8 +183,8 @@ class Authority:
             .issuer_name(self.cert.subject)
             .public_key(csr.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_before(now - backdate)
+            .not_valid_after(now + life)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
@@ -209,6 +219,89 @@ class Authority:
         (out / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         (out / "ca.crt").write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         return out / f"{stem}.crt"
+
+
+def check_public_key(key) -> None:
+    """Only keys we would make ourselves: EC P-256/P-384, or RSA of 2048 bits or more."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in ("secp256r1", "secp384r1"):
+        return
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048:
+        return
+    raise PkiError("certificate request key must be EC P-256/P-384 or RSA >= 2048 bits")
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER certificate, lower-case hex: what operators pin."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def trusted_cas(directory: str | Path) -> list[x509.Certificate]:
+    """The CAs whose agent certificates the collector accepts: the issuing CA (ca.crt) and
+    every CA kept in trusted/ by a rollover, expired ones left out."""
+    d = Path(directory)
+    paths = [d / "ca.crt", *sorted((d / "trusted").glob("*.crt"))]
+    out, seen = [], set()
+    now = _now()
+    for p in paths:
+        if not p.exists():
+            continue
+        cert = x509.load_pem_x509_certificate(p.read_bytes())
+        fp = fingerprint(cert)
+        if fp in seen or cert.not_valid_after_utc < now:
+            continue
+        seen.add(fp)
+        out.append(cert)
+    return out
+
+
+def trust_bundle(directory: str | Path) -> bytes:
+    return b"".join(pem(c) for c in trusted_cas(directory))
+
+
+def server_ca_fingerprint(directory: str | Path) -> str:
+    """Fingerprint of the CA that signed the server certificate: what a new agent pins."""
+    d = Path(directory)
+    server = x509.load_pem_x509_certificate((d / "server.crt").read_bytes())
+    for ca in trusted_cas(d):
+        try:
+            server.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return fingerprint(ca)
+    raise PkiError(f"the server certificate in {d} was signed by no trusted CA")
+
+
+def server_chain(directory: str | Path) -> bytes:
+    """The server certificate followed by its issuing CA, so a new agent can pin the CA."""
+    d = Path(directory)
+    fp = server_ca_fingerprint(d)
+    ca = next(c for c in trusted_cas(d) if fingerprint(c) == fp)
+    return (d / "server.crt").read_bytes() + pem(ca)
+
+
+def rollover(directory: str | Path) -> Authority:
+    """Make a new issuing CA. The old one stays trusted (trusted/) until it expires, so
+    agents holding its certificates keep working and get new ones at renewal. The server
+    certificate is left alone: agents enrolled before the rollover know only the old CA."""
+    d = Path(directory)
+    old = Authority(d)
+    trusted = d / "trusted"
+    trusted.mkdir(exist_ok=True, mode=0o700)
+    stamp = _now().strftime("%Y%m%dT%H%M%S")
+    name = f"ca-{stamp}-{fingerprint(old.cert)[:12]}"
+    (trusted / f"{name}.crt").write_bytes(pem(old.cert))
+    retired = d / "retired"
+    retired.mkdir(exist_ok=True, mode=0o700)
+    _write_private(retired / f"{name}.key", _key_pem(old.key))
+    for f in ("ca.crt", "ca.key"):
+        (d / f).unlink()
+    return Authority.create(d, name=f"Vigie collector CA {stamp}")
 
 
 def init(directory: str | Path, server_names: list[str]) -> Authority:

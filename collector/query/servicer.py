@@ -27,8 +27,15 @@ def _scope_region(context: grpc.ServicerContext, asked: str) -> str:
 
 
 class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
-    def __init__(self, store: Store, silent_after: float = 300.0, watch_poll: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: Store,
+        silent_after: float = 300.0,
+        watch_poll: float = 0.5,
+        stix: dict | None = None,
+    ) -> None:
         self.store = store
+        self.stix = stix or {}
         self.silent_after = silent_after
         self.watch_poll = watch_poll
 
@@ -163,6 +170,31 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         return analyst_pb2.CountAlertsResponse(
             counts=[analyst_pb2.Count(key=k, count=c) for k, c in counts]
         )
+
+    def ExportStix(self, request: analyst_pb2.ExportStixRequest, context):
+        """A STIX 2.1 bundle of the incidents changed since `since`, scoped to the role."""
+        from collector.sinks.stix import bundle
+
+        region = _scope_region(context, request.region)
+        since = _ts(request.since) if request.HasField("since") else None
+        pairs = []
+        for r in self.store.list_incidents(region=region, since=since, limit=500):
+            found = self.store.get_incident(r["key"])
+            if found is None:
+                continue
+            row, alerts = found
+            pairs.append(
+                (
+                    incident_message(row, region),
+                    [
+                        stored_alert(o, a, t)
+                        for o, a, t in alerts
+                        if not region or o.region == region
+                    ],
+                )
+            )
+        kw = {k: self.stix[k] for k in ("identity_name", "tlp") if k in self.stix}
+        return analyst_pb2.ExportStixResponse(bundle_json=bundle(pairs, **kw))
 
 
 def _cursor(context, text: str) -> int | None:

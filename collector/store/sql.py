@@ -128,6 +128,21 @@ INSERT INTO counters VALUES ('incident_seq', 0);
 CREATE TABLE jobs (name TEXT PRIMARY KEY, last_run {REAL} NOT NULL, cursor {INT} NOT NULL)
 """,
     ),
+    (
+        3,
+        """
+CREATE TABLE audit (
+    n       {ID},
+    at      {REAL} NOT NULL,
+    who     TEXT NOT NULL,
+    role    TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    detail  TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX audit_at ON audit (at)
+""",
+    ),
 ]
 
 # A newer revision of an alert replaces the stored one; an equal or older one is a duplicate.
@@ -445,6 +460,20 @@ class Store:
             )
         return self.get_incident(key, 0)[0]
 
+    def audit(
+        self, who: str, role: str, action: str, detail: str, outcome: str, now: float | None = None
+    ) -> None:
+        with self.backend.tx() as tx:
+            tx.execute(
+                "INSERT INTO audit (at, who, role, action, detail, outcome) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time() if now is None else now, who, role, action, detail[:2000], outcome),
+            )
+
+    def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self.backend.tx() as tx:
+            return tx.fetch("SELECT * FROM audit ORDER BY n DESC LIMIT ?", (limit,))
+
     def last_incident_seq(self) -> int:
         with self.backend.tx() as tx:
             return tx.fetch("SELECT value FROM counters WHERE name = 'incident_seq'")[0]["value"]
@@ -452,23 +481,49 @@ class Store:
     # Periodic jobs, once across replicas --------------------------------------------
 
     def run_job(self, name: str, interval: float, job, now: float | None = None) -> bool:
-        """Run `job(tx, cursor) -> new cursor` if due and no other replica holds it."""
+        """Run `job(tx)` inside one transaction if due and no other replica holds it."""
         now = time.time() if now is None else now
         with self.backend.tx() as tx:
-            if self.dialect == "postgresql":
-                key = ADVISORY_LOCK_MIGRATIONS + 1 + sum(name.encode()) % 1000
-                if not tx.fetch("SELECT pg_try_advisory_xact_lock(?) AS ok", (key,))[0]["ok"]:
-                    return False
-            rows = tx.fetch("SELECT last_run, cursor FROM jobs WHERE name = ?", (name,))
-            if rows and now - rows[0]["last_run"] < interval:
+            if not self._claim(tx, name, interval, now):
                 return False
-            cursor = job(tx, rows[0]["cursor"] if rows else 0)
-            tx.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                "last_run = excluded.last_run, cursor = excluded.cursor",
-                (name, now, cursor or 0),
-            )
+            job(tx)
+            self._set_job(tx, name, now, None)
         return True
+
+    def lease(self, name: str, seconds: float, now: float | None = None) -> int | None:
+        """Take a job for `seconds` (work done outside any transaction, e.g. network
+        sends); returns its cursor, or None when another replica holds it."""
+        now = time.time() if now is None else now
+        with self.backend.tx() as tx:
+            if not self._claim(tx, name, seconds, now):
+                return None
+            cursor = self._job(tx, name)[1]
+            self._set_job(tx, name, now, cursor)
+            return cursor
+
+    def release(self, name: str, cursor: int) -> None:
+        with self.backend.tx() as tx:
+            self._set_job(tx, name, 0.0, cursor)
+
+    def _claim(self, tx: Tx, name: str, interval: float, now: float) -> bool:
+        if self.dialect == "postgresql":
+            key = ADVISORY_LOCK_MIGRATIONS + 1 + sum(name.encode()) % 1000
+            if not tx.fetch("SELECT pg_try_advisory_xact_lock(?) AS ok", (key,))[0]["ok"]:
+                return False
+        return now - self._job(tx, name)[0] >= interval
+
+    def _job(self, tx: Tx, name: str) -> tuple[float, int]:
+        rows = tx.fetch("SELECT last_run, cursor FROM jobs WHERE name = ?", (name,))
+        return (rows[0]["last_run"], rows[0]["cursor"]) if rows else (0.0, 0)
+
+    def _set_job(self, tx: Tx, name: str, last_run: float, cursor: int | None) -> None:
+        if cursor is None:
+            cursor = self._job(tx, name)[1]
+        tx.execute(
+            "INSERT INTO jobs VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "last_run = excluded.last_run, cursor = excluded.cursor",
+            (name, last_run, cursor),
+        )
 
     def dark_sites(self, tx: Tx, now: float) -> int:
         return self.correlator.dark_sites(tx, now)

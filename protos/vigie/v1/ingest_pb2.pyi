@@ -35,7 +35,7 @@ class HostHealth(_message.Message):
     def __init__(self, cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., disk_percent: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., agent_cpu_percent: _Optional[float] = ..., agent_rss_bytes: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("sent_at", "agent_version", "agent_uptime_seconds", "packets_captured", "packets_dropped", "outbox_depth", "outbox_shed", "host")
+    __slots__ = ("sent_at", "agent_version", "agent_uptime_seconds", "packets_captured", "packets_dropped", "outbox_depth", "outbox_shed", "host", "intel_version")
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class Heartbeat(_message.Message):
     OUTBOX_DEPTH_FIELD_NUMBER: _ClassVar[int]
     OUTBOX_SHED_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
+    INTEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     sent_at: _timestamp_pb2.Timestamp
     agent_version: str
     agent_uptime_seconds: float
@@ -52,7 +53,8 @@ class Heartbeat(_message.Message):
     outbox_depth: int
     outbox_shed: int
     host: HostHealth
-    def __init__(self, sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., agent_uptime_seconds: _Optional[float] = ..., packets_captured: _Optional[int] = ..., packets_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., outbox_shed: _Optional[int] = ..., host: _Optional[_Union[HostHealth, _Mapping]] = ...) -> None: ...
+    intel_version: int
+    def __init__(self, sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., agent_uptime_seconds: _Optional[float] = ..., packets_captured: _Optional[int] = ..., packets_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., outbox_shed: _Optional[int] = ..., host: _Optional[_Union[HostHealth, _Mapping]] = ..., intel_version: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("batch", "heartbeat")
@@ -80,10 +82,43 @@ class FlowControl(_message.Message):
     max_alerts_per_second: int
     def __init__(self, max_batches_in_flight: _Optional[int] = ..., max_alerts_per_second: _Optional[int] = ...) -> None: ...
 
+class IntelBundle(_message.Message):
+    __slots__ = ("version", "ips", "domains", "ja3", "ja4", "hashes", "thresholds")
+    class ThresholdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    IPS_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    JA3_FIELD_NUMBER: _ClassVar[int]
+    JA4_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    ips: _containers.RepeatedScalarFieldContainer[str]
+    domains: _containers.RepeatedScalarFieldContainer[str]
+    ja3: _containers.RepeatedScalarFieldContainer[str]
+    ja4: _containers.RepeatedScalarFieldContainer[str]
+    hashes: _containers.RepeatedScalarFieldContainer[str]
+    thresholds: _containers.ScalarMap[str, float]
+    def __init__(self, version: _Optional[int] = ..., ips: _Optional[_Iterable[str]] = ..., domains: _Optional[_Iterable[str]] = ..., ja3: _Optional[_Iterable[str]] = ..., ja4: _Optional[_Iterable[str]] = ..., hashes: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class IntelUpdate(_message.Message):
+    __slots__ = ("bundle",)
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    bundle: IntelBundle
+    def __init__(self, bundle: _Optional[_Union[IntelBundle, _Mapping]] = ...) -> None: ...
+
 class CollectorMessage(_message.Message):
-    __slots__ = ("ack", "flow_control")
+    __slots__ = ("ack", "flow_control", "intel")
     ACK_FIELD_NUMBER: _ClassVar[int]
     FLOW_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    INTEL_FIELD_NUMBER: _ClassVar[int]
     ack: Ack
     flow_control: FlowControl
-    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., flow_control: _Optional[_Union[FlowControl, _Mapping]] = ...) -> None: ...
+    intel: IntelUpdate
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., flow_control: _Optional[_Union[FlowControl, _Mapping]] = ..., intel: _Optional[_Union[IntelUpdate, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,258 @@
+"""What the PKI remembers: enrollment tokens, issued certificates, revocations, intel.
+
+A small SQLite file of its own (state_dir/registry.db, WAL), behind a narrow interface, so
+that it can move to another backend without touching its callers. The collector process
+and the operator's commands (`token create`, `agent revoke`, `intel load`) open it at the
+same time; `changed()` tells a long-running reader that another connection committed.
+
+Tokens are stored as a SHA-256 of their secret only: the token itself is printed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    id          TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    finess      TEXT NOT NULL,
+    ght         TEXT NOT NULL,
+    region      TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL,
+    used_at     REAL,
+    agent_id    TEXT
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    serial      TEXT PRIMARY KEY,
+    agent_id    TEXT NOT NULL,
+    finess      TEXT NOT NULL,
+    ght         TEXT NOT NULL,
+    region      TEXT NOT NULL,
+    issued_at   REAL NOT NULL,
+    not_after   REAL NOT NULL,
+    how         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certificates_agent ON certificates (agent_id);
+CREATE TABLE IF NOT EXISTS revoked (
+    agent_id    TEXT PRIMARY KEY,
+    revoked_at  REAL NOT NULL,
+    reason      TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS intel (
+    version     INTEGER PRIMARY KEY,
+    bundle      TEXT NOT NULL,
+    loaded_at   REAL NOT NULL
+);
+"""
+
+TOKEN_PREFIX = "vgt1"
+
+
+class TokenRefused(Exception):
+    """The token is unknown, malformed, already used or expired (the caller is not told which)."""
+
+
+@dataclass(frozen=True)
+class Binding:
+    token_id: str
+    finess: str
+    ght: str
+    region: str
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def format_token(token_id: str, secret: str, ca_fingerprint: str) -> str:
+    return f"{TOKEN_PREFIX}.{token_id}.{secret}.{ca_fingerprint}"
+
+
+def parse_token(token: str) -> tuple[str, str, str]:
+    """(id, secret, CA fingerprint or ''). Raises TokenRefused on a malformed token."""
+    parts = token.strip().split(".")
+    if len(parts) not in (3, 4) or parts[0] != TOKEN_PREFIX or not parts[1] or not parts[2]:
+        raise TokenRefused("malformed token")
+    return parts[1], parts[2], parts[3] if len(parts) == 4 else ""
+
+
+class Registry:
+    def __init__(self, path: str | Path) -> None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = p
+        self._db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(SCHEMA)
+        self._seen: dict[str, int] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _data_version(self) -> int:
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def changed(self, reader: str) -> bool:
+        """True when another connection committed since `reader` last asked (cheap: no table
+        read). The first call of each reader answers True."""
+        with self._lock:
+            v = self._data_version()
+            if self._seen.get(reader) != v:
+                self._seen[reader] = v
+                return True
+            return False
+
+    # Enrollment tokens -------------------------------------------------------------------
+    def create_token(
+        self, finess: str, ght: str, region: str, ttl_seconds: float
+    ) -> tuple[str, str, float]:
+        """Make a token; return (id, secret, expires_at). Only the secret's hash is kept."""
+        token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(24).replace(".", "_")
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO tokens (id, secret_hash, finess, ght, region, created_at, "
+                "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (token_id, _hash(secret), finess, ght, region, now, now + ttl_seconds),
+            )
+        return token_id, secret, now + ttl_seconds
+
+    def peek_token(self, token_id: str, secret: str) -> Binding:
+        """Check a token without using it up. Raises TokenRefused."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT secret_hash, finess, ght, region, expires_at, used_at FROM tokens "
+                "WHERE id = ?",
+                (token_id,),
+            ).fetchone()
+        if row is None or not hmac.compare_digest(row[0], _hash(secret)):
+            raise TokenRefused("unknown token")
+        if row[5] is not None:
+            raise TokenRefused("token already used")
+        if row[4] < time.time():
+            raise TokenRefused("token expired")
+        return Binding(token_id, row[1], row[2], row[3])
+
+    def use_token(self, token_id: str, secret: str, agent_id: str) -> Binding:
+        """Use a token up, atomically: of two concurrent enrollments only one wins."""
+        binding = self.peek_token(token_id, secret)
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE tokens SET used_at = ?, agent_id = ? "
+                "WHERE id = ? AND used_at IS NULL AND expires_at >= ?",
+                (time.time(), agent_id, token_id, time.time()),
+            )
+        if cur.rowcount != 1:
+            raise TokenRefused("token already used")
+        return binding
+
+    # Certificates and revocation -----------------------------------------------------------
+    def record_certificate(
+        self,
+        serial: int,
+        agent_id: str,
+        finess: str,
+        ght: str,
+        region: str,
+        not_after: float,
+        how: str,
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO certificates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (f"{serial:x}", agent_id, finess, ght, region, time.time(), not_after, how),
+            )
+
+    def certificates(self, agent_id: str) -> list[dict]:
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT * FROM certificates WHERE agent_id = ? ORDER BY issued_at", (agent_id,)
+            )
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def known_agent(self, agent_id: str) -> bool:
+        with self._lock:
+            return (
+                self._db.execute(
+                    "SELECT 1 FROM certificates WHERE agent_id = ? LIMIT 1", (agent_id,)
+                ).fetchone()
+                is not None
+            )
+
+    def revoke(self, agent_id: str, reason: str = "") -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO revoked VALUES (?, ?, ?)", (agent_id, time.time(), reason)
+            )
+
+    def revoked(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(r[0] for r in self._db.execute("SELECT agent_id FROM revoked"))
+
+    # Intel bundle ----------------------------------------------------------------------------
+    def load_intel(self, bundle: dict) -> int:
+        """Store a validated bundle as the next version; return that version."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                (last,) = self._db.execute("SELECT COALESCE(MAX(version), 0) FROM intel").fetchone()
+                self._db.execute(
+                    "INSERT INTO intel VALUES (?, ?, ?)",
+                    (last + 1, json.dumps(bundle, sort_keys=True), time.time()),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return last + 1
+
+    def current_intel(self) -> tuple[int, dict]:
+        """(version, bundle); (0, {}) before any load."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT version, bundle FROM intel ORDER BY version DESC LIMIT 1"
+            ).fetchone()
+        return (row[0], json.loads(row[1])) if row else (0, {})
+
+
+class RevocationCache:
+    """Revoked agent ids, re-read only when the registry changed, looked at most every
+    `recheck` seconds: the interceptor asks on every call, a revoke is seen within that."""
+
+    def __init__(self, registry: Registry, recheck: float = 0.5) -> None:
+        self.registry = registry
+        self.recheck = recheck
+        registry.changed("revocations")
+        self._ids = registry.revoked()
+        self._next = time.monotonic() + recheck
+        self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._ids = self.registry.revoked()
+            self._next = time.monotonic() + self.recheck
+
+    def __call__(self, agent_id: str) -> bool:
+        now = time.monotonic()
+        if now >= self._next:
+            with self._lock:
+                if now >= self._next:
+                    if self.registry.changed("revocations"):
+                        self._ids = self.registry.revoked()
+                    self._next = now + self.recheck
+        return agent_id in self._ids
