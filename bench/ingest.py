@@ -1,0 +1,317 @@
+"""Drive a real collector with N simulated agents; report what it sustains.
+
+    .venv/bin/python bench/ingest.py [--agents 10 100 1000] [--seconds 15] [--rate 5000]
+
+Each simulated agent has its own certificate (issued by the collector's CA) and its own
+mutual-TLS bidirectional stream, as a real agent does; agents live as threads in a few
+client processes. For each N two runs: "max" (every agent keeps the collector's window of
+batches in flight: the sustained store rate) and, with --rate, "paced" (the whole fleet
+sends RATE alerts/s in small batches: the ack latency a fleet sees in normal operation).
+Ack latency is from a batch's send to its acknowledgement, which the collector sends only
+after the commit. CPU and RSS are the collector process's (psutil), averaged / peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
+
+import grpc  # noqa: E402
+import psutil  # noqa: E402
+
+from collector.pki.ca import Authority, Identity, init  # noqa: E402
+from vigie.v1 import alert_pb2, ingest_pb2, ingest_pb2_grpc  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _template() -> alert_pb2.Alert:
+    a = alert_pb2.Alert(
+        id="x",
+        revision=1,
+        detector="net.portscan",
+        severity=alert_pb2.SEVERITY_MEDIUM,
+        technique="T1046",
+        summary="vertical port scan: 12 ports on 1 host",
+        occurrences=12,
+        key_epoch=1,
+    )
+    now = int(time.time())
+    for f in (a.first_seen, a.last_seen, a.observed_at):
+        f.FromSeconds(now)
+    a.entities.add(
+        role=alert_pb2.ROLE_SOURCE, kind=alert_pb2.KIND_IP, value="203.0.113.9", pseudonymised=False
+    )
+    a.entities.add(
+        role=alert_pb2.ROLE_TARGET,
+        kind=alert_pb2.KIND_IP,
+        value="p:" + "ab" * 16,
+        pseudonymised=True,
+    )
+    a.metrics["ports"] = 12
+    a.metrics["failed"] = 11
+    return a
+
+
+def _agent(
+    address, ca, key, cert, name, batch, per_agent_rate, t_start, t_end, out, window_hint
+) -> None:
+    creds = grpc.ssl_channel_credentials(ca, key, cert)
+    template = _template()
+    lat_ms: list[float] = []
+    acked = [0]
+    sent_at: dict[int, float] = {}
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    window = threading.Semaphore(0)
+    ready = threading.Event()
+
+    def requests():
+        yield ingest_pb2.AgentMessage(heartbeat=ingest_pb2.Heartbeat(agent_version="bench"))
+        while True:
+            m = inbox.get()
+            if m is None:
+                return
+            yield m
+
+    with grpc.secure_channel(address, creds) as ch:
+        call = ingest_pb2_grpc.IngestStub(ch).Stream(requests())
+
+        def read() -> None:
+            try:
+                for msg in call:
+                    kind = msg.WhichOneof("body")
+                    if kind == "flow_control":
+                        for _ in range(min(window_hint, msg.flow_control.max_batches_in_flight)):
+                            window.release()
+                        ready.set()
+                    elif kind == "ack":
+                        now = time.monotonic()
+                        t0 = sent_at.pop(msg.ack.seq, None)
+                        if t0 is not None and t_start <= now <= t_end:
+                            lat_ms.append((now - t0) * 1000)
+                            acked[0] += msg.ack.stored
+                        window.release()
+            except grpc.RpcError:
+                pass
+            finally:
+                ready.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        ready.wait(60)
+        seq = 0
+        next_send = time.monotonic()
+        interval = batch / per_agent_rate if per_agent_rate else 0.0
+        while time.monotonic() < t_end:
+            if not window.acquire(timeout=0.5):
+                continue
+            if interval:
+                delay = next_send - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                next_send = max(next_send + interval, time.monotonic() - interval)
+            seq += 1
+            b = ingest_pb2.AlertBatch(seq=seq)
+            for i in range(batch):
+                a = b.alerts.add()
+                a.CopyFrom(template)
+                a.id = f"{name}-{seq}-{i}"
+            sent_at[seq] = time.monotonic()
+            inbox.put(ingest_pb2.AgentMessage(batch=b))
+        inbox.put(None)
+        call.cancel()
+    out.append((acked[0], lat_ms))
+
+
+def _client(address, ca, agents, batch, per_agent_rate, t_start, t_end, window, results):
+    out: list = []
+    threads = [
+        threading.Thread(
+            target=_agent,
+            args=(address, ca, key, cert, name, batch, per_agent_rate, t_start, t_end, out, window),
+            daemon=True,
+        )
+        for name, key, cert in agents
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(0, t_end - time.monotonic()) + 60)
+    stored = sum(a for a, _ in out)
+    lat = [x for _, ls in out for x in ls]
+    results.put((stored, lat, len(out)))
+
+
+def _credentials(pki: Path, n: int) -> list[tuple[str, bytes, bytes]]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca = Authority(pki)
+    out = []
+    for i in range(n):
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "b")]))
+            .sign(key, hashes.SHA256())
+        )
+        ident = Identity("agent", f"agt-bench-{i:05d}", f"{750000000 + i:09d}", "GHT-B", "11")
+        cert = ca.sign(csr, identity=ident, days=1)
+        out.append(
+            (
+                ident.name,
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+                cert.public_bytes(serialization.Encoding.PEM),
+            )
+        )
+    return out
+
+
+def run(n: int, seconds: float, rate: int, batch: int, procs: int, sync: str) -> dict:
+    state = Path(tempfile.mkdtemp(prefix="vigie-bench-"))
+    try:
+        pki = state / "pki"
+        init(pki, ["127.0.0.1"])
+        port = _free_port()
+        cfg = state / "collector.toml"
+        cfg.write_text(
+            f'sqlite_synchronous = "{sync}"\nlog_level = "warning"\n'
+            f"[ingest]\nworkers = {n + 16}\nmax_alerts_per_second = 1000000\n"
+            "max_batches_in_flight = 8\n"
+        )
+        log = open(state / "collector.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [
+                str(BIN / "vigie-collector"),
+                "serve",
+                "--config",
+                str(cfg),
+                "--state-dir",
+                str(state),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--enroll-listen",
+                "",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(2.0)
+        ps = psutil.Process(proc.pid)
+        agents = _credentials(pki, n)
+        ca = (pki / "ca.crt").read_bytes()
+        warmup = 3.0 + n / 200
+        t_start = time.monotonic() + warmup
+        t_end = t_start + seconds
+        per_agent = rate / n if rate else 0.0
+        window = 8 if not rate else 2
+        results: mp.Queue = mp.Queue()
+        k = max(1, min(procs, n))
+        workers = [
+            mp.Process(
+                target=_client,
+                args=(
+                    f"127.0.0.1:{port}",
+                    ca,
+                    agents[i::k],
+                    batch,
+                    per_agent,
+                    t_start,
+                    t_end,
+                    window,
+                    results,
+                ),
+            )
+            for i in range(k)
+        ]
+        for w in workers:
+            w.start()
+        time.sleep(max(0, t_start - time.monotonic()))
+        ps.cpu_percent(None)
+        rss = 0
+        while time.monotonic() < t_end:
+            time.sleep(0.5)
+            rss = max(rss, ps.memory_info().rss)
+        cpu = ps.cpu_percent(None)
+        stored, lat, streams = 0, [], 0
+        for _ in workers:
+            s, ls, m = results.get(timeout=n / 10 + 120)
+            stored += s
+            lat += ls
+            streams += m
+        for w in workers:
+            w.join(30)
+        proc.terminate()
+        proc.wait(30)
+        lat.sort()
+        q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [0.0] * 99
+        return {
+            "agents": n,
+            "mode": f"paced {rate}/s" if rate else "max",
+            "streams": streams,
+            "alerts_per_s": stored / seconds,
+            "p50": q[49],
+            "p99": q[98],
+            "cpu": cpu,
+            "rss_mb": rss / 2**20,
+        }
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--agents", type=int, nargs="+", default=[10, 100, 1000])
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--rate", type=int, default=5000, help="paced run: fleet alerts/s (0: none)")
+    p.add_argument("--batch", type=int, default=200, help="alerts per batch in the max run")
+    p.add_argument("--procs", type=int, default=max(2, min(4, os.cpu_count() or 2)))
+    p.add_argument("--sync", choices=("full", "normal"), default="full")
+    args = p.parse_args()
+    rows = []
+    for n in args.agents:
+        rows.append(run(n, args.seconds, 0, args.batch, args.procs, args.sync))
+        if args.rate:
+            small = max(1, min(args.batch, args.rate // n))
+            rows.append(run(n, args.seconds, args.rate, small, args.procs, args.sync))
+    print(f"\ncollector: SQLite synchronous={args.sync}; {os.cpu_count()} CPUs shared with clients")
+    print(
+        f"{'agents':>6} {'mode':<13} {'streams':>7} {'alerts/s':>9} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'CPU %':>6} {'RSS MB':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r['agents']:>6} {r['mode']:<13} {r['streams']:>7} {r['alerts_per_s']:>9.0f} "
+            f"{r['p50']:>8.1f} {r['p99']:>8.1f} {r['cpu']:>6.0f} {r['rss_mb']:>7.0f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
