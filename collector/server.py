@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from collector.pki.registry import Registry, RevocationCache
 from collector.query.servicer import AnalystServicer
 from collector.store import Store, StoreError
 from collector.store import open_store as _open
-from common import logs
+from common import logs, metrics, sdnotify
 from vigie.v1 import (
     analyst_pb2,
     analyst_pb2_grpc,
@@ -38,6 +39,68 @@ log = logs.get("collector")
 
 class StartError(Exception):
     pass
+
+
+class Metrics:
+    """The collector's Prometheus metrics (served on [metrics] listen)."""
+
+    def __init__(self) -> None:
+        self.registry = r = metrics.Registry()
+        self.stored = r.counter("vigie_collector_alerts_stored_total", "Alert revisions stored.")
+        self.duplicates = r.counter(
+            "vigie_collector_alerts_duplicate_total", "Alert revisions received again (acked)."
+        )
+        self.batches = r.counter("vigie_collector_batches_total", "Batches committed and acked.")
+        self.ingest_seconds = r.histogram(
+            "vigie_collector_ingest_seconds", "Seconds to store and commit one batch."
+        )
+        self.heartbeats = r.counter("vigie_collector_heartbeats_total", "Agent heartbeats.")
+        self.agents = r.gauge("vigie_collector_connected_agents", "Agent streams open now.")
+
+
+class MeteredStore:
+    """The store as the ingest servicer sees it: ingest() timed and counted."""
+
+    def __init__(self, store: Store, m: Metrics) -> None:
+        self._store, self._m = store, m
+
+    def ingest(self, origin, alerts):
+        t0 = time.perf_counter()
+        stored, dup = self._store.ingest(origin, alerts)
+        self._m.ingest_seconds.observe(time.perf_counter() - t0)
+        self._m.stored.inc(stored)
+        self._m.duplicates.inc(dup)
+        self._m.batches.inc()
+        return stored, dup
+
+    def heartbeat(self, origin, hb):
+        self._m.heartbeats.inc()
+        return self._store.heartbeat(origin, hb)
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
+class MeteredIngest(IngestServicer):
+    def __init__(self, m: Metrics, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self._m = m
+
+    def Stream(self, request_iterator, context):
+        self._m.agents.inc(1)
+        try:
+            yield from super().Stream(request_iterator, context)
+        finally:
+            self._m.agents.inc(-1)
+
+
+class TimedHealth(health.HealthServicer):
+    """Health checking that also tells the caller the collector's clock (trailing
+    metadata x-vigie-time, Unix seconds): `vigie-agent doctor` measures skew with it."""
+
+    def Check(self, request, context):
+        context.set_trailing_metadata((("x-vigie-time", f"{time.time():.6f}"),))
+        return super().Check(request, context)
 
 
 def pki_dir(cfg: dict[str, Any]) -> Path:
@@ -57,7 +120,10 @@ def open_store(cfg: dict[str, Any]) -> Store:
 
 
 def build(
-    cfg: dict[str, Any], store: Store, registry: Registry | None = None
+    cfg: dict[str, Any],
+    store: Store,
+    registry: Registry | None = None,
+    meters: Metrics | None = None,
 ) -> tuple[grpc.Server, int]:
     d = pki_dir(cfg)
     registry = registry or open_registry(cfg)
@@ -84,9 +150,11 @@ def build(
         ],
         maximum_concurrent_rpcs=cfg["ingest"]["workers"] * 4,
     )
+    meters = meters or Metrics()
     ingest_pb2_grpc.add_IngestServicer_to_server(
-        IngestServicer(
-            store,
+        MeteredIngest(
+            meters,
+            MeteredStore(store, meters),
             cfg["ingest"]["max_batches_in_flight"],
             cfg["ingest"]["max_alerts_per_second"],
             IntelSource(registry),
@@ -100,7 +168,7 @@ def build(
     analyst_pb2_grpc.add_AnalystServicer_to_server(
         AnalystServicer(store, cfg["silent_after_seconds"], stix=cfg["sinks"]["stix"]), server
     )
-    health_servicer = health.HealthServicer()
+    health_servicer = TimedHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
         ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name,
@@ -165,13 +233,26 @@ def build_sinks(cfg: dict[str, Any]) -> list:
 
 
 def serve(cfg: dict[str, Any]) -> None:
+    notifier = sdnotify.Notifier()
     store = open_store(cfg)
     registry = open_registry(cfg)
-    server, port = build(cfg, store, registry)
+    meters = Metrics()
+    meters.registry.callback(
+        "vigie_collector_incident_changes",
+        "Incidents opened or updated so far (the store's incident sequence).",
+        store.last_incident_seq,
+    )
+    server, port = build(cfg, store, registry, meters)
     enroll, enroll_port = build_enroll(cfg, registry, port)
     stop = threading.Event()
+
+    def on_stop(*_: object) -> None:
+        if not stop.is_set():
+            notifier.stopping("stopping")
+            stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_stop)
     server.start()
     host = cfg["listen"].rpartition(":")[0]
     if enroll is not None:
@@ -185,10 +266,31 @@ def serve(cfg: dict[str, Any]) -> None:
         )
     jobs = Jobs(store, cfg, build_sinks(cfg))
     jobs.start()
+    exporter = metrics.serve(cfg["metrics"]["listen"], meters.registry)
     log.info("collector_listening", address=f"{host}:{port}")
+
+    def status() -> str:
+        return (
+            f"{int(meters.agents.value())} agents connected, "
+            f"{int(meters.stored.value())} alerts stored"
+        )
+
+    period = sdnotify.watchdog_seconds()
+    watchdog = sdnotify.Watchdog(notifier, period, status) if period else None
+    notifier.ready(status())
+    if watchdog is not None:
+        watchdog.start()
     try:
-        stop.wait()
+        # The main loop's heartbeat feeds the watchdog (a hung main thread stops it).
+        while not stop.wait(min(1.0, period / 4) if period else 1.0):
+            if watchdog is not None:
+                watchdog.beat()
     finally:
+        notifier.stopping("stopping")
+        if watchdog is not None:
+            watchdog.stop()
+        if exporter is not None:
+            exporter.close()
         log.info("collector_stopping")
         jobs.stop()
         for sink in jobs.sinks:

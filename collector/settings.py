@@ -5,6 +5,7 @@ from __future__ import annotations
 from collector.correlate.rules import OPTIONS as CORRELATION
 from collector.sinks import OPTIONS as SINKS
 from common.config import Option, at_least, host_port, one_of, positive
+from common.metrics import check_listen
 
 
 def _storage_url(value: str) -> str | None:
@@ -76,6 +77,15 @@ SCHEMA = {
             int, 4 * 1024 * 1024, "Largest gRPC message accepted.", at_least(65536)
         ),
         "workers": Option(int, 32, "Threads serving streams and queries.", at_least(2)),
+    },
+    "metrics": {
+        "listen": Option(
+            str,
+            "127.0.0.1:9751",
+            "Prometheus metrics (GET /metrics) on this HOST:PORT; '' disables. "
+            "Keep it on loopback or behind the monitoring network's firewall.",
+            check_listen,
+        ),
     },
     "correlation": CORRELATION,
     "retention": {

@@ -41,6 +41,18 @@ def next_seq(tx: Tx) -> int:
     )[0]["value"]
 
 
+MAX_LINKED_ALERTS = 5000  # past this an incident only counts its alerts
+
+
+def find_open(tx: Tx, rule: str, subject: str, since: float) -> dict | None:
+    rows = tx.fetch(
+        "SELECT key, alert_count FROM incidents WHERE rule = ? AND subject = ? AND status <> ? "
+        "AND last_seen >= ? ORDER BY last_seen DESC LIMIT 1",
+        (rule, subject, CLOSED, since),
+    )
+    return rows[0] if rows else None
+
+
 def upsert(
     tx: Tx,
     *,
@@ -49,25 +61,26 @@ def upsert(
     event_time: float,
     window: float,
     severity: int,
-    summary: str,
+    summary: str | None,
     sites: Iterable[SiteRef],
     alerts: Iterable[tuple[str, str]],
     now: float,
+    existing: dict | None = None,
 ) -> str:
-    """Open an incident, or update the open one for (rule, subject); return its key."""
-    rows = tx.fetch(
-        "SELECT key, severity FROM incidents WHERE rule = ? AND subject = ? AND status <> ? "
-        "AND last_seen >= ? ORDER BY last_seen DESC LIMIT 1",
-        (rule, subject, CLOSED, event_time - window),
-    )
-    if rows:
-        key = rows[0]["key"]
+    """Open an incident, or update the open one for (rule, subject); return its key.
+
+    `existing` is what find_open() returned, when the caller already looked; a summary of
+    None keeps the stored one (only a site joining changes what it says)."""
+    cur = existing or find_open(tx, rule, subject, event_time - window)
+    if cur:
+        key, count = cur["key"], cur["alert_count"]
         created = False
     else:
         key = f"{rule}:{subject}:{int(event_time // window)}"
-        existing = tx.fetch("SELECT status FROM incidents WHERE key = ?", (key,))
-        created = not existing
-        if existing:  # closed earlier in the same bucket: new evidence reopens it
+        rows = tx.fetch("SELECT status, alert_count FROM incidents WHERE key = ?", (key,))
+        created = not rows
+        count = rows[0]["alert_count"] if rows else 0
+        if rows:  # closed earlier in the same bucket: new evidence reopens it
             tx.execute(
                 "UPDATE incidents SET status = ?, status_by = '', status_comment = "
                 "'reopened: new matching alerts', status_at = ? WHERE key = ?",
@@ -79,25 +92,30 @@ def upsert(
                last_seen, summary, alert_count, seq, created_at, updated_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)
                ON CONFLICT (key) DO NOTHING""",
-            (key, rule, subject, severity, OPEN, event_time, event_time, summary, now, now),
+            (key, rule, subject, severity, OPEN, event_time, event_time, summary or "", now, now),
         )
-    new_links = tx.many(
-        "INSERT INTO incident_alerts VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        [(key, agent, alert) for agent, alert in alerts],
-    )
+    refs = list(alerts)
+    if count >= MAX_LINKED_ALERTS:
+        new_links = len(refs)  # counted, no longer linked one by one
+    else:
+        new_links = tx.many(
+            "INSERT INTO incident_alerts VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            [(key, agent, alert) for agent, alert in refs[: MAX_LINKED_ALERTS - count]],
+        )
+        new_links += max(0, len(refs) - (MAX_LINKED_ALERTS - count))
     new_sites = tx.many(
         "INSERT INTO incident_sites VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [(key, s.finess, s.ght, s.region) for s in sites],
     )
-    if created or new_links or new_sites:
-        count = tx.fetch(
-            "SELECT COUNT(*) AS n FROM incident_alerts WHERE incident_key = ?", (key,)
-        )[0]["n"]
+    if created or new_sites:
+        # What a watcher or the national service must hear about: a new incident, or a
+        # site joining one. A new seq puts it in every change feed.
         tx.execute(
             """UPDATE incidents SET severity = CASE WHEN severity > ? THEN severity ELSE ? END,
                first_seen = CASE WHEN first_seen < ? THEN first_seen ELSE ? END,
                last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END,
-               summary = ?, alert_count = ?, seq = ?, updated_at = ? WHERE key = ?""",
+               summary = COALESCE(?, summary), alert_count = alert_count + ?, seq = ?,
+               updated_at = ? WHERE key = ?""",
             (
                 severity,
                 severity,
@@ -106,10 +124,19 @@ def upsert(
                 event_time,
                 event_time,
                 summary,
-                count,
+                new_links,
                 next_seq(tx),
                 now,
                 key,
             ),
+        )
+    elif new_links:
+        # More of the same from a site already in it: counted quietly, without waking
+        # every sink once per batch.
+        tx.execute(
+            """UPDATE incidents SET alert_count = alert_count + ?,
+               last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END,
+               updated_at = ? WHERE key = ?""",
+            (new_links, event_time, event_time, now, key),
         )
     return key

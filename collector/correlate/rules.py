@@ -3,6 +3,10 @@
 Each rule counts in the database, not in this process, after taking an advisory lock on
 its subject: two replicas seeing matching alerts at the same moment serialise on the
 lock, the second sees the first's rows, and the incident key makes one incident.
+
+The counting reads small per-site summaries (indicator_sites, detector_sites,
+site_stages: at most one row per establishment and subject), never the window's alerts,
+so the cost of a batch does not grow with the alert rate.
 """
 
 from __future__ import annotations
@@ -10,7 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from collector.correlate.incidents import SiteRef, lock, upsert
+from collector.correlate.incidents import (
+    CLOSED,
+    MAX_LINKED_ALERTS,
+    SiteRef,
+    find_open,
+    lock,
+    upsert,
+)
 from collector.store.backends import Tx
 from common.config import Option, at_least, positive
 from common.pbtime import seconds
@@ -66,6 +77,21 @@ OPTIONS: dict[str, Any] = {
 
 HIGH, CRITICAL = alert_pb2.SEVERITY_HIGH, alert_pb2.SEVERITY_CRITICAL
 
+# One row per (subject, establishment): the newest sighting wins.
+SITE_UPSERT = (
+    "INSERT INTO {table} VALUES ({marks}) ON CONFLICT ({key}, finess) "
+    "DO UPDATE SET last_seen = excluded.last_seen, ght = excluded.ght, "
+    "region = excluded.region WHERE excluded.last_seen > {table}.last_seen"
+)
+
+
+def site_cols(site: SiteRef) -> tuple[str, str, str]:
+    return site.finess, site.ght, site.region
+
+
+def _sites(rows: list[dict]) -> set[SiteRef]:
+    return {SiteRef(r["finess"], r["ght"], r["region"]) for r in rows}
+
 
 def _stage_of() -> dict[str, int]:
     return {d: i for i, stage in enumerate(STAGES) for d in DEFAULT_STAGE_DETECTORS[stage]}
@@ -82,6 +108,30 @@ def longest_ordered_stages(events: Sequence[tuple[float, int]]) -> list[int]:
     return max(best.values(), key=len, default=[])
 
 
+def chain_from_spans(spans: dict[int, tuple[float, float]]) -> list[int]:
+    """Stages that can be ordered in time knowing, per stage, its earliest and latest
+    alert: over every subset of stages, place each at its earliest alert after the
+    previous one (the earliest, else the latest when only that one is later)."""
+    best: list[int] = []
+    stages = sorted(spans)
+    for mask in range(1, 1 << len(stages)):
+        chosen = [s for i, s in enumerate(stages) if mask >> i & 1]
+        if len(chosen) <= len(best):
+            continue
+        t = float("-inf")
+        for s in chosen:
+            lo, hi = spans[s]
+            if lo > t:
+                t = lo
+            elif hi > t:
+                t = hi
+            else:
+                break
+        else:
+            best = chosen
+    return best
+
+
 class Correlator:
     def __init__(self, settings: dict[str, Any], dialect: str) -> None:
         self.s = settings
@@ -90,127 +140,365 @@ class Correlator:
 
     def on_ingest(self, tx: Tx, origin, alerts: Sequence[alert_pb2.Alert], now: float) -> None:
         site = SiteRef(origin.finess, origin.ght, origin.region)
-        indicators = {}
+        indicators: dict[tuple[int, str], float] = {}
+        by_indicator: dict[tuple[int, str], list[str]] = {}
+        detectors: dict[str, float] = {}
+        by_detector: dict[str, list[str]] = {}
+        stage_times: dict[int, tuple[float, float]] = {}
+        stage_alerts: list[str] = []
+        rows = []
         for a in alerts:
             t = seconds(a.last_seen)
+            detectors[a.detector] = max(t, detectors.get(a.detector, 0.0))
+            by_detector.setdefault(a.detector, []).append(a.id)
+            stage = self.stage_of.get(a.detector)
+            if stage is not None:
+                f = seconds(a.first_seen)
+                lo, hi = stage_times.get(stage, (f, f))
+                stage_times[stage] = (min(lo, f), max(hi, f))
+                stage_alerts.append(a.id)
             for e in a.entities:
                 if not e.pseudonymised and e.kind in INDICATOR_KINDS:
-                    indicators[(e.kind, e.value)] = max(t, indicators.get((e.kind, e.value), 0))
-        if indicators:
-            tx.many(
-                "INSERT INTO alert_indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                [
-                    (
-                        origin.agent_id,
-                        a.id,
-                        e.kind,
-                        e.value,
-                        origin.finess,
-                        origin.ght,
-                        origin.region,
-                        seconds(a.last_seen),
+                    k = (e.kind, e.value)
+                    indicators[k] = max(t, indicators.get(k, 0.0))
+                    by_indicator.setdefault(k, []).append(a.id)
+                    rows.append(
+                        (
+                            origin.agent_id,
+                            a.id,
+                            e.kind,
+                            e.value,
+                            origin.finess,
+                            origin.ght,
+                            origin.region,
+                            t,
+                        )
                     )
-                    for a in alerts
-                    for e in a.entities
-                    if not e.pseudonymised and e.kind in INDICATOR_KINDS
-                ],
-            )
-        detectors = {}
-        for a in alerts:
-            detectors[a.detector] = max(seconds(a.last_seen), detectors.get(a.detector, 0))
         names = [f"ind:{k}:{v}" for k, v in indicators] + [f"det:{d}" for d in detectors]
-        if any(d in self.stage_of for d in detectors):
+        if stage_times:
             names.append(f"site:{site.finess}")
         lock(tx, self.dialect, *names)
-        if self.s["multi_site_indicator"]["enabled"]:
+        agent = origin.agent_id
+        if self.s["multi_site_indicator"]["enabled"] and indicators:
+            tx.many(
+                SITE_UPSERT.format(
+                    table="indicator_sites", key="kind, value", marks="?, ?, ?, ?, ?, ?"
+                ),
+                [(k, v, *site_cols(site), t) for (k, v), t in indicators.items()],
+            )
+            window = self.s["multi_site_indicator"]["window_seconds"]
+            done = self._quiet_updates(
+                tx,
+                "multi_site_indicator",
+                site,
+                now,
+                window,
+                {
+                    f"{INDICATOR_KINDS[k]}:{v}": (t, [(agent, i) for i in by_indicator[(k, v)]])
+                    for (k, v), t in indicators.items()
+                },
+            )
+            # Alerts of an indicator already in an open incident were just linked to it; the
+            # others are kept per indicator, for the incident that may open later.
+            rows = [r for r in rows if f"{INDICATOR_KINDS[r[2]]}:{r[3]}" not in done]
+            if rows:
+                tx.many(
+                    "INSERT INTO alert_indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    rows,
+                )
             for (kind, value), t in indicators.items():
-                self._multi_site(tx, kind, value, t, now)
+                if f"{INDICATOR_KINDS[kind]}:{value}" not in done:
+                    self._multi_site(
+                        tx,
+                        site,
+                        kind,
+                        value,
+                        t,
+                        now,
+                        [(agent, i) for i in by_indicator[(kind, value)]],
+                    )
         if self.s["wave"]["enabled"]:
-            for detector, t in detectors.items():
-                if detector not in self.s["wave"]["ignore_detectors"]:
-                    self._wave(tx, detector, t, now)
-        if self.s["kill_chain"]["enabled"] and any(d in self.stage_of for d in detectors):
-            self._kill_chain(tx, site, max(detectors.values()), now)
+            waves = {
+                d: t for d, t in detectors.items() if d not in self.s["wave"]["ignore_detectors"]
+            }
+            tx.many(
+                SITE_UPSERT.format(table="detector_sites", key="detector", marks="?, ?, ?, ?, ?"),
+                [(d, *site_cols(site), t) for d, t in waves.items()],
+            )
+            done = self._quiet_updates(
+                tx,
+                "wave",
+                site,
+                now,
+                self.s["wave"]["window_seconds"],
+                {d: (t, [(agent, i) for i in by_detector[d]]) for d, t in waves.items()},
+            )
+            for detector, t in waves.items():
+                if detector not in done:
+                    self._wave(
+                        tx, site, detector, t, now, [(agent, i) for i in by_detector[detector]]
+                    )
+        if self.s["kill_chain"]["enabled"] and stage_times:
+            self._kill_chain(tx, site, stage_times, max(detectors.values()), now)
 
-    def _multi_site(self, tx: Tx, kind: int, value: str, t: float, now: float) -> None:
+    def _quiet_updates(
+        self,
+        tx: Tx,
+        rule: str,
+        site: SiteRef,
+        now: float,
+        window: float,
+        items: dict[str, tuple[float, list[tuple[str, str]]]],
+    ) -> set[str]:
+        """The common case in bulk: subjects whose incident is open and already counts this
+        site only gain alerts. A few statements per batch instead of a few per subject."""
+        subjects = list(items)
+        open_by_subject: dict[str, dict] = {}
+        for chunk in range(0, len(subjects), 500):
+            part = subjects[chunk : chunk + 500]
+            marks = ",".join("?" * len(part))
+            for r in tx.fetch(
+                f"SELECT key, subject, alert_count, last_seen FROM incidents WHERE rule = ? "
+                f"AND status <> ? AND subject IN ({marks})",
+                (rule, CLOSED, *part),
+            ):
+                t = items[r["subject"]][0]
+                if r["last_seen"] >= t - window:
+                    cur = open_by_subject.get(r["subject"])
+                    if cur is None or r["last_seen"] > cur["last_seen"]:
+                        open_by_subject[r["subject"]] = r
+        if not open_by_subject:
+            return set()
+        keys = [r["key"] for r in open_by_subject.values()]
+        joined = set()
+        for chunk in range(0, len(keys), 500):
+            part = keys[chunk : chunk + 500]
+            marks = ",".join("?" * len(part))
+            joined |= {
+                r["incident_key"]
+                for r in tx.fetch(
+                    f"SELECT incident_key FROM incident_sites WHERE finess = ? AND incident_key "
+                    f"IN ({marks})",
+                    (site.finess, *part),
+                )
+            }
+        done = {subj for subj, r in open_by_subject.items() if r["key"] in joined}
+        links, counts = [], []
+        for subj in done:
+            r = open_by_subject[subj]
+            t, refs = items[subj]
+            room = max(0, MAX_LINKED_ALERTS - r["alert_count"])
+            links += [(r["key"], a, i) for a, i in refs[:room]]
+            counts.append((len(refs), t, t, now, r["key"]))
+        tx.many("INSERT INTO incident_alerts VALUES (?, ?, ?) ON CONFLICT DO NOTHING", links)
+        tx.many(
+            "UPDATE incidents SET alert_count = alert_count + ?, last_seen = CASE WHEN "
+            "last_seen > ? THEN last_seen ELSE ? END, updated_at = ? WHERE key = ?",
+            counts,
+        )
+        return done
+
+    def _multi_site(
+        self,
+        tx: Tx,
+        site: SiteRef,
+        kind: int,
+        value: str,
+        t: float,
+        now: float,
+        batch: list[tuple[str, str]],
+    ) -> None:
         cfg = self.s["multi_site_indicator"]
-        rows = tx.fetch(
-            "SELECT agent_id, alert_id, finess, ght, region FROM alert_indicators "
-            "WHERE kind = ? AND value = ? AND seen >= ? LIMIT 5000",
-            (kind, value, t - cfg["window_seconds"]),
-        )
-        ghts = {r["ght"] for r in rows}
-        if len(ghts) < cfg["min_ghts"]:
-            return
+        window = cfg["window_seconds"]
         label = INDICATOR_KINDS[kind]
-        upsert(
+        subject = f"{label}:{value}"
+        where = "FROM indicator_sites WHERE kind = ? AND value = ? AND last_seen >= ?"
+        args = (kind, value, t - window)
+        self._raise(
             tx,
-            rule="multi_site_indicator",
-            subject=f"{label}:{value}",
-            event_time=t,
-            window=cfg["window_seconds"],
-            severity=HIGH,
-            summary=f"{label} {value} seen by {len(ghts)} GHTs, "
-            f"{len({r['finess'] for r in rows})} establishments",
-            sites={SiteRef(r["finess"], r["ght"], r["region"]) for r in rows},
-            alerts=[(r["agent_id"], r["alert_id"]) for r in rows[:1000]],
-            now=now,
+            "multi_site_indicator",
+            subject,
+            t,
+            window,
+            HIGH,
+            site,
+            batch,
+            now,
+            lambda: (
+                tx.fetch(f"SELECT COUNT(DISTINCT ght) AS n {where}", args)[0]["n"]
+                >= cfg["min_ghts"]
+            ),
+            lambda: _sites(tx.fetch(f"SELECT finess, ght, region {where}", args)),
+            lambda: tx.fetch(
+                "SELECT agent_id, alert_id FROM alert_indicators WHERE "
+                "kind = ? AND value = ? AND seen >= ? LIMIT 1000",
+                args,
+            ),
+            lambda sites: (
+                f"{label} {value} seen by {len({s.ght for s in sites})} GHTs, "
+                f"{len(sites)} establishments"
+            ),
         )
 
-    def _wave(self, tx: Tx, detector: str, t: float, now: float) -> None:
+    def _wave(
+        self,
+        tx: Tx,
+        site: SiteRef,
+        detector: str,
+        t: float,
+        now: float,
+        batch: list[tuple[str, str]],
+    ) -> None:
         cfg = self.s["wave"]
-        rows = tx.fetch(
-            "SELECT agent_id, alert_id, finess, ght, region FROM alerts "
-            "WHERE detector = ? AND last_seen >= ? LIMIT 5000",
-            (detector, t - cfg["window_seconds"]),
+        window = cfg["window_seconds"]
+        where = "FROM detector_sites WHERE detector = ? AND last_seen >= ?"
+        args = (detector, t - window)
+        self._raise(
+            tx,
+            "wave",
+            detector,
+            t,
+            window,
+            HIGH,
+            site,
+            batch,
+            now,
+            lambda: (
+                tx.fetch(f"SELECT COUNT(*) AS n {where}", args)[0]["n"] >= cfg["min_establishments"]
+            ),
+            lambda: _sites(tx.fetch(f"SELECT finess, ght, region {where}", args)),
+            lambda: tx.fetch(
+                "SELECT agent_id, alert_id FROM alerts WHERE detector = ? "
+                "AND last_seen >= ? LIMIT 1000",
+                args,
+            ),
+            lambda sites: (
+                f"{detector} in {len(sites)} establishments, {len({s.ght for s in sites})} GHTs"
+            ),
         )
-        sites = {SiteRef(r["finess"], r["ght"], r["region"]) for r in rows}
-        if len({s.finess for s in sites}) < cfg["min_establishments"]:
+
+    def _raise(
+        self,
+        tx: Tx,
+        rule: str,
+        subject: str,
+        t: float,
+        window: float,
+        severity: int,
+        site: SiteRef,
+        batch: list[tuple[str, str]],
+        now: float,
+        reached,
+        all_sites,
+        window_alerts,
+        summary,
+    ) -> None:
+        """Update the open incident with this batch, or, once the threshold is reached,
+        open one with every site and alert of the window. The common case (an incident
+        already open) costs a lookup and a few rows, whatever the window holds."""
+        existing = find_open(tx, rule, subject, t - window)
+        if existing is not None:
+            joined = not tx.fetch(
+                "SELECT 1 AS x FROM incident_sites WHERE incident_key = ? AND finess = ?",
+                (existing["key"], site.finess),
+            )
+            text = None
+            if joined:  # the summary counts sites: say it again with the newcomer
+                text = summary(
+                    _sites(
+                        tx.fetch(
+                            "SELECT finess, ght, region FROM incident_sites WHERE incident_key = ?",
+                            (existing["key"],),
+                        )
+                    )
+                    | {site}
+                )
+            upsert(
+                tx,
+                rule=rule,
+                subject=subject,
+                event_time=t,
+                window=window,
+                severity=severity,
+                summary=text,
+                sites=[site] if joined else [],
+                alerts=batch,
+                now=now,
+                existing=existing,
+            )
             return
+        if not reached():
+            return
+        sites = all_sites()
         upsert(
             tx,
-            rule="wave",
-            subject=detector,
+            rule=rule,
+            subject=subject,
             event_time=t,
-            window=cfg["window_seconds"],
-            severity=HIGH,
-            summary=f"{detector} in {len({s.finess for s in sites})} establishments, "
-            f"{len({s.ght for s in sites})} GHTs",
+            window=window,
+            severity=severity,
+            summary=summary(sites),
             sites=sites,
-            alerts=[(r["agent_id"], r["alert_id"]) for r in rows[:1000]],
+            alerts=[(r["agent_id"], r["alert_id"]) for r in window_alerts()],
             now=now,
         )
 
-    def _kill_chain(self, tx: Tx, site: SiteRef, t: float, now: float) -> None:
+    def _kill_chain(
+        self,
+        tx: Tx,
+        site: SiteRef,
+        batch_spans: dict[int, tuple[float, float]],
+        t: float,
+        now: float,
+    ) -> None:
         cfg = self.s["kill_chain"]
-        names = list(self.stage_of)
-        marks = ",".join("?" * len(names))
-        rows = tx.fetch(
-            f"SELECT agent_id, alert_id, detector, first_seen FROM alerts WHERE finess = ? "
-            f"AND last_seen >= ? AND detector IN ({marks}) LIMIT 5000",
-            (site.finess, t - cfg["window_seconds"], *names),
+        window = cfg["window_seconds"]
+        stored = {
+            r["stage"]: (r["first_min"], r["first_max"])
+            for r in tx.fetch(
+                "SELECT stage, first_min, first_max FROM site_stages WHERE finess = ?",
+                (site.finess,),
+            )
+        }
+        spans = {}
+        for stage in set(stored) | set(batch_spans):
+            old = stored.get(stage)
+            if old is not None and old[1] < t - window:
+                old = None  # that stage's evidence has left the window
+            new = batch_spans.get(stage)
+            lo = min(x[0] for x in (old, new) if x)
+            hi = max(x[1] for x in (old, new) if x)
+            spans[stage] = (lo, hi)
+        tx.many(
+            "INSERT INTO site_stages VALUES (?, ?, ?, ?) ON CONFLICT (finess, stage) "
+            "DO UPDATE SET first_min = excluded.first_min, first_max = excluded.first_max",
+            [
+                (site.finess, st, lo, hi)
+                for st, (lo, hi) in spans.items()
+                if st in batch_spans or stored.get(st) != (lo, hi)
+            ],
         )
-        chain = longest_ordered_stages(
-            [(r["first_seen"], self.stage_of[r["detector"]]) for r in rows]
-        )
+        chain = chain_from_spans({s: v for s, v in spans.items() if v[1] >= t - window})
         if len(chain) < cfg["min_stages"]:
             return
-        in_chain = {i for i in chain}
+        names = [d for d, s in self.stage_of.items() if s in chain]
+        marks = ",".join("?" * len(names))
+        rows = tx.fetch(
+            f"SELECT agent_id, alert_id FROM alerts WHERE finess = ? AND last_seen >= ? "
+            f"AND detector IN ({marks}) ORDER BY first_seen LIMIT 200",
+            (site.finess, t - window, *names),
+        )
         upsert(
             tx,
             rule="kill_chain",
             subject=site.finess,
             event_time=t,
-            window=cfg["window_seconds"],
+            window=window,
             severity=CRITICAL,
             summary="attack progression: " + " -> ".join(STAGES[i] for i in chain),
             sites=[site],
-            alerts=[
-                (r["agent_id"], r["alert_id"])
-                for r in rows
-                if self.stage_of[r["detector"]] in in_chain
-            ][:1000],
+            alerts=[(r["agent_id"], r["alert_id"]) for r in rows],
             now=now,
         )
 

@@ -11,9 +11,11 @@ from vigie.v1 import alert_pb2
 MAX_ALERTS_PER_BATCH = 1000
 MAX_ENTITIES = 64
 MAX_METRICS = 64
-ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-DETECTOR_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z0-9_.]{1,62}$")
-TECHNIQUE_RE = re.compile(r"^T\d{4}(\.\d{3})?$")
+# \Z, not $: "$" also matches before a trailing newline ("a1\n" passed as an id).
+# [0-9], not \d: \d takes any Unicode digit.
+ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+DETECTOR_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z0-9_.]{1,62}\Z")
+TECHNIQUE_RE = re.compile(r"^T[0-9]{4}(\.[0-9]{3})?\Z")
 EARLIEST = 946684800.0  # 2000-01-01: no capture of ours is older
 FUTURE_SLACK = 86400.0  # clocks drift; a day ahead is an error, not drift
 

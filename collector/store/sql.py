@@ -143,6 +143,35 @@ CREATE TABLE audit (
 CREATE INDEX audit_at ON audit (at)
 """,
     ),
+    (
+        4,
+        """
+CREATE TABLE indicator_sites (
+    kind      {INT} NOT NULL,
+    value     TEXT NOT NULL,
+    finess    TEXT NOT NULL,
+    ght       TEXT NOT NULL,
+    region    TEXT NOT NULL,
+    last_seen {REAL} NOT NULL,
+    PRIMARY KEY (kind, value, finess)
+);
+CREATE TABLE detector_sites (
+    detector  TEXT NOT NULL,
+    finess    TEXT NOT NULL,
+    ght       TEXT NOT NULL,
+    region    TEXT NOT NULL,
+    last_seen {REAL} NOT NULL,
+    PRIMARY KEY (detector, finess)
+);
+CREATE TABLE site_stages (
+    finess    TEXT NOT NULL,
+    stage     {INT} NOT NULL,
+    first_min {REAL} NOT NULL,
+    first_max {REAL} NOT NULL,
+    PRIMARY KEY (finess, stage)
+)
+""",
+    ),
 ]
 
 # A newer revision of an alert replaces the stored one; an equal or older one is a duplicate.
@@ -189,11 +218,11 @@ class AlertFilter:
     region: str = ""
 
 
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _entities_json(alert: alert_pb2.Alert) -> str:
-    return json.dumps(
-        [[e.role, e.kind, e.value, e.pseudonymised] for e in alert.entities],
-        separators=(",", ":"),
-    )
+    return _compact([[e.role, e.kind, e.value, e.pseudonymised] for e in alert.entities])
 
 
 class Store:
@@ -261,7 +290,7 @@ class Store:
                 a.occurrences,
                 a.key_epoch,
                 _entities_json(a),
-                json.dumps(dict(a.metrics), separators=(",", ":")),
+                _compact(dict(a.metrics)),
                 now,
             )
             for a in alerts
@@ -542,6 +571,9 @@ class Store:
         )
         tx.execute("DELETE FROM incidents WHERE status = 3 AND last_seen < ?", (older_than,))
         tx.execute("DELETE FROM alert_indicators WHERE seen < ?", (older_than,))
+        tx.execute("DELETE FROM indicator_sites WHERE last_seen < ?", (older_than,))
+        tx.execute("DELETE FROM detector_sites WHERE last_seen < ?", (older_than,))
+        tx.execute("DELETE FROM site_stages WHERE first_max < ?", (older_than,))
         return tx.many("DELETE FROM alerts WHERE last_seen < ?", [(older_than,)])
 
     def count_by(
