@@ -75,19 +75,17 @@ class Pipeline:
             for cls in registry.DETECTORS
             if cfg["detectors"][registry.config_key(cls)]["enabled"]
         ]
-        on = lambda event: [getattr(d, event) for d in self.detectors if hasattr(d, event)]  # noqa: E731
-        self._on_packet = on("on_packet")
-        self._on_outcome = on("on_outcome")
-        self._on_flow_end = on("on_flow_end")
-        self._on_tick = on("on_tick")
-        self._on_app = on("on_app")
         # Host samples come from the sampler's thread through this bounded queue and are
         # handled in tick(), so detectors, aggregator and anonymiser stay single-threaded.
-        self._on_host = on("on_host")
         self.host_samples: queue.Queue = queue.Queue(maxsize=HOST_QUEUE)
         self.deep_stats = DeepStats()
-        # Only built when a detector wants application messages: otherwise no packet pays.
-        self.deep = DeepDecoder(self.deep_stats) if self._on_app else None
+        self.deep: DeepDecoder | None = None
+        # Self-protection (agent/selfguard.py) sets these from its thread.
+        self.shed_level = 0
+        self._deep_off = False
+        self.sample_n = 1  # 1 in N new flows tracked
+        self.shed_packets = 0  # packets of untracked flows (not given to the flow table)
+        self._handlers()
         f = cfg["flows"]
         self.flows = FlowTable(
             self._outcome,
@@ -102,6 +100,92 @@ class Pipeline:
         self.bytes = 0
         self.last_ts = 0.0
         self._next_tick = 0.0
+
+    def _handlers(self) -> None:
+        on = lambda event: [getattr(d, event) for d in self.detectors if hasattr(d, event)]  # noqa: E731
+        self._on_packet = on("on_packet")
+        self._on_outcome = on("on_outcome")
+        self._on_flow_end = on("on_flow_end")
+        self._on_tick = on("on_tick")
+        self._on_app = on("on_app")
+        self._on_host = on("on_host")
+        # Only built when a detector wants application messages: otherwise no packet pays.
+        if self._on_app and self.deep is None:
+            self.deep = DeepDecoder(self.deep_stats)
+        self._deep = None if self._deep_off or not self._on_app else self.deep
+
+    def set_shed(self, level: int) -> None:
+        """Self-protection level (see agent/selfguard.py); safe from another thread."""
+        self._deep_off = level >= 1
+        self.sample_n = 1 if level < 2 else 2 ** (level - 1)
+        self._deep = None if self._deep_off or not self._on_app else self.deep
+        self.shed_level = level
+
+    def _tracked(self, p: Packet) -> bool:
+        """Flow sampling while shedding: existing flows go on, 1 in N new ones start."""
+        proto = p.proto
+        if proto in (6, 17):
+            a, b = (p.src, p.sport), (p.dst, p.dport)
+            key = (proto, p.vlan, *a, *b) if a <= b else (proto, p.vlan, *b, *a)
+        elif proto in (1, 58):
+            key = (
+                (proto, p.vlan, p.src, 0, p.dst, 0)
+                if p.src <= p.dst
+                else (proto, p.vlan, p.dst, 0, p.src, 0)
+            )
+        else:
+            return True
+        return key in self.flows.flows or hash(key) % self.sample_n == 0
+
+    def reconfigure(self, cfg: dict[str, Any]) -> list[str]:
+        """Apply new detector, aggregation and flow settings to the running pipeline.
+
+        The flow table, the aggregator's open alerts and everything queued stay. A
+        detector whose only change is its allow-list keeps its state; one whose tunables
+        changed starts afresh (its windows restart); one disabled is dropped, one enabled
+        starts. Returns what changed, for the log.
+        """
+        changes: list[str] = []
+        current = {registry.config_key(type(d)): d for d in self.detectors}
+        detectors = []
+        for cls in registry.DETECTORS:
+            key = registry.config_key(cls)
+            new = cfg["detectors"][key]
+            cur = current.get(key)
+            if not new["enabled"]:
+                if cur is not None:
+                    changes.append(f"detectors.{key}: disabled")
+                continue
+            if cur is not None and cur.settings == new:
+                detectors.append(cur)
+                continue
+            fresh = cls(new, self.aggregator.report)
+            if cur is not None and {k for k in new if new[k] != cur.settings.get(k)} == {"allow"}:
+                for attr in ("_allow", "_allow_cache", "_allow_names"):
+                    if hasattr(fresh, attr):
+                        setattr(cur, attr, getattr(fresh, attr))
+                cur.settings = new
+                detectors.append(cur)
+                changes.append(f"detectors.{key}.allow: applied")
+                continue
+            detectors.append(fresh)
+            changes.append(f"detectors.{key}: " + ("restarted" if cur else "enabled"))
+        self.detectors = detectors
+        self._handlers()
+        agg, f = cfg["aggregation"], cfg["flows"]
+        a = self.aggregator
+        if (a.window, a.update_interval) != (agg["window_seconds"], agg["update_interval_seconds"]):
+            a.window, a.update_interval = agg["window_seconds"], agg["update_interval_seconds"]
+            changes.append("aggregation: applied")
+        t = self.flows
+        before = (t.max_flows, t.attempt_timeout, dict(t.idle), t.active_timeout)
+        t.max_flows = f["max_flows"]
+        t.attempt_timeout = f["attempt_timeout_seconds"]
+        t.idle[TCP], t.idle[UDP] = f["tcp_idle_seconds"], f["udp_idle_seconds"]
+        t.active_timeout = f["active_timeout_seconds"]
+        if before != (t.max_flows, t.attempt_timeout, dict(t.idle), t.active_timeout):
+            changes.append("flows: applied")
+        return changes
 
     def _emit(self, finding: Finding) -> None:
         alert = self.anonymiser.alert(finding, self.clock())
@@ -127,11 +211,19 @@ class Pipeline:
             return
         for h in self._on_packet:
             h(p)
+        if self.sample_n > 1 and not self._tracked(p):
+            self.shed_packets += 1  # shedding: this flow is not tracked, time still runs
+            if ts > self.last_ts:
+                self.last_ts = ts
+            if ts >= self._next_tick:
+                self.tick(ts)
+            return
         flow = self.flows.packet(p)
         proto = p.proto
         # Literal protocol numbers make constant tuples: no global lookups per packet.
-        if self.deep is not None and p.payload and proto in (6, 17):  # TCP, UDP
-            for msg in self.deep(p, flow):
+        deep = self._deep
+        if deep is not None and p.payload and proto in (6, 17):  # TCP, UDP
+            for msg in deep(p, flow):
                 for h in self._on_app:
                     h(msg, flow, p)
         if proto in (1, 58) and p.sport in (1, 3):  # ICMP/ICMPv6 unreachable

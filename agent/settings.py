@@ -7,6 +7,7 @@ from typing import Any
 
 from agent.detect import registry
 from common.config import Option, at_least, host_port, one_of, positive
+from common.metrics import check_listen
 
 
 def _ranges(value: list) -> str | None:
@@ -135,8 +136,45 @@ SCHEMA: dict[str, Any] = {
             at_least(0),
         ),
     },
+    "selfguard": {
+        "enabled": Option(
+            bool,
+            True,
+            "run: watch the agent's own CPU and memory and shed work above budget "
+            "(deep decoding first, then 1 in N new flows), restored when back under.",
+        ),
+        "cpu_percent": Option(float, 40.0, "CPU budget, percent of one core.", positive),
+        "rss_mb": Option(float, 200.0, "Resident memory budget, MB.", positive),
+        "interval_seconds": Option(
+            float, 5.0, "Seconds between two looks at the agent's own usage.", at_least(0.1)
+        ),
+    },
+    "metrics": {
+        "listen": Option(
+            str,
+            "127.0.0.1:9750",
+            "run: Prometheus metrics (GET /metrics) on this HOST:PORT; '' disables. "
+            "Keep it on loopback.",
+            check_listen,
+        ),
+    },
     "detectors": {registry.config_key(d): d.schema() for d in registry.DETECTORS},
 }
+
+# Keys a SIGHUP applies to the running agent (prefixes); any other change is logged as
+# needing a restart and keeps its running value until then.
+RELOADABLE = (
+    "log_level",
+    "detectors.",
+    "aggregation.",
+    "flows.attempt_timeout_seconds",
+    "flows.tcp_idle_seconds",
+    "flows.udp_idle_seconds",
+    "flows.active_timeout_seconds",
+    "flows.max_flows",
+    "selfguard.cpu_percent",
+    "selfguard.rss_mb",
+)
 
 
 def path(cfg: dict[str, Any], value: str, default: str) -> Path:
