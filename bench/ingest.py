@@ -193,7 +193,30 @@ def _credentials(pki: Path, n: int) -> list[tuple[str, bytes, bytes]]:
     return out
 
 
-def run(n: int, seconds: float, rate: int, batch: int, procs: int, sync: str) -> dict:
+def _pg_schema(url: str) -> tuple[str, str]:
+    """A fresh schema in the given PostgreSQL database: (url using it, schema name)."""
+    import uuid
+
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}", schema
+
+
+def run(
+    n: int,
+    seconds: float,
+    rate: int,
+    batch: int,
+    procs: int,
+    sync: str,
+    correlation: bool = True,
+    storage: str = "",
+    replicas: int = 1,
+) -> dict:
     state = Path(tempfile.mkdtemp(prefix="vigie-bench-"))
     try:
         pki = state / "pki"
@@ -202,28 +225,45 @@ def run(n: int, seconds: float, rate: int, batch: int, procs: int, sync: str) ->
         cfg = state / "collector.toml"
         cfg.write_text(
             f'sqlite_synchronous = "{sync}"\nlog_level = "warning"\n'
+            + (f'storage = "{storage}"\n' if storage else "")
+            + f'[pki]\ndir = "{pki}"\nauto_init = false\n'
             f"[ingest]\nworkers = {n + 16}\nmax_alerts_per_second = 1000000\n"
             "max_batches_in_flight = 8\n"
+            + (
+                ""
+                if correlation
+                else "".join(
+                    f"[correlation.{rule}]\nenabled = false\n"
+                    for rule in ("multi_site_indicator", "wave", "kill_chain")
+                )
+            )
         )
-        log = open(state / "collector.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [
-                str(BIN / "vigie-collector"),
-                "serve",
-                "--config",
-                str(cfg),
-                "--state-dir",
-                str(state),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--enroll-listen",
-                "",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        ports = [port] + [_free_port() for _ in range(replicas - 1)]
+        procs_ = []
+        for i, p_ in enumerate(ports):
+            log = open(state / f"collector{i}.log", "wb")  # noqa: SIM115
+            procs_.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "vigie-collector"),
+                        "serve",
+                        "--config",
+                        str(cfg),
+                        "--state-dir",
+                        str(state / f"replica{i}"),
+                        "--listen",
+                        f"127.0.0.1:{p_}",
+                        "--enroll-listen",
+                        "",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            if i == 0:
+                time.sleep(1.5)  # the first one runs the migrations
         time.sleep(2.0)
-        ps = psutil.Process(proc.pid)
+        pss = [psutil.Process(p_.pid) for p_ in procs_]
         agents = _credentials(pki, n)
         ca = (pki / "ca.crt").read_bytes()
         warmup = 3.0 + n / 200
@@ -232,12 +272,12 @@ def run(n: int, seconds: float, rate: int, batch: int, procs: int, sync: str) ->
         per_agent = rate / n if rate else 0.0
         window = 8 if not rate else 2
         results: mp.Queue = mp.Queue()
-        k = max(1, min(procs, n))
+        k = max(replicas, min(procs, n))
         workers = [
             mp.Process(
                 target=_client,
                 args=(
-                    f"127.0.0.1:{port}",
+                    f"127.0.0.1:{ports[i % replicas]}",
                     ca,
                     agents[i::k],
                     batch,
@@ -253,12 +293,13 @@ def run(n: int, seconds: float, rate: int, batch: int, procs: int, sync: str) ->
         for w in workers:
             w.start()
         time.sleep(max(0, t_start - time.monotonic()))
-        ps.cpu_percent(None)
+        for ps in pss:
+            ps.cpu_percent(None)
         rss = 0
         while time.monotonic() < t_end:
             time.sleep(0.5)
-            rss = max(rss, ps.memory_info().rss)
-        cpu = ps.cpu_percent(None)
+            rss = max(rss, sum(ps.memory_info().rss for ps in pss))
+        cpu = sum(ps.cpu_percent(None) for ps in pss)
         stored, lat, streams = 0, [], 0
         for _ in workers:
             s, ls, m = results.get(timeout=n / 10 + 120)
@@ -267,13 +308,16 @@ def run(n: int, seconds: float, rate: int, batch: int, procs: int, sync: str) ->
             streams += m
         for w in workers:
             w.join(30)
-        proc.terminate()
-        proc.wait(30)
+        for proc in procs_:
+            proc.terminate()
+        for proc in procs_:
+            proc.wait(30)
         lat.sort()
         q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [0.0] * 99
         return {
             "agents": n,
-            "mode": f"paced {rate}/s" if rate else "max",
+            "mode": (f"paced {rate}/s" if rate else "max")
+            + (f" x{replicas}" if replicas > 1 else ""),
             "streams": streams,
             "alerts_per_s": stored / seconds,
             "p50": q[49],
@@ -293,14 +337,70 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=200, help="alerts per batch in the max run")
     p.add_argument("--procs", type=int, default=max(2, min(4, os.cpu_count() or 2)))
     p.add_argument("--sync", choices=("full", "normal"), default="full")
+    p.add_argument(
+        "--correlation",
+        choices=("on", "off", "both"),
+        default="on",
+        help="both: the max run once without the correlation rules, as baseline",
+    )
+    p.add_argument(
+        "--storage",
+        default="",
+        help="postgresql://... to bench PostgreSQL (a fresh schema per run)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="collector processes sharing the store (PostgreSQL only beyond 1)",
+    )
     args = p.parse_args()
     rows = []
+    if args.storage:
+        for r in args.replicas:
+            for n in args.agents:
+                url, _ = _pg_schema(args.storage)
+                rows.append(
+                    run(
+                        n,
+                        args.seconds,
+                        0,
+                        args.batch,
+                        args.procs,
+                        args.sync,
+                        storage=url,
+                        replicas=r,
+                    )
+                )
+                if args.rate:
+                    url, _ = _pg_schema(args.storage)
+                    small = max(1, min(args.batch, args.rate // n))
+                    rows.append(
+                        run(
+                            n,
+                            args.seconds,
+                            args.rate,
+                            small,
+                            args.procs,
+                            args.sync,
+                            storage=url,
+                            replicas=r,
+                        )
+                    )
+        args.agents = []
     for n in args.agents:
-        rows.append(run(n, args.seconds, 0, args.batch, args.procs, args.sync))
+        if args.correlation in ("off", "both"):
+            row = run(n, args.seconds, 0, args.batch, args.procs, args.sync, correlation=False)
+            row["mode"] += " -corr"
+            rows.append(row)
+        if args.correlation in ("on", "both"):
+            rows.append(run(n, args.seconds, 0, args.batch, args.procs, args.sync))
         if args.rate:
             small = max(1, min(args.batch, args.rate // n))
             rows.append(run(n, args.seconds, args.rate, small, args.procs, args.sync))
-    print(f"\ncollector: SQLite synchronous={args.sync}; {os.cpu_count()} CPUs shared with clients")
+    store = "PostgreSQL" if args.storage else f"SQLite synchronous={args.sync}"
+    print(f"\ncollector: {store}; {os.cpu_count()} CPUs shared with clients")
     print(
         f"{'agents':>6} {'mode':<13} {'streams':>7} {'alerts/s':>9} {'p50 ms':>8} "
         f"{'p99 ms':>8} {'CPU %':>6} {'RSS MB':>7}"
