@@ -15,7 +15,7 @@ import time
 
 import grpc
 
-from analyst import connect
+from analyst import connect, intel
 from common.alertjson import alert_dict, iso, severity_name
 from common.config import ConfigError
 from vigie.v1 import alert_pb2, analyst_pb2, analyst_pb2_grpc
@@ -321,6 +321,28 @@ def cmd_watch(stub, args) -> int:
             return 0
 
 
+def cmd_intel(stub, args) -> int:
+    bundle = intel.read(args.file)
+    resp = stub.PublishIntel(
+        analyst_pb2.PublishIntelRequest(bundle_json=json.dumps(bundle), replace=args.replace),
+        timeout=60,
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(resp.counts.items()) if v)
+    print(
+        f"intel version {resp.version} published ({counts or 'empty'}); agents pick it up "
+        "on their stream"
+    )
+    return 0
+
+
+def cmd_export(stub, args) -> int:
+    req = analyst_pb2.ExportStixRequest(region=args.region or "")
+    if args.since is not None:
+        req.since.FromSeconds(int(args.since))
+    print(stub.ExportStix(req, timeout=120).bundle_json)
+    return 0
+
+
 def _colour(args) -> bool:
     return sys.stdout.isatty() and not getattr(args, "no_colour", False)
 
@@ -384,6 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("--json", action="store_true")
     w.add_argument("--no-colour", action="store_true")
+    it = sub.add_parser("intel", help="threat intelligence for the fleet")
+    itsub = it.add_subparsers(dest="intel_cmd", required=True)
+    pub = itsub.add_parser("publish", help="add the indicators of a .json, .csv or .stix file")
+    pub.add_argument("file")
+    pub.add_argument("--replace", action="store_true", help="replace the current bundle")
+    ex = sub.add_parser("export", help="export incidents for CERTs")
+    exsub = ex.add_subparsers(dest="export_cmd", required=True)
+    stx = exsub.add_parser("stix", help="a STIX 2.1 bundle of the incidents on stdout")
+    stx.add_argument("--since", type=_since, help="30m, 2h, 7d or an ISO time")
+    stx.add_argument("--region")
     args = p.parse_args(argv)
     try:
         cfg = connect.settings(
@@ -392,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         with connect.channel(cfg) as channel:
             stub = analyst_pb2_grpc.AnalystStub(channel)
             return COMMANDS[args.cmd](stub, args)
-    except (ConfigError, connect.ConnectError) as exc:
+    except (ConfigError, connect.ConnectError, intel.IntelFileError) as exc:
         print(f"vigie: {exc}", file=sys.stderr)
         return EX_USAGE
     except grpc.RpcError as exc:
@@ -426,6 +458,8 @@ COMMANDS = {
     "close": cmd_close,
     "stats": cmd_stats,
     "watch": cmd_watch,
+    "intel": cmd_intel,
+    "export": cmd_export,
 }
 
 

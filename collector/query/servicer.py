@@ -13,6 +13,7 @@ from common.pbtime import set_seconds as _set_ts
 from vigie.v1 import analyst_pb2, analyst_pb2_grpc
 
 MAX_PAGE = 1000
+MAX_CURSOR = 2**63 - 1  # cursors are row numbers: a signed 64-bit integer in the database
 
 
 def _scope_region(context: grpc.ServicerContext, asked: str) -> str:
@@ -33,8 +34,10 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         silent_after: float = 300.0,
         watch_poll: float = 0.5,
         stix: dict | None = None,
+        registry=None,
     ) -> None:
         self.store = store
+        self.registry = registry
         self.stix = stix or {}
         self.silent_after = silent_after
         self.watch_poll = watch_poll
@@ -43,11 +46,7 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         size = request.page_size or 100
         if size > MAX_PAGE:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be at most {MAX_PAGE}")
-        before = None
-        if request.cursor:
-            if not request.cursor.isdigit() or len(request.cursor) > 19:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cursor is not one of ours")
-            before = int(request.cursor)
+        before = _cursor(context, request.cursor)
         flt = AlertFilter(
             since=_ts(request.since) if request.HasField("since") else None,
             until=_ts(request.until) if request.HasField("until") else None,
@@ -143,6 +142,8 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         """Polls the database, so an incident raised by any replica reaches every watcher."""
         region = _scope_region(context, request.region)
         cursor = request.cursor
+        if cursor > MAX_CURSOR:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cursor is not one of ours")
         if not cursor and not request.from_start:
             cursor = self.store.last_incident_seq()
         while context.is_active():
@@ -196,11 +197,44 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         kw = {k: self.stix[k] for k in ("identity_name", "tlp") if k in self.stix}
         return analyst_pb2.ExportStixResponse(bundle_json=bundle(pairs, **kw))
 
+    def PublishIntel(self, request: analyst_pb2.PublishIntelRequest, context):
+        """Adds (or replaces) indicators; agents receive the new version on their stream."""
+        import json
+
+        from collector.pki.intel import KEYS, validate
+
+        if caller(context).role != "national":
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "only a national analyst publishes intel for the whole fleet",
+            )
+        if self.registry is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "intel is not served by this collector")
+        try:
+            new = validate(json.loads(request.bundle_json))
+            if not request.replace:
+                _, current = self.registry.current_intel()
+                merged = {
+                    k: sorted(set(current.get(k, [])) | set(new.get(k, [])))
+                    for k in KEYS
+                    if k != "thresholds"
+                }
+                merged["thresholds"] = current.get("thresholds", {}) | new.get("thresholds", {})
+                new = validate(merged)
+        except (ValueError, RecursionError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bundle_json: {exc}")
+        version = self.registry.load_intel(new)
+        return analyst_pb2.PublishIntelResponse(
+            version=version, counts={k: len(v) for k, v in new.items()}
+        )
+
 
 def _cursor(context, text: str) -> int | None:
     if not text:
         return None
-    if not text.isdigit() or len(text) > 19:
+    # ASCII only: str.isdigit() also takes "²" (which int() refuses) and other scripts'
+    # digits; and the value must fit the database's 64-bit integer.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_CURSOR:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cursor is not one of ours")
     return int(text)
 

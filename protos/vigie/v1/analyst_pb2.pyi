@@ -251,3 +251,26 @@ class ExportStixResponse(_message.Message):
     BUNDLE_JSON_FIELD_NUMBER: _ClassVar[int]
     bundle_json: str
     def __init__(self, bundle_json: _Optional[str] = ...) -> None: ...
+
+class PublishIntelRequest(_message.Message):
+    __slots__ = ("bundle_json", "replace")
+    BUNDLE_JSON_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    bundle_json: str
+    replace: bool
+    def __init__(self, bundle_json: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class PublishIntelResponse(_message.Message):
+    __slots__ = ("version", "counts")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    counts: _containers.ScalarMap[str, int]
+    def __init__(self, version: _Optional[int] = ..., counts: _Optional[_Mapping[str, int]] = ...) -> None: ...

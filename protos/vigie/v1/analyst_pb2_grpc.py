@@ -74,6 +74,11 @@ class AnalystStub:
                 request_serializer=vigie_dot_v1_dot_analyst__pb2.ExportStixRequest.SerializeToString,
                 response_deserializer=vigie_dot_v1_dot_analyst__pb2.ExportStixResponse.FromString,
                 _registered_method=True)
+        self.PublishIntel = channel.unary_unary(
+                '/vigie.v1.Analyst/PublishIntel',
+                request_serializer=vigie_dot_v1_dot_analyst__pb2.PublishIntelRequest.SerializeToString,
+                response_deserializer=vigie_dot_v1_dot_analyst__pb2.PublishIntelResponse.FromString,
+                _registered_method=True)
 
 
 class AnalystServicer:
@@ -128,6 +133,13 @@ class AnalystServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishIntel(self, request, context):
+        """National analysts only: add indicators to the bundle agents receive.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalystServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +182,11 @@ def add_AnalystServicer_to_server(servicer, server):
                     servicer.ExportStix,
                     request_deserializer=vigie_dot_v1_dot_analyst__pb2.ExportStixRequest.FromString,
                     response_serializer=vigie_dot_v1_dot_analyst__pb2.ExportStixResponse.SerializeToString,
+            ),
+            'PublishIntel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishIntel,
+                    request_deserializer=vigie_dot_v1_dot_analyst__pb2.PublishIntelRequest.FromString,
+                    response_serializer=vigie_dot_v1_dot_analyst__pb2.PublishIntelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +405,33 @@ class Analyst:
             '/vigie.v1.Analyst/ExportStix',
             vigie_dot_v1_dot_analyst__pb2.ExportStixRequest.SerializeToString,
             vigie_dot_v1_dot_analyst__pb2.ExportStixResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishIntel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigie.v1.Analyst/PublishIntel',
+            vigie_dot_v1_dot_analyst__pb2.PublishIntelRequest.SerializeToString,
+            vigie_dot_v1_dot_analyst__pb2.PublishIntelResponse.FromString,
             options,
             channel_credentials,
             insecure,
