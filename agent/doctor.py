@@ -108,7 +108,8 @@ def check_bpf(expr: str, interface: str | None) -> Result:
     except ImportError as exc:  # pragma: no cover - scapy is a dependency
         return Result(FAIL, "bpf filter", f"cannot load the compiler: {exc}", "reinstall vigie")
     try:
-        compile_filter(expr, interface or None)
+        # The link type comes from the interface: Ethernet (lo's too) when none is given.
+        compile_filter(expr, interface or "lo")
     except Scapy_Exception as exc:
         return Result(
             FAIL,
