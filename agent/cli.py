@@ -441,6 +441,7 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any], stream=sys.stdout) ->
             svc.guard.stop()
         if host is not None:
             host.stop()
+        final = pipe.stats()  # before finish() empties the flow table
         pipe.finish()  # open findings go through the aggregator into the outbox
         received, dropped = stats()
         cap.close()
@@ -450,6 +451,7 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any], stream=sys.stdout) ->
             kernel_received=received,
             kernel_dropped=dropped,
         )
+        log.info("pipeline_stats", **final)
         if server is not None:
             server.close()
         if delivery:

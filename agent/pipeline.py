@@ -10,15 +10,17 @@ import queue
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent.aggregate import Aggregator
 from agent.anonymise.policy import Anonymiser, Finding
-from agent.decode.deep import DeepDecoder, DeepStats
+from agent.decode.deep import PROTOCOL_OF_KIND, DeepDecoder, DeepStats
 from agent.decode.fast import DecodeStats, make_decoder
-from agent.decode.packet import ICMP, ICMP6, TCP, UDP, Packet
+from agent.decode.packet import ARP, ICMP, ICMP6, TCP, UDP, Packet
 from agent.detect import registry
 from agent.flows.table import FlowTable
+from agent.host.intel import IntelFile
 from vigie.v1 import alert_pb2
 
 TICK_INTERVAL = 1.0
@@ -80,6 +82,10 @@ class Pipeline:
         self.host_samples: queue.Queue = queue.Queue(maxsize=HOST_QUEUE)
         self.deep_stats = DeepStats()
         self.deep: DeepDecoder | None = None
+        # The intel list (state_dir/intel.json, written by the delivery stream when the
+        # collector sends a bundle): detectors that match indicators re-read it on change.
+        state_dir = cfg.get("state_dir")
+        self.intel = IntelFile(Path(state_dir) / "intel.json") if state_dir else None
         # Self-protection (agent/selfguard.py) sets these from its thread.
         self.shed_level = 0
         self._deep_off = False
@@ -109,10 +115,48 @@ class Pipeline:
         self._on_tick = on("on_tick")
         self._on_app = on("on_app")
         self._on_host = on("on_host")
-        # Only built when a detector wants application messages: otherwise no packet pays.
-        if self._on_app and self.deep is None:
-            self.deep = DeepDecoder(self.deep_stats)
+        # Per protocol, only the on_packet handlers that declared they want it (or all).
+        wanting = [d for d in self.detectors if hasattr(d, "on_packet")]
+        protos = {TCP, UDP, ICMP, ICMP6, ARP}
+        for d in wanting:
+            protos |= d.packet_protocols or set()
+        self._pkt = {
+            pr: tuple(
+                d.on_packet
+                for d in wanting
+                if d.packet_protocols is None or pr in d.packet_protocols
+            )
+            for pr in protos
+        }
+        self._pkt_other = tuple(d.on_packet for d in wanting if d.packet_protocols is None)
+        # Per message kind, only the on_app handlers that want it.
+        apps = [d for d in self.detectors if hasattr(d, "on_app")]
+        self._app = {
+            k: tuple(d.on_app for d in apps if d.app_kinds is None or k in d.app_kinds)
+            for k in PROTOCOL_OF_KIND
+        }
+        # The deep decoder decodes only the protocols some detector wants; it is only
+        # built when one wants application messages: otherwise no packet pays.
+        if self._on_app:
+            wanted: set[str] | None = set()
+            for d in apps:
+                if d.app_kinds is None:
+                    wanted = None
+                    break
+                wanted |= {PROTOCOL_OF_KIND[k] for k in d.app_kinds if k in PROTOCOL_OF_KIND}
+            fresh = DeepDecoder(self.deep_stats, protocols=wanted)
+            if self.deep is None or self.deep.protocols != fresh.protocols:
+                self.deep = fresh
         self._deep = None if self._deep_off or not self._on_app else self.deep
+        if self.intel is not None:
+            for d in self.detectors:
+                if hasattr(d, "use_intel"):
+                    d.use_intel(self.intel)
+
+    def intel_changed(self) -> None:
+        """A new bundle was stored: re-read it at the next check (safe from any thread)."""
+        if self.intel is not None:
+            self.intel._stamp = None
 
     def set_shed(self, level: int) -> None:
         """Self-protection level (see agent/selfguard.py); safe from another thread."""
@@ -209,7 +253,7 @@ class Pipeline:
         p = self.decode(ts, linktype, wirelen, frame)
         if p is None:
             return
-        for h in self._on_packet:
+        for h in self._pkt.get(p.proto, self._pkt_other):
             h(p)
         if self.sample_n > 1 and not self._tracked(p):
             self.shed_packets += 1  # shedding: this flow is not tracked, time still runs
@@ -223,8 +267,9 @@ class Pipeline:
         # Literal protocol numbers make constant tuples: no global lookups per packet.
         deep = self._deep
         if deep is not None and p.payload and proto in (6, 17):  # TCP, UDP
+            app = self._app
             for msg in deep(p, flow):
-                for h in self._on_app:
+                for h in app.get(msg.kind, ()):
                     h(msg, flow, p)
         if proto in (1, 58) and p.sport in (1, 3):  # ICMP/ICMPv6 unreachable
             self.flows.icmp_unreachable(p, quoted_key(p))
@@ -241,6 +286,33 @@ class Pipeline:
         for h in self._on_tick:
             h(now)
         self.aggregator.tick(now)
+        # High-water marks of the bounded state, read by stats() (once a tick: free).
+        self.flows_peak = max(getattr(self, "flows_peak", 0), len(self.flows))
+        self.open_peak = max(getattr(self, "open_peak", 0), len(self.aggregator.open))
+
+    def stats(self) -> dict[str, int]:
+        """Sizes and evictions of the bounded state (flow table, aggregator, detector
+        windows), for the final `pipeline_stats` log line and bounds tests."""
+        from agent.detect.window import KeyedWindow, Suppressor
+
+        forgotten = keys = 0
+        for d in self.detectors:
+            for v in getattr(d, "__dict__", {}).values():
+                if isinstance(v, KeyedWindow | Suppressor):
+                    forgotten += v.forgotten
+                    keys += len(v)
+        return {
+            "flows": len(self.flows),
+            "flows_peak": max(getattr(self, "flows_peak", 0), len(self.flows)),
+            "flows_created": self.flows.created,
+            "flows_evicted": self.flows.evicted,
+            "aggregator_open": len(self.aggregator.open),
+            "aggregator_open_peak": max(getattr(self, "open_peak", 0), len(self.aggregator.open)),
+            "aggregator_dropped": self.aggregator.dropped,
+            "detector_keys": keys,
+            "detector_keys_forgotten": forgotten,
+            "shed_packets": self.shed_packets,
+        }
 
     def finish(self) -> None:
         """End of input: settle what the capture can still tell, then flush every alert."""
@@ -248,6 +320,9 @@ class Pipeline:
         self.flows.flush(self.last_ts)
         for h in self._on_tick:
             h(self.last_ts)
+        for d in self.detectors:
+            if hasattr(d, "on_finish"):
+                d.on_finish(self.last_ts)
         if self._on_host:
             self._drain_host()
         self.aggregator.flush()

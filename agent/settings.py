@@ -21,6 +21,16 @@ def _ranges(value: list) -> str | None:
     return None
 
 
+def _bounds(lo: int, hi: int):
+    """At least `lo`; at most `hi`, so that a bound (or a buffer size) stays one."""
+    low = at_least(lo)
+
+    def check(value: int) -> str | None:
+        return low(value) or (None if value <= hi else f"must be at most {hi}, got {value}")
+
+    return check
+
+
 SCHEMA: dict[str, Any] = {
     "state_dir": Option(
         str, "/var/lib/vigie-agent", "Outbox, pseudonymisation secret and credentials live here."
@@ -32,7 +42,7 @@ SCHEMA: dict[str, Any] = {
         "bpf_filter": Option(
             str, "ip or ip6 or arp", "Kernel (BPF) filter applied to live capture, tcpdump syntax."
         ),
-        "snaplen": Option(int, 65535, "Bytes kept of each captured packet.", at_least(64)),
+        "snaplen": Option(int, 65535, "Bytes kept of each captured packet.", _bounds(64, 262144)),
         "ring": Option(
             bool,
             True,
@@ -43,12 +53,15 @@ SCHEMA: dict[str, Any] = {
             int,
             32,
             "Size of the capture ring (1 MB blocks); more absorbs longer bursts.",
-            at_least(2),
+            _bounds(2, 4096),
         ),
     },
     "flows": {
         "max_flows": Option(
-            int, 200_000, "Flow table bound; oldest flows are evicted first.", at_least(100)
+            int,
+            200_000,
+            "Flow table bound; oldest flows are evicted first.",
+            _bounds(100, 10_000_000),
         ),
         "attempt_timeout_seconds": Option(
             float, 3.0, "An attempt unanswered for this long has failed.", positive
@@ -108,7 +121,8 @@ SCHEMA: dict[str, Any] = {
         "ca": Option(str, "", "Collector CA certificate. Empty: state_dir/tls/ca.crt"),
         "cert": Option(str, "", "This agent's certificate. Empty: state_dir/tls/agent.crt"),
         "key": Option(str, "", "This agent's private key. Empty: state_dir/tls/agent.key"),
-        "batch_size": Option(int, 200, "Alerts per batch.", at_least(1)),
+        # The collector refuses a batch of more than 1000 alerts.
+        "batch_size": Option(int, 200, "Alerts per batch.", _bounds(1, 1000)),
         "heartbeat_seconds": Option(float, 30.0, "Heartbeat period.", positive),
         "drain_timeout_seconds": Option(
             float, 30.0, "replay: how long to wait for the collector's acks.", positive
@@ -120,7 +134,7 @@ SCHEMA: dict[str, Any] = {
             int,
             100_000,
             "Bound; beyond it the oldest low-severity alerts are shed (counted).",
-            at_least(10),
+            _bounds(10, 10_000_000),
         ),
     },
     "host": {

@@ -166,7 +166,10 @@ def build(
         RenewalServicer(d, registry, cfg["pki"]["agent_cert_seconds"]), server
     )
     analyst_pb2_grpc.add_AnalystServicer_to_server(
-        AnalystServicer(store, cfg["silent_after_seconds"], stix=cfg["sinks"]["stix"]), server
+        AnalystServicer(
+            store, cfg["silent_after_seconds"], stix=cfg["sinks"]["stix"], registry=registry
+        ),
+        server,
     )
     health_servicer = TimedHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
