@@ -94,6 +94,22 @@ def print_alerts(items, as_json: bool, colour: bool) -> None:
         print("* pseudonymised by the agent (internal address, host or user name)")
 
 
+def _paged(call, req, field: str, args) -> list:
+    """Apply the common filters, then follow the cursors up to --limit items."""
+    if args.severity:
+        req.min_severity = alert_pb2.Severity.Value(f"SEVERITY_{args.severity.upper()}")
+    if args.since is not None:
+        req.since.FromSeconds(int(args.since))
+    items: list = []
+    while len(items) < args.limit:
+        resp = call(req, timeout=30)
+        items.extend(getattr(resp, field))
+        if not resp.next_cursor:
+            break
+        req.cursor = resp.next_cursor
+    return items[: args.limit]
+
+
 def cmd_alerts(stub, args) -> int:
     req = analyst_pb2.ListAlertsRequest(
         detector=args.detector or "",
@@ -102,18 +118,8 @@ def cmd_alerts(stub, args) -> int:
         region=args.region or "",
         page_size=min(args.limit, 1000),
     )
-    if args.severity:
-        req.min_severity = alert_pb2.Severity.Value(f"SEVERITY_{args.severity.upper()}")
-    if args.since is not None:
-        req.since.FromSeconds(int(args.since))
-    items = []
-    while len(items) < args.limit:
-        resp = stub.ListAlerts(req, timeout=30)
-        items.extend(resp.alerts)
-        if not resp.next_cursor:
-            break
-        req.cursor = resp.next_cursor
-    print_alerts(items[: args.limit], args.json, sys.stdout.isatty() and not args.no_colour)
+    items = _paged(stub.ListAlerts, req, "alerts", args)
+    print_alerts(items, args.json, _colour(args))
     return 0
 
 
@@ -212,18 +218,8 @@ def cmd_incidents(stub, args) -> int:
     )
     if args.status:
         req.status = {"open": 1, "acked": 2, "closed": 3}[args.status]
-    if args.severity:
-        req.min_severity = alert_pb2.Severity.Value(f"SEVERITY_{args.severity.upper()}")
-    if args.since is not None:
-        req.since.FromSeconds(int(args.since))
-    items = []
-    while len(items) < args.limit:
-        resp = stub.ListIncidents(req, timeout=30)
-        items.extend(resp.incidents)
-        if not resp.next_cursor:
-            break
-        req.cursor = resp.next_cursor
-    print_incidents(items[: args.limit], args.json, _colour(args))
+    items = _paged(stub.ListIncidents, req, "incidents", args)
+    print_incidents(items, args.json, _colour(args))
     return 0
 
 
