@@ -34,8 +34,16 @@ def test_no_on_app_handler_means_no_deep_decoder(tmp_path: Path) -> None:
 def test_messages_reach_on_app_handlers(tmp_path: Path) -> None:
     pipe = pipeline(tmp_path)
     seen: list = []
-    pipe._on_app = [lambda msg, flow, packet: seen.append((msg, flow, packet))]
-    pipe.deep = DeepDecoder(pipe.deep_stats)
+
+    class Spy:  # a detector that wants every message kind
+        app_kinds = None
+
+        def on_app(self, msg, flow, packet) -> None:
+            seen.append((msg, flow, packet))
+
+    pipe.detectors = [Spy()]
+    pipe._handlers()
+    assert isinstance(pipe.deep, DeepDecoder)
     for rec in read_capture(CORPUS / "smb/smb2_psexec_service_add_user.pcap"):
         pipe.feed(*rec)
     pipe.finish()
@@ -43,3 +51,18 @@ def test_messages_reach_on_app_handlers(tmp_path: Path) -> None:
     assert all(m.flow is f and m.ts == p.ts for m, f, p in seen)
     assert pipe.deep_stats.decoded["smb"] > 0 and pipe.deep_stats.decoded["dcerpc"] > 0
     assert not pipe.deep._states  # every flow's state dropped at its end
+
+
+def test_deep_decoder_decodes_only_wanted_protocols(tmp_path: Path) -> None:
+    pipe = pipeline(tmp_path)
+
+    class DnsOnly:
+        app_kinds = frozenset({"dns"})
+
+        def on_app(self, msg, flow, packet) -> None:
+            pass
+
+    pipe.detectors = [DnsOnly()]
+    pipe._handlers()
+    assert pipe.deep.protocols == {"dns"}
+    assert pipe._app["dns"] and not pipe._app["smb"]

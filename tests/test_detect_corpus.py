@@ -37,8 +37,5 @@ def test_quiet_captures_raise_no_attack_alert(rel):
     "rel,expected", [(f, e) for f, e in ROWS if e in OURS] or [("<no corpus>", "")]
 )
 def test_expected_detector_fires(rel, expected):
-    if expected in ("net.lateral",):
-        pytest.skip("single-pair PsExec/AT/svcctl captures need the DCE-RPC content "
-                    "(deep decoders), not flow fan-out")  # fmt: skip
     alerts = replay(corpus(rel))
     assert expected in {a.detector for a in alerts}

@@ -44,3 +44,45 @@ def test_few_servers_or_external_hosts_do_not_fire(tmp_path):
     for i in range(30):  # external SSH servers are not lateral movement
         pkts += _handshake(f"198.51.100.{10 + i}", 22, 51000 + i, 20.0 + i)
     assert not latest(replay(write(tmp_path, pkts)), "net.lateral")
+
+
+# Protocol part: remote execution seen in SMB2 / DCE-RPC (ProtectWise/401trg captures).
+def _exec(name: str):
+    from tests.detect_support import data
+
+    found = [
+        a for a in latest(replay(data(name)), "net.lateral") if "remote execution" in a.summary
+    ]
+    assert len(found) == 1, [a.summary for a in found]
+    a = found[0]
+    assert a.technique == "T1021"
+    assert a.severity == alert_pb2.SEVERITY_HIGH
+    return a
+
+
+def test_psexec_service_and_dropped_executable_fire():
+    a = _exec("smb2_psexec_service_add_user.pcap")
+    assert entity(a, alert_pb2.ROLE_SOURCE) == [pseudonym("192.168.10.31")]
+    assert entity(a, alert_pb2.ROLE_TARGET) == [pseudonym("192.168.10.10")]
+    assert a.metrics["service_create"] == 1 and a.metrics["service_start"] == 1
+    assert a.metrics["exe_write"] >= 1
+    assert "PSEXESVC" not in a.summary and "192.168" not in a.summary
+
+
+def test_remote_scheduled_task_fires():
+    a = _exec("smb2_atsvc_remote_scheduled_task.pcap")
+    assert a.metrics["task_register"] == 1
+    assert entity(a, alert_pb2.ROLE_TARGET) == [pseudonym("192.168.10.30")]
+
+
+def test_svcctl_over_plain_tcp_fires():
+    a = _exec("dcerpc_svcctl_remote_service_start.pcap")
+    assert a.metrics["service_start"] == 1
+    assert entity(a, alert_pb2.ROLE_CONTEXT, alert_pb2.KIND_PROTOCOL) == ["dcerpc"]
+
+
+def test_remote_exec_can_be_turned_off():
+    from tests.detect_support import data
+
+    alerts = replay(data("smb2_psexec_service_add_user.pcap"), {"lateral": {"remote_exec": False}})
+    assert not latest(alerts, "net.lateral")

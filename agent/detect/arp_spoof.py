@@ -38,6 +38,7 @@ class ArpSpoof(Detector):
     technique = "T1557.002"
     severity = alert_pb2.SEVERITY_HIGH
     help = "ARP spoofing: an address claimed by a new MAC, and gratuitous ARP storms."
+    packet_protocols = frozenset((ARP,))
     options: ClassVar[dict[str, Option]] = {
         "binding_seconds": Option(
             float,

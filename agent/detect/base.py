@@ -6,6 +6,16 @@ the events it needs, each a tiny handler:
     on_outcome(flow, outcome, ts) how a connection attempt ended (success/rejected/unanswered)
     on_flow_end(flow)             a flow expired or was evicted
     on_tick(now)                  time passed (capture time in replay, wall clock live)
+    on_finish(now)                end of input (replay): report what is still held back
+    on_app(msg, flow, packet)     a deep-decoded application message (agent/decode/deep)
+
+Two class attributes let the pipeline skip calls a detector would throw away at once:
+    packet_protocols  the `Packet.proto` values on_packet wants (None: every packet)
+    app_kinds         the message kinds on_app wants ("dns", "tls_client_hello", "smb",
+                      "dcerpc", "dicom_assoc", "hl7", "ftp", "telnet", "http"; None: all);
+                      the deep decoder only decodes the protocols some detector wants.
+A detector that matches against the intel list (state_dir/intel.json) defines
+`use_intel(provider)`: the pipeline hands it a callable returning the current snapshot.
 """
 
 from __future__ import annotations
@@ -48,6 +58,8 @@ class Detector:
     severity: ClassVar[int]
     help: ClassVar[str]
     options: ClassVar[dict[str, Option]] = {}
+    packet_protocols: ClassVar[frozenset[int] | None] = None
+    app_kinds: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, settings: dict[str, Any], report: Report) -> None:
         self.settings = settings

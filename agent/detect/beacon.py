@@ -68,6 +68,7 @@ class Beacon(Detector):
     technique = "T1071"
     severity = alert_pb2.SEVERITY_HIGH
     help = "C2 beaconing: regular connections to one external service (RITA-like scoring)."
+    packet_protocols = frozenset((TCP, UDP))
     options: ClassVar[dict[str, Option]] = {
         "min_connections": Option(
             int, 6, "Connections to one service needed before scoring.", at_least(4)

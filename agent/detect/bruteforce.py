@@ -64,6 +64,8 @@ class BruteForce(Detector):
     technique = "T1110"
     severity = alert_pb2.SEVERITY_HIGH
     help = "Password guessing: repeated rejected or short sessions to an authentication port."
+    packet_protocols = frozenset((TCP,))
+    app_kinds = frozenset(("ftp", "telnet", "smb"))
     options: ClassVar[dict[str, Option]] = {
         "ports": Option(
             list,

@@ -41,6 +41,7 @@ class Dos(Detector):
     technique = "T1498"
     severity = alert_pb2.SEVERITY_HIGH
     help = "Floods towards one target: SYN (half-open), UDP, ICMP; spoofed sources told apart."
+    packet_protocols = frozenset((TCP, UDP, ICMP, ICMP6))
     options: ClassVar[dict[str, Option]] = {
         "syn_capacity": Option(
             float, 2000.0, "Half-open attempts a target may get in a burst.", positive

@@ -7,6 +7,10 @@ a scanner after a handful of failures, while a benign host that mostly succeeds 
 back under η0 and its walk restarts. Fan-out thresholds catch slow scans that succeed
 often (open ports), and FIN/NULL/Xmas probes, which no ordinary stack sends to open a
 connection, count on their own.
+
+Once a source is flagged, every further failed probe counts, but the source is reported
+to the aggregator at most once per `report_interval_seconds` (default 1 s): the probes
+in between are added up and sent as the count of the next report, or on the next tick.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from vigie.v1 import alert_pb2
 
 
 class _Source:
-    __slots__ = ("failed", "hosts", "llr", "ports", "stealth", "styles", "succeeded", "targets")
+    __slots__ = (
+        "failed", "hosts", "last_dst", "last_probe", "last_report", "llr", "pending", "ports",
+        "stealth", "styles", "succeeded", "targets",
+    )  # fmt: skip
 
     def __init__(self, now: float) -> None:
         self.targets = Distinct(65536)
@@ -35,6 +42,10 @@ class _Source:
         self.succeeded = 0
         self.stealth = 0
         self.styles: set[str] = set()
+        self.pending = 0  # failed probes not reported yet (flagged sources only)
+        self.last_report = float("-inf")
+        self.last_probe = now
+        self.last_dst = b""
 
 
 def _unicast(packed: bytes) -> bool:
@@ -72,6 +83,12 @@ class PortScan(Detector):
         ),
         "stealth_probes": Option(
             int, 3, "FIN/NULL/Xmas probes to distinct targets that make a scan.", positive
+        ),
+        "report_interval_seconds": Option(
+            float,
+            1.0,
+            "A flagged source is reported at most this often; probes in between are summed.",
+            positive,
         ),
     }
 
@@ -116,14 +133,18 @@ class PortScan(Detector):
         ):
             first = src not in self.flagged
             self.flagged.add(src)
-            self._emit(src, flow, st, ts, count=st.failed if first else 1)
+            st.pending += st.failed if first else 1
+            st.last_probe, st.last_dst = ts, flow.dst
+            if ts - st.last_report >= s["report_interval_seconds"]:
+                self._emit(src, st, ts)
 
-    def _emit(self, src: bytes, flow: Flow, st: _Source, ts: float, count: int) -> None:
+    def _emit(self, src: bytes, st: _Source, ts: float) -> None:
+        count, st.pending, st.last_report = st.pending, 0, ts
         hosts, ports = len(st.hosts), len(st.ports)
         shape = "vertical" if hosts == 1 else "horizontal" if ports == 1 else "mixed"
         entities = [Entity(alert_pb2.ROLE_SOURCE, alert_pb2.KIND_IP, ip_text(src))]
         if hosts == 1:
-            entities.append(Entity(alert_pb2.ROLE_TARGET, alert_pb2.KIND_IP, ip_text(flow.dst)))
+            entities.append(Entity(alert_pb2.ROLE_TARGET, alert_pb2.KIND_IP, ip_text(st.last_dst)))
         self.report(
             subject=src.hex(),
             ts=ts,
@@ -144,5 +165,16 @@ class PortScan(Detector):
         )
 
     def on_tick(self, now: float) -> None:
+        self._flush(now - self.settings["report_interval_seconds"])
         self.sources.expire(now)
         self.flagged.intersection_update(k for k in self.flagged if self.sources.peek(k))
+
+    def on_finish(self, now: float) -> None:
+        """End of input: every probe counted so far is reported."""
+        self._flush(float("inf"))
+
+    def _flush(self, reported_before: float) -> None:
+        for src in self.flagged:
+            st = self.sources.peek(src)
+            if st is not None and st.pending and st.last_report <= reported_before:
+                self._emit(src, st, st.last_probe)

@@ -6,9 +6,14 @@ from agent.detect.arp_spoof import ArpSpoof
 from agent.detect.base import Detector
 from agent.detect.beacon import Beacon
 from agent.detect.bruteforce import BruteForce
+from agent.detect.cleartext_credentials import CleartextCredentials
+from agent.detect.dga import Dga
+from agent.detect.dns_tunnel import DnsTunnel
 from agent.detect.dos import Dos
 from agent.detect.exfil import Exfil
+from agent.detect.ioc import Ioc
 from agent.detect.lateral import Lateral
+from agent.detect.medical import Medical
 from agent.detect.portscan import PortScan
 from agent.detect.tunnel import Tunnel
 from agent.host.detectors import HOST_DETECTORS
@@ -22,6 +27,11 @@ DETECTORS: list[type[Detector]] = [
     Exfil,
     Tunnel,
     ArpSpoof,
+    DnsTunnel,
+    Dga,
+    Ioc,
+    CleartextCredentials,
+    Medical,
 ]
 
 

@@ -50,6 +50,7 @@ class Tunnel(Detector):
     technique = "T1095"
     severity = alert_pb2.SEVERITY_HIGH
     help = "ICMP echo tunnels (varying payloads) and protocol/port mismatches."
+    packet_protocols = frozenset((ICMP, ICMP6, TCP, UDP))
     options: ClassVar[dict[str, Option]] = {
         "min_packets": Option(
             int, 10, "Echo packets on one pair before it is judged.", at_least(2)

@@ -1,8 +1,9 @@
-"""The indicator list host detectors match against.
+"""The indicator list host detectors and the network IOC detector match against.
 
 Distribution is someone else's job: this side only reads what is there, tolerantly.
 `state_dir/intel.json` (if present) looks like
-    {"version": 3, "ips": ["203.0.113.7"], "cidrs": ["198.51.100.0/24"], "domains": [...]}
+    {"version": 3, "ips": ["203.0.113.7"], "cidrs": ["198.51.100.0/24"], "domains": [...],
+     "ja3": [...], "ja4": [...]}
 Unknown keys are ignored, bad entries are skipped and counted, a missing or unreadable
 file means an empty list; the file is re-read when its mtime changes. Anything with
 `ips`/`cidrs` attributes or keys, or a callable returning one, is accepted too.
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+# An entry that would match (nearly) everything is skipped and counted, as the collector
+# refuses it at load: a CIDR shorter than these, a wildcard, a bare top-level domain.
+MIN_PREFIX = {4: 8, 6: 16}
 
 
 class Intel:
@@ -29,6 +33,8 @@ class Intel:
         cidrs: Iterable[str] = (),
         domains: Iterable[str] = (),
         version: int = 0,
+        ja3: Iterable[str] = (),
+        ja4: Iterable[str] = (),
     ) -> None:
         self.version = version
         self.skipped = 0
@@ -41,13 +47,23 @@ class Intel:
             except ValueError:
                 self.skipped += 1
                 continue
-            if net.num_addresses == 1:
+            if net.prefixlen < MIN_PREFIX[net.version]:
+                self.skipped += 1
+            elif net.num_addresses == 1:
                 plain.add(str(net.network_address))
             else:
                 nets.append(net)
         self.ips = frozenset(plain)
         self.nets = tuple(nets)
-        self.domains = frozenset(str(d).lower().rstrip(".") for d in domains if d)
+        names = [str(d).strip().lower().rstrip(".") for d in domains]
+        good = {d for d in names if "." in d and "*" not in d and "" not in d.split(".")}
+        self.skipped += len(names) - sum(1 for d in names if d in good)
+        self.domains = frozenset(good)
+        # TLS fingerprints (network IOC detector): lower-case hex/text, bad ones skipped.
+        fps = [str(x).strip().lower() for x in ja3]
+        self.ja3 = frozenset(x for x in fps if len(x) == 32)
+        self.ja4 = frozenset(x for x in (str(y).strip().lower() for y in ja4) if x)
+        self.skipped += sum(1 for x in fps if len(x) != 32)
         self._cache: dict[str, bool] = {}
 
     def __bool__(self) -> bool:
@@ -81,6 +97,8 @@ class Intel:
             items("cidrs"),
             items("domains"),
             version if isinstance(version, int) else 0,
+            items("ja3"),
+            items("ja4"),
         )
 
 
@@ -107,7 +125,7 @@ class IntelFile:
             self._stamp = stamp
             try:
                 self._intel = Intel.from_mapping(json.loads(self.path.read_text("utf-8")))
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 self.errors += 1  # a half-written file: keep trying on the next change
                 self._intel = EMPTY
         return self._intel

@@ -90,6 +90,8 @@ PROTOCOL_OF_KIND = {
     "http": "http",
 }
 
+ALL_PROTOCOLS = frozenset(PROTOCOL_OF_KIND.values())
+
 MAX_FLOW_STATES = 16384
 _EMPTY: list = []
 
@@ -118,10 +120,23 @@ class _FlowState:
 class DeepDecoder:
     """`decoder(packet, flow) -> list[message]`, each with `kind`, `ts` and `flow` set."""
 
-    def __init__(self, stats: DeepStats | None = None, max_flows: int = MAX_FLOW_STATES) -> None:
+    def __init__(
+        self,
+        stats: DeepStats | None = None,
+        max_flows: int = MAX_FLOW_STATES,
+        protocols: frozenset[str] | None = None,
+    ) -> None:
+        """`protocols`: the protocol names (values of PROTOCOL_OF_KIND) to decode; None:
+        all. Payloads of other protocols cost a port or signature comparison and no more.
+        DCE-RPC over named pipes needs SMB decoded, so asking for "dcerpc" implies "smb"."""
         self.stats = stats if stats is not None else DeepStats()
         self.max_flows = max_flows
         self._states: dict[Any, _FlowState] = {}
+        want = ALL_PROTOCOLS if protocols is None else frozenset(protocols) & ALL_PROTOCOLS
+        if "dcerpc" in want:
+            want |= {"smb"}
+        self.protocols = want
+        self._dns = "dns" in want
 
     def forget(self, key: Any) -> None:
         """The flow ended: drop what was kept for it."""
@@ -148,7 +163,7 @@ class DeepDecoder:
         self.stats.inspected += 1
         try:
             if p.proto == 17:
-                if p.sport in DNS_PORTS or p.dport in DNS_PORTS:
+                if self._dns and (p.sport in DNS_PORTS or p.dport in DNS_PORTS):
                     return self._emit([parse_dns(payload)], p, flow)
                 return _EMPTY
             if p.proto == 6:
@@ -183,8 +198,11 @@ class DeepDecoder:
             if st is not None and st.pend[d] is not None:
                 return self._continue(st, d, p, flow, payload)
         port = dport if dport in TCP_PORTS else sport if sport in TCP_PORTS else 0
+        want = self.protocols
         if port:
             proto = TCP_PORTS[port]
+            if proto not in want:
+                return _EMPTY
             if proto == "smb":
                 st = self._state(flow)
                 if st.smb is None:
@@ -210,18 +228,18 @@ class DeepDecoder:
                 return self._unit("dicom", parse_dicom(payload), d, p, flow, payload)
         first = payload[0]
         if first == 0x16:
-            if len(payload) > 5 and payload[1] == 3 and payload[5] == 1:
+            if "tls" in want and len(payload) > 5 and payload[1] == 3 and payload[5] == 1:
                 return self._unit("tls", parse_client_hello(payload), d, p, flow, payload)
         elif first == 0x0B:
-            if looks_like_hl7(payload):
+            if "hl7" in want and looks_like_hl7(payload):
                 return self._emit([parse_hl7(payload)], p, flow)
         elif first == 5:
-            if looks_like_dcerpc(payload):
+            if "dcerpc" in want and looks_like_dcerpc(payload):
                 return self._rpc(p, flow, payload)
         elif first == 1:
-            if looks_like_dicom(payload):
+            if "dicom" in want and looks_like_dicom(payload):
                 return self._unit("dicom", parse_dicom(payload), d, p, flow, payload)
-        elif first in HTTP_FIRST and looks_like_http(payload):
+        elif first in HTTP_FIRST and "http" in want and looks_like_http(payload):
             return self._emit([parse_http(payload)], p, flow)
         return _EMPTY
 

@@ -1,0 +1,133 @@
+"""net.dns_tunnel on recorded tunnels (iodine, dnscat2, one base64 label), net.dga on
+generated NXDOMAIN bursts; both quiet on ordinary DNS."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from scapy.layers.dns import DNS, DNSQR
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from agent.detect.dnsname import entropy, registered_domain
+from tests.detect_support import ANON, data, entity, latest, pseudonym, replay, write
+from vigie.v1 import alert_pb2
+
+
+def _tunnel(name: str):
+    found = latest(replay(data(name)), "net.dns_tunnel")
+    assert len(found) == 1, [a.summary for a in found]
+    a = found[0]
+    assert a.technique == "T1071.004"
+    assert a.severity == alert_pb2.SEVERITY_HIGH
+    return a
+
+
+def test_iodine_null_tunnel_fires():
+    a = _tunnel("iodine_dns_tunnel_pirate_sea.pcap")
+    assert entity(a, alert_pb2.ROLE_SOURCE) == [pseudonym("10.0.2.30")]
+    assert entity(a, alert_pb2.ROLE_TARGET) == [pseudonym("10.0.2.20")]
+    # an external registered domain stays in clear: it is the indicator
+    assert entity(a, alert_pb2.ROLE_INDICATOR, alert_pb2.KIND_DOMAIN) == ["pirate.sea"]
+    assert a.metrics["distinct_subdomains"] >= 200
+    assert a.metrics["odd_type_ratio"] == 1.0
+    assert "10.0.2" not in a.summary and "pirate" not in a.summary
+
+
+def test_dnscat2_without_domain_fires():
+    a = _tunnel("dnscat2_dns_tunnel_cname_mx.pcap")
+    assert entity(a, alert_pb2.ROLE_SOURCE) == [pseudonym("192.168.220.56")]
+    assert entity(a, alert_pb2.ROLE_TARGET) == [pseudonym("192.168.203.167")]
+    # its names are all data: no registered domain to report
+    assert entity(a, alert_pb2.ROLE_INDICATOR, alert_pb2.KIND_DOMAIN) == []
+    assert a.metrics["long_high_entropy_labels"] > 50
+
+
+def test_one_long_base64_label_is_enough():
+    a = _tunnel("dns_exfil_base64_gzip_label.pcap")
+    assert a.metrics["queries"] == 1
+    assert a.metrics["max_label_length"] >= 50 and a.metrics["max_label_entropy"] > 4
+    assert entity(a, alert_pb2.ROLE_INDICATOR, alert_pb2.KIND_DOMAIN) == ["test.txt"]
+
+
+def test_allow_domains_silences_a_tunnel():
+    alerts = replay(
+        data("iodine_dns_tunnel_pirate_sea.pcap"), {"dns_tunnel": {"allow_domains": ["pirate.sea"]}}
+    )
+    assert not latest(alerts, "net.dns_tunnel")
+
+
+def test_ordinary_dns_is_quiet():
+    for name in ("dns_mixed_ad_srv_queries.pcap", "benign_mixed_ssh_http_ftp_dns_ntp.pcap"):
+        alerts = replay(data(name))
+        assert not [a for a in alerts if a.detector in ("net.dns_tunnel", "net.dga")]
+
+
+@pytest.mark.parametrize(
+    "name,reg",
+    [
+        ("a.b.example.com", "example.com"),
+        ("www.chu-lille.fr", "chu-lille.fr"),
+        ("x.y.ars.sante.gouv.fr", "sante.gouv.fr"),
+        ("mail.nhs.uk", "mail.nhs.uk"),
+        ("www.bbc.co.uk", "bbc.co.uk"),
+        ("localhost", "localhost"),
+    ],
+)
+def test_registered_domain(name, reg):
+    assert registered_domain(name) == reg
+
+
+def test_entropy():
+    assert entropy("aaaa") == 0.0
+    assert entropy("abcd") == 2.0
+
+
+CLIENT, RESOLVER = "10.30.0.7", "10.30.0.53"
+E = Ether(src="02:00:00:00:00:07", dst="02:00:00:00:00:35")
+
+
+def _nx(name: str, t: float, qid: int, rcode: int = 3) -> list:
+    q = E / IP(src=CLIENT, dst=RESOLVER) / UDP(sport=40000 + qid, dport=53)
+    q = q / DNS(id=qid, rd=1, qd=DNSQR(qname=name))
+    r = E / IP(src=RESOLVER, dst=CLIENT) / UDP(sport=53, dport=40000 + qid)
+    r = r / DNS(id=qid, qr=1, rcode=rcode, qd=DNSQR(qname=name))
+    q.time, r.time = t, t + 0.01
+    return [q, r]
+
+
+def test_dga_burst_of_random_nxdomains_fires(tmp_path):
+    rng = random.Random(4)
+    pkts = []
+    for i in range(25):
+        label = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
+        pkts += _nx(f"{label}.com", 10.0 + i, i)
+    found = latest(replay(write(tmp_path, pkts)), "net.dga")
+    assert len(found) == 1
+    a = found[0]
+    assert a.technique == "T1568.002"
+    assert entity(a, alert_pb2.ROLE_SOURCE) == [pseudonym(CLIENT)]
+    assert entity(a, alert_pb2.ROLE_TARGET) == [pseudonym(RESOLVER)]
+    domains = entity(a, alert_pb2.ROLE_INDICATOR, alert_pb2.KIND_DOMAIN)
+    assert domains and all(d.endswith(".com") for d in domains)  # external: in clear
+    assert a.metrics["nx_random_domains"] == 25 and a.metrics["nxdomain_ratio"] == 1.0
+    assert CLIENT not in a.summary
+
+
+def test_dga_ignores_typos_and_internal_names(tmp_path):
+    pkts = []
+    words = ["wikipedia", "gooogle", "facebok", "microsft", "yahooo"]
+    for i, w in enumerate(words * 3):  # readable names: low entropy or few distinct
+        pkts += _nx(f"{w}.com", 10.0 + i, i)
+    for i in range(20):  # AD clients ask for many internal names that do not exist
+        pkts += _nx(f"wpad-{i:04x}qz7.site{i}.local", 40.0 + i, 100 + i)
+    for i in range(30):  # many ordinary answers keep the NXDOMAIN rate low
+        pkts += _nx(f"host{i}.example.org", 70.0 + i, 200 + i, rcode=0)
+    assert not latest(replay(write(tmp_path, pkts)), "net.dga")
+
+
+def test_pseudonym_of_internal_domain():
+    # the anonymiser, not the detector, decides: an internal suffix is pseudonymised
+    d = ANON.decide(alert_pb2.KIND_DOMAIN, "corp.local")
+    assert d.pseudonymised
