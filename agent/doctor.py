@@ -102,15 +102,11 @@ def check_interface(name: str | None, sys_net: Path = Path("/sys/class/net")) ->
 def check_bpf(expr: str, interface: str | None) -> Result:
     if not expr:
         return Result(OK, "bpf filter", "none (every packet)")
+    from agent.capture import bpf
+
     try:
-        from scapy.arch.common import compile_filter
-        from scapy.error import Scapy_Exception
-    except ImportError as exc:  # pragma: no cover - scapy is a dependency
-        return Result(FAIL, "bpf filter", f"cannot load the compiler: {exc}", "reinstall vigie")
-    try:
-        # The link type comes from the interface: Ethernet (lo's too) when none is given.
-        compile_filter(expr, interface or "lo")
-    except Scapy_Exception as exc:
+        bpf.compile_filter(expr)  # live capture is on Ethernet-type links (lo's too)
+    except bpf.BpfError as exc:
         return Result(
             FAIL,
             "bpf filter",

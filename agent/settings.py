@@ -51,7 +51,7 @@ SCHEMA: dict[str, Any] = {
         ),
         "ring_megabytes": Option(
             int,
-            32,
+            8,
             "Size of the capture ring (1 MB blocks); more absorbs longer bursts.",
             _bounds(2, 4096),
         ),

@@ -1,4 +1,4 @@
-"""Live capture: an AF_PACKET socket with the BPF filter compiled by libpcap (via scapy)
+"""Live capture: an AF_PACKET socket with the BPF filter compiled by libpcap
 and run in the kernel, so packets we do not want never reach Python. Kernel drop
 counters come from PACKET_STATISTICS.
 
@@ -24,6 +24,8 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+
+from agent.capture import bpf
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -114,12 +116,9 @@ class LiveCapture:
         return "ring" if self._map is not None else "recv"
 
     def _attach(self, bpf_filter: str) -> None:
-        from scapy.arch.linux import attach_filter  # costly import: only for live capture
-        from scapy.error import Scapy_Exception
-
         try:
-            attach_filter(self.sock, bpf_filter, self.interface)
-        except Scapy_Exception as exc:
+            bpf.attach(self.sock, bpf_filter)
+        except bpf.BpfError as exc:
             self.close()
             raise CaptureError(f"bad BPF filter {bpf_filter!r}: {exc}") from None
 
