@@ -129,8 +129,14 @@ def _run(name: str, seconds: int, out: Path, engine: str) -> dict:
         crashes = sorted(p.name for p in out.glob(f"{name}-crash-*"))
     if proc.returncode not in (0,) and not crashes:
         crashes = [f"exit status {proc.returncode}: {text.strip().splitlines()[-1:]}"]
-    return {"target": name, "runs": runs, "per_second": round(runs / seconds), "wall": round(elapsed),
-            "crashes": crashes, "log_tail": text.strip().splitlines()[-3:] if crashes else []}  # fmt: skip
+    return {
+        "target": name,
+        "runs": runs,
+        "per_second": round(runs / seconds),
+        "wall_seconds": round(elapsed),
+        "crashes": crashes,
+        "log_tail": text.strip().splitlines()[-3:] if crashes else [],
+    }
 
 
 def main() -> int:

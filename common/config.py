@@ -7,6 +7,7 @@ the file, the way CrowdSec refuses a bad scenario at load time.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -76,6 +77,10 @@ def validate(data: Mapping[str, Any], schema: Section, source: str, prefix: str 
                     f"{source}: key '{path}' must be {_type_name(item.type)}, "
                     f"got {type(value).__name__} {value!r}"
                 )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{source}: key '{path}' must be a finite number, got {value}")
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:
+                raise ConfigError(f"{source}: key '{path}' is out of range, got {value}")
             if isinstance(value, int) and item.type is float:
                 value = float(value)
             if item.check is not None and (problem := item.check(value)):

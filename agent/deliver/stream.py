@@ -284,8 +284,8 @@ def _stored_intel_version(path: Path | None) -> int:
         return 0
     try:
         return int(json.loads(path.read_text(encoding="utf-8")).get("version", 0))
-    except (OSError, ValueError, AttributeError):
-        return 0
+    except (OSError, ValueError, AttributeError, TypeError, OverflowError, RecursionError):
+        return 0  # damaged: ask the collector for the whole bundle again
 
 
 def _detail(exc: grpc.RpcError) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from vigie.v1 import ingest_pb2
 
 KEYS = ("ips", "domains", "ja3", "ja4", "hashes", "thresholds")
-LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")  # \Z: "$" takes a final newline
 JA3_RE = re.compile(r"^[0-9a-f]{32}$")
 JA4_RE = re.compile(r"^[tqd][0-9a-z]{2}[di][0-9]{2}[0-9]{2}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}$")
 HASH_RE = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -108,6 +108,10 @@ def load_file(path: str | Path) -> dict:
         raise IntelError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IntelError(f"{path}: not JSON: {exc}") from None
+    except RecursionError:
+        raise IntelError(f"{path}: not JSON we read: nested too deeply") from None
+    except OSError as exc:
+        raise IntelError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         return validate(doc)
     except IntelError as exc:
