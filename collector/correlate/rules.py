@@ -24,7 +24,6 @@ from collector.correlate.incidents import (
 )
 from collector.store.backends import Tx
 from common.config import Option, at_least, positive
-from common.pbtime import seconds
 from vigie.v1 import alert_pb2
 
 # Entity kinds that identify an attacker across sites (sent in clear by agents).
@@ -138,42 +137,33 @@ class Correlator:
         self.dialect = dialect
         self.stage_of = _stage_of()
 
-    def on_ingest(self, tx: Tx, origin, alerts: Sequence[alert_pb2.Alert], now: float) -> None:
+    def on_ingest(self, tx: Tx, origin, facts: Sequence[tuple], now: float) -> None:
+        """facts: (alert id, detector, first_seen, last_seen, [(role, kind, value,
+        pseudonymised), ...]) for each alert just stored, as Store.ingest read them."""
         site = SiteRef(origin.finess, origin.ght, origin.region)
         indicators: dict[tuple[int, str], float] = {}
         by_indicator: dict[tuple[int, str], list[str]] = {}
         detectors: dict[str, float] = {}
         by_detector: dict[str, list[str]] = {}
         stage_times: dict[int, tuple[float, float]] = {}
-        stage_alerts: list[str] = []
         rows = []
-        for a in alerts:
-            t = seconds(a.last_seen)
-            detectors[a.detector] = max(t, detectors.get(a.detector, 0.0))
-            by_detector.setdefault(a.detector, []).append(a.id)
-            stage = self.stage_of.get(a.detector)
+        kinds, stage_of = INDICATOR_KINDS, self.stage_of
+        agent, finess, ght, region = origin.agent_id, origin.finess, origin.ght, origin.region
+        for aid, detector, first, t, ents in facts:
+            if t > detectors.get(detector, 0.0):
+                detectors[detector] = t
+            by_detector.setdefault(detector, []).append(aid)
+            stage = stage_of.get(detector)
             if stage is not None:
-                f = seconds(a.first_seen)
-                lo, hi = stage_times.get(stage, (f, f))
-                stage_times[stage] = (min(lo, f), max(hi, f))
-                stage_alerts.append(a.id)
-            for e in a.entities:
-                if not e.pseudonymised and e.kind in INDICATOR_KINDS:
-                    k = (e.kind, e.value)
-                    indicators[k] = max(t, indicators.get(k, 0.0))
-                    by_indicator.setdefault(k, []).append(a.id)
-                    rows.append(
-                        (
-                            origin.agent_id,
-                            a.id,
-                            e.kind,
-                            e.value,
-                            origin.finess,
-                            origin.ght,
-                            origin.region,
-                            t,
-                        )
-                    )
+                lo, hi = stage_times.get(stage, (first, first))
+                stage_times[stage] = (min(lo, first), max(hi, first))
+            for _role, kind, value, pseudo in ents:
+                if not pseudo and kind in kinds:
+                    k = (kind, value)
+                    if t > indicators.get(k, 0.0):
+                        indicators[k] = t
+                    by_indicator.setdefault(k, []).append(aid)
+                    rows.append((agent, aid, kind, value, finess, ght, region, t))
         names = [f"ind:{k}:{v}" for k, v in indicators] + [f"det:{d}" for d in detectors]
         if stage_times:
             names.append(f"site:{site.finess}")

@@ -221,10 +221,6 @@ class AlertFilter:
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def _entities_json(alert: alert_pb2.Alert) -> str:
-    return _compact([[e.role, e.kind, e.value, e.pseudonymised] for e in alert.entities])
-
-
 class Store:
     def __init__(self, backend, correlation: dict[str, Any] | None = None) -> None:
         from collector.correlate.rules import OPTIONS, Correlator
@@ -272,34 +268,39 @@ class Store:
         Returns only after the commit, so an acknowledgement built from it is true.
         """
         now = time.time() if received_at is None else received_at
-        rows = [
-            (
-                origin.agent_id,
-                a.id,
-                a.revision,
-                origin.finess,
-                origin.ght,
-                origin.region,
-                a.detector,
-                a.severity,
-                a.technique,
-                a.summary,
-                _ts(a.first_seen),
-                _ts(a.last_seen),
-                _ts(a.observed_at),
-                a.occurrences,
-                a.key_epoch,
-                _entities_json(a),
-                _compact(dict(a.metrics)),
-                now,
+        rows, facts = [], []
+        for a in alerts:
+            # Read each protobuf field once: the row and the correlation facts share them.
+            ents = [(e.role, e.kind, e.value, e.pseudonymised) for e in a.entities]
+            first, last = _ts(a.first_seen), _ts(a.last_seen)
+            rows.append(
+                (
+                    origin.agent_id,
+                    a.id,
+                    a.revision,
+                    origin.finess,
+                    origin.ght,
+                    origin.region,
+                    a.detector,
+                    a.severity,
+                    a.technique,
+                    a.summary,
+                    first,
+                    last,
+                    _ts(a.observed_at),
+                    a.occurrences,
+                    a.key_epoch,
+                    _compact(ents),
+                    _compact(dict(a.metrics)),
+                    now,
+                )
             )
-            for a in alerts
-        ]
+            facts.append((a.id, a.detector, first, last, ents))
         with self.backend.tx() as tx:
             stored = tx.many(UPSERT_ALERT, rows)
             self._touch_agent(tx, origin, now)
             if stored:  # rules run in the same transaction: no alert escapes correlation
-                self.correlator.on_ingest(tx, origin, alerts, now)
+                self.correlator.on_ingest(tx, origin, facts, now)
         return stored, len(rows) - stored
 
     def _touch_agent(self, tx: Tx, origin: Origin, now: float) -> None:
