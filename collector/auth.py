@@ -71,43 +71,73 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return _wrap(handler, check)
 
 
+class _Undecodable:
+    """What a request that is not valid protobuf (bad UTF-8 in a string, truncated field)
+    decodes to: the handler answers INVALID_ARGUMENT instead of gRPC's bare INTERNAL."""
+
+
+UNDECODABLE = _Undecodable()
+UNDECODABLE_TEXT = "request is not a valid protobuf message (malformed field or invalid UTF-8)"
+
+
+def _lenient(deserialize: Callable | None) -> Callable | None:
+    if deserialize is None:
+        return None
+
+    def decode(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception:  # any parse failure is the client's bad input
+            return UNDECODABLE
+
+    return decode
+
+
+def _checked(requests, context: grpc.ServicerContext):
+    for request in requests:
+        if request is UNDECODABLE:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_TEXT)
+        yield request
+
+
 def _wrap(handler: grpc.RpcMethodHandler, check: Callable) -> grpc.RpcMethodHandler:
+    decode = _lenient(handler.request_deserializer)
     if handler.unary_unary:
         inner = handler.unary_unary
 
         def unary_unary(request, context):
             check(context)
+            if request is UNDECODABLE:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_TEXT)
             return inner(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_unary_rpc_method_handler(unary_unary, decode, handler.response_serializer)
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
         def unary_stream(request, context):
             check(context)
+            if request is UNDECODABLE:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_TEXT)
             yield from inner_us(request, context)
 
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
+            unary_stream, decode, handler.response_serializer
         )
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
         def stream_unary(requests, context):
             check(context)
-            return inner_su(requests, context)
+            return inner_su(_checked(requests, context), context)
 
         return grpc.stream_unary_rpc_method_handler(
-            stream_unary, handler.request_deserializer, handler.response_serializer
+            stream_unary, decode, handler.response_serializer
         )
     inner_ss = handler.stream_stream
 
     def stream_stream(requests, context):
         check(context)
-        yield from inner_ss(requests, context)
+        yield from inner_ss(_checked(requests, context), context)
 
-    return grpc.stream_stream_rpc_method_handler(
-        stream_stream, handler.request_deserializer, handler.response_serializer
-    )
+    return grpc.stream_stream_rpc_method_handler(stream_stream, decode, handler.response_serializer)
