@@ -32,16 +32,32 @@ from collector.store import Origin, open_store  # noqa: E402
 from common import config  # noqa: E402
 from vigie.v1 import alert_pb2, analyst_pb2, analyst_pb2_grpc  # noqa: E402
 
-DETECTORS = ["net.portscan", "net.bruteforce", "net.lateral", "net.dos", "net.dns_tunnel",
-             "net.dga", "net.beacon", "net.exfil", "net.tunnel", "net.arp_spoof", "net.ioc",
-             "net.cleartext_credentials", "net.medical", "host.listener", "host.login"]
+DETECTORS = [
+    "net.portscan",
+    "net.bruteforce",
+    "net.lateral",
+    "net.dos",
+    "net.dns_tunnel",
+    "net.dga",
+    "net.beacon",
+    "net.exfil",
+    "net.tunnel",
+    "net.arp_spoof",
+    "net.ioc",
+    "net.cleartext_credentials",
+    "net.medical",
+    "host.listener",
+    "host.login",
+]
 
 
 def fill(db: Path, n: int, now: float) -> None:
     store = open_store(f"sqlite:///{db}", "OFF")
     rng = random.Random(7)
-    sites = [Origin(f"agt-{i:05d}", f"{i:09d}", f"GHT-{i % 135:03d}", f"{(i % 135) % 18:02d}")
-             for i in range(1300)]
+    sites = [
+        Origin(f"agt-{i:05d}", f"{i:09d}", f"GHT-{i % 135:03d}", f"{(i % 135) % 18:02d}")
+        for i in range(1300)
+    ]
     batch = 1000
     t0 = time.perf_counter()
     for start in range(0, n, batch):
@@ -49,18 +65,26 @@ def fill(db: Path, n: int, now: float) -> None:
         alerts = []
         for j in range(start, min(n, start + batch)):
             t = now - rng.random() * 30 * 86400
-            a = alert_pb2.Alert(id=f"a{j}", revision=1, detector=rng.choice(DETECTORS),
-                                severity=rng.choice([2, 3, 3, 3, 4, 4, 5]), technique="T1046",
-                                summary="bench alert", occurrences=rng.randint(1, 50))
+            a = alert_pb2.Alert(
+                id=f"a{j}",
+                revision=1,
+                detector=rng.choice(DETECTORS),
+                severity=rng.choice([2, 3, 3, 3, 4, 4, 5]),
+                technique="T1046",
+                summary="bench alert",
+                occurrences=rng.randint(1, 50),
+            )
             for f in (a.first_seen, a.last_seen, a.observed_at):
                 f.FromNanoseconds(int(t * 1e9))
-            a.entities.add(role=1, kind=1, value=f"p:{rng.getrandbits(64):016x}",
-                           pseudonymised=True)
+            a.entities.add(
+                role=1, kind=1, value=f"p:{rng.getrandbits(64):016x}", pseudonymised=True
+            )
             alerts.append(a)
         store.ingest(origin, alerts)
         if start % 100_000 == 0:
-            print(f"  filled {start:>9,} alerts ({time.perf_counter() - t0:.0f} s)",
-                  file=sys.stderr)
+            print(
+                f"  filled {start:>9,} alerts ({time.perf_counter() - t0:.0f} s)", file=sys.stderr
+            )
     store.close()
 
 
@@ -73,11 +97,14 @@ def serve(db: Path, state: Path):
     srv, port = server.build(cfg, store)
     srv.start()
     authority = pki.Authority(state / "pki")
-    authority.issue(state / "analyst", "analyst",
-                    identity=pki.Identity("analyst", "bench", role="national"))
+    authority.issue(
+        state / "analyst", "analyst", identity=pki.Identity("analyst", "bench", role="national")
+    )
     creds = grpc.ssl_channel_credentials(
-        (state / "pki" / "ca.crt").read_bytes(), (state / "analyst" / "analyst.key").read_bytes(),
-        (state / "analyst" / "analyst.crt").read_bytes())
+        (state / "pki" / "ca.crt").read_bytes(),
+        (state / "analyst" / "analyst.key").read_bytes(),
+        (state / "analyst" / "analyst.crt").read_bytes(),
+    )
     return srv, store, grpc.secure_channel(f"127.0.0.1:{port}", creds)
 
 
@@ -91,12 +118,21 @@ def queries(now: float):
     return [
         ("last hour, severity >= high", "ListAlerts", hour),
         ("one GHT, last day", "ListAlerts", ght),
-        ("counts per detector (30 days)", "CountAlerts", analyst_pb2.CountAlertsRequest(
-            by="detector")),
-        ("counts per GHT, last day", "CountAlerts", ts(analyst_pb2.CountAlertsRequest(by="ght"),
-                                                        "since", now - 86400)),
-        ("counts per hour, last day", "CountAlerts",
-         ts(analyst_pb2.CountAlertsRequest(by="hour"), "since", now - 86400)),
+        (
+            "counts per detector (30 days)",
+            "CountAlerts",
+            analyst_pb2.CountAlertsRequest(by="detector"),
+        ),
+        (
+            "counts per GHT, last day",
+            "CountAlerts",
+            ts(analyst_pb2.CountAlertsRequest(by="ght"), "since", now - 86400),
+        ),
+        (
+            "counts per hour, last day",
+            "CountAlerts",
+            ts(analyst_pb2.CountAlertsRequest(by="hour"), "since", now - 86400),
+        ),
     ]
 
 
@@ -127,8 +163,10 @@ def main() -> None:
     naive = work / "naive.db"
     shutil.copy(db, naive)
     with sqlite3.connect(naive) as conn:
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND "
-                                    "sql IS NOT NULL AND tbl_name = 'alerts'").fetchall():
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND "
+            "sql IS NOT NULL AND tbl_name = 'alerts'"
+        ).fetchall():
             conn.execute(f"DROP INDEX {name}")
     results = []
     for label, path in (("vigie", db), ("baseline (no indexes)", naive)):
@@ -141,11 +179,12 @@ def main() -> None:
     count = sqlite3.connect(db).execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
     print(f"\nanalyst queries through gRPC on {count:,} alerts (best of 5, ms)\n")
     print(f"{'query':<32} {'vigie':>10} {'baseline':>10} {'speed-up':>9} {'rows':>6}")
-    for (label, _, _), (v, rows), (b, _) in zip(queries(now), results[0], results[1],
-                                                strict=True):
+    for (label, _, _), (v, rows), (b, _) in zip(queries(now), results[0], results[1], strict=True):
         print(f"{label:<32} {v:>10.1f} {b:>10.1f} {b / v:>8.1f}x {rows:>6}")
-    print(f"\nmedian vigie: {statistics.median(r[0] for r in results[0]):.1f} ms; "
-          f"target: every query under 200 ms")
+    print(
+        f"\nmedian vigie: {statistics.median(r[0] for r in results[0]):.1f} ms; "
+        f"target: every query under 200 ms"
+    )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:

@@ -119,8 +119,18 @@ def test_cli_run_reports_kernel_counters(ns: NetnsPair, tmp_path: Path) -> None:
     cfg.write_text('[capture]\nbpf_filter = "ip and (tcp or udp)"\n')
     proc = ns.popen(
         ns.a,
-        [str(agent), "run", "-i", ns.if_a, "--output", "jsonl", "--state-dir", str(tmp_path),
-         "--config", str(cfg)],
+        [
+            str(agent),
+            "run",
+            "-i",
+            ns.if_a,
+            "--output",
+            "jsonl",
+            "--state-dir",
+            str(tmp_path),
+            "--config",
+            str(cfg),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
