@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import base64
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 
-from agent.capture.pcapfile import read_capture
-from agent.decode.deep import DeepDecoder, DeepStats
 from agent.decode.deep.auth import (
     FtpState,
     HttpRequest,
@@ -19,24 +16,8 @@ from agent.decode.deep.auth import (
     parse_telnet,
 )
 from agent.decode.deep.common import Malformed
-from agent.decode.fast import DecodeStats, make_decoder
-from agent.flows.table import FlowTable
-
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
-needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
-
-
-def messages(path: Path) -> tuple[list, DeepStats]:
-    stats = DeepStats()
-    deep = DeepDecoder(stats)
-    dec = make_decoder(DecodeStats())
-    flows = FlowTable(lambda *a: None, lambda f: None)
-    out = []
-    for rec in read_capture(path):
-        p = dec(*rec)
-        if p is not None:
-            out.extend(deep(p, flows.packet(p)))
-    return out, stats
+from tests.conftest import CORPUS
+from tests.deep_support import messages, needs_corpus
 
 
 def values(obj: object) -> str:

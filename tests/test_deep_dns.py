@@ -5,34 +5,16 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from agent.capture.pcapfile import read_capture
-from agent.decode.deep import DeepDecoder, DeepStats
 from agent.decode.deep.common import Malformed
 from agent.decode.deep.dns import DnsMessage, parse_dns
-from agent.decode.fast import DecodeStats, make_decoder
-from agent.flows.table import FlowTable
+from tests.conftest import CORPUS
+from tests.deep_support import messages, needs_corpus
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
-needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
-
-
-def messages(path: Path) -> tuple[list, DeepStats]:
-    stats = DeepStats()
-    deep = DeepDecoder(stats)
-    dec = make_decoder(DecodeStats())
-    flows = FlowTable(lambda *a: None, lambda f: None)
-    out = []
-    for rec in read_capture(path):
-        p = dec(*rec)
-        if p is not None:
-            out.extend(deep(p, flows.packet(p)))
-    return out, stats
 
 
 def name(*labels: bytes) -> bytes:

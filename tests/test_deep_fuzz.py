@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,9 +20,8 @@ from agent.decode.deep.tls import parse_client_hello
 from agent.decode.fast import DecodeStats, make_decoder
 from agent.decode.packet import TCP, UDP, Packet
 from agent.flows.table import FlowTable
-
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
-needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
+from tests.conftest import CORPUS
+from tests.deep_support import needs_corpus
 
 DECODERS = [
     lambda b: parse_dns(b),

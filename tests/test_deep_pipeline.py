@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from agent import settings
 from agent.anonymise.policy import Anonymiser
 from agent.capture.pcapfile import read_capture
 from agent.decode.deep import DeepDecoder
 from agent.pipeline import Pipeline
 from common import config
-
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
-needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
+from tests.conftest import CORPUS
+from tests.deep_support import needs_corpus
 
 
 def pipeline(tmp_path: Path) -> Pipeline:

@@ -4,33 +4,12 @@ from __future__ import annotations
 
 import struct
 import uuid
-from pathlib import Path
 
-import pytest
-
-from agent.capture.pcapfile import read_capture
-from agent.decode.deep import DeepDecoder, DeepStats
 from agent.decode.deep.common import Malformed
 from agent.decode.deep.dcerpc import TASKSCHED, DceRpcMessage, parse_dcerpc
 from agent.decode.deep.smb import STATUS_LOGON_FAILURE, SmbState, admin_share, parse_smb
-from agent.decode.fast import DecodeStats, make_decoder
-from agent.flows.table import FlowTable
-
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
-needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
-
-
-def messages(path: Path) -> tuple[list, DeepStats]:
-    stats = DeepStats()
-    deep = DeepDecoder(stats)
-    dec = make_decoder(DecodeStats())
-    flows = FlowTable(lambda *a: None, lambda f: None)
-    out = []
-    for rec in read_capture(path):
-        p = dec(*rec)
-        if p is not None:
-            out.extend(deep(p, flows.packet(p)))
-    return out, stats
+from tests.conftest import CORPUS
+from tests.deep_support import messages, needs_corpus
 
 
 def actions(msgs: list) -> set[str]:

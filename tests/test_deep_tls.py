@@ -17,9 +17,9 @@ from agent.decode.deep.tls import TlsClientHello, is_grease, parse_client_hello
 from agent.decode.fast import DecodeStats, make_decoder
 from agent.decode.packet import TCP, Packet
 from agent.flows.table import FlowTable
+from tests.conftest import CORPUS
+from tests.deep_support import needs_corpus
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
-needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 
