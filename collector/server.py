@@ -148,7 +148,9 @@ def build(
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.http2.max_pings_without_data", 0),
         ],
-        maximum_concurrent_rpcs=cfg["ingest"]["workers"] * 4,
+        # No queue behind the pool: a stream waiting there would look connected to its
+        # agent while nothing is read from it.
+        maximum_concurrent_rpcs=cfg["ingest"]["workers"],
     )
     meters = meters or Metrics()
     ingest_pb2_grpc.add_IngestServicer_to_server(

@@ -76,7 +76,14 @@ SCHEMA = {
         "max_message_bytes": Option(
             int, 4 * 1024 * 1024, "Largest gRPC message accepted.", at_least(65536)
         ),
-        "workers": Option(int, 32, "Threads serving streams and queries.", at_least(2)),
+        "workers": Option(
+            int,
+            256,
+            "Threads serving streams and queries. Each connected agent's stream holds one for\n"
+            "as long as it is connected; calls beyond this are refused (RESOURCE_EXHAUSTED)\n"
+            "at once, so an agent backs off and retries, or the balancer picks a replica.",
+            at_least(2),
+        ),
     },
     "metrics": {
         "listen": Option(
