@@ -19,6 +19,7 @@ from agent.decode.deep import PROTOCOL_OF_KIND, DeepDecoder, DeepStats
 from agent.decode.fast import DecodeStats, make_decoder
 from agent.decode.packet import ARP, ICMP, ICMP6, TCP, UDP, Packet
 from agent.detect import registry
+from agent.detect.window import KeyedWindow
 from agent.flows.table import FlowTable
 from agent.host.intel import IntelFile
 from vigie.v1 import alert_pb2
@@ -72,6 +73,7 @@ class Pipeline:
         self.aggregator = Aggregator(
             self._emit, agg["window_seconds"], agg["update_interval_seconds"]
         )
+        KeyedWindow.limit = cfg["flows"]["max_flows"]
         self.detectors = [
             cls(cfg["detectors"][registry.config_key(cls)], self.aggregator.report)
             for cls in registry.DETECTORS
@@ -190,6 +192,7 @@ class Pipeline:
         starts. Returns what changed, for the log.
         """
         changes: list[str] = []
+        KeyedWindow.limit = cfg["flows"]["max_flows"]
         current = {registry.config_key(type(d)): d for d in self.detectors}
         detectors = []
         for cls in registry.DETECTORS:

@@ -15,6 +15,11 @@ S = TypeVar("S")
 
 
 class KeyedWindow(Generic[S]):
+    # Set by the pipeline from [flows] max_flows before it builds detectors: no detector
+    # keeps state for more keys than the flow table keeps flows, so a flood of spoofed
+    # sources is bounded everywhere by the one setting an operator knows.
+    limit: int = 10_000_000
+
     def __init__(
         self,
         window: float,
@@ -24,7 +29,7 @@ class KeyedWindow(Generic[S]):
     ):
         self.window = window
         self.factory = factory
-        self.max_keys = max_keys
+        self.max_keys = max(1, min(max_keys, KeyedWindow.limit))
         self.on_forget = on_forget  # called with (key, state) for every key dropped
         self._state: dict[object, S] = {}
         self._seen: dict[object, float] = {}
