@@ -84,7 +84,6 @@ class Sender(threading.Thread):
         self._in_flight: dict[int, list[tuple[str, int]]] = {}
         self._max_in_flight = 1
         self._rate = 0.0  # alerts per second allowed; 0 until the collector says
-        self._seq = 0
         self.connected = threading.Event()
         self.acked = 0
         self.connects = 0
@@ -101,15 +100,19 @@ class Sender(threading.Thread):
         return ingest_pb2.AgentMessage(heartbeat=hb)
 
     # The request side runs in gRPC's thread: it pulls batches from the outbox.
-    def _requests(self, call_done: threading.Event):
+    def _requests(self, call_done: threading.Event, in_flight: dict[int, list[tuple[str, int]]]):
+        """The request side of one stream. Its batches, sequence numbers and in-flight set
+        belong to this stream alone: a generator of a dead stream that gRPC has not yet
+        stopped can never touch the bookkeeping of the next one."""
+        seq = 0
         yield self._heartbeat()
         next_hb = time.monotonic() + self.heartbeat_seconds
         sent_at = time.monotonic()
         while not self._stopping.is_set() and not call_done.is_set():
             with self._cv:
-                flying = {i for items in self._in_flight.values() for i, _ in items}
+                flying = {i for items in in_flight.values() for i, _ in items}
                 rows = []
-                if len(self._in_flight) < self._max_in_flight:
+                if len(in_flight) < self._max_in_flight:
                     rows = self.outbox.pending(self.batch_size, flying)
                 if not rows:
                     self._cv.wait(timeout=min(1.0, max(0.05, next_hb - time.monotonic())))
@@ -123,12 +126,12 @@ class Sender(threading.Thread):
                 if wait > 0:
                     time.sleep(min(wait, 1.0))
             sent_at = time.monotonic()
-            self._seq += 1
-            batch = ingest_pb2.AlertBatch(seq=self._seq)
+            seq += 1
+            batch = ingest_pb2.AlertBatch(seq=seq)
             for _, _, payload in rows:
                 batch.alerts.append(alert_pb2.Alert.FromString(payload))
             with self._cv:
-                self._in_flight[self._seq] = [(r[0], r[1]) for r in rows]
+                in_flight[seq] = [(r[0], r[1]) for r in rows]
             yield ingest_pb2.AgentMessage(batch=batch)
 
     def run(self) -> None:
@@ -145,8 +148,10 @@ class Sender(threading.Thread):
                 log.error("stream_setup_failed", error=str(exc))
             finally:
                 self.connected.clear()
+                # Unacknowledged batches go again on the next stream, which gets its own
+                # in-flight set (the old one may still be referenced by a dying generator).
                 with self._cv:
-                    self._in_flight.clear()  # unacked batches go again on the next stream
+                    self._in_flight = {}
             if self._stopping.is_set():
                 break
             if self._reconnect_now:  # a renewed certificate: reconnect at once
@@ -223,7 +228,8 @@ class Sender(threading.Thread):
         with self._channel() as channel:
             stub = ingest_pb2_grpc.IngestStub(channel)
             done = threading.Event()
-            self._call = call = stub.Stream(self._requests(done))
+            in_flight = self._in_flight
+            self._call = call = stub.Stream(self._requests(done, in_flight))
             threading.Thread(
                 target=self._watch_certificate,
                 args=(channel, done),
@@ -235,7 +241,7 @@ class Sender(threading.Thread):
                     body = msg.WhichOneof("body")
                     if body == "ack":
                         with self._cv:
-                            items = self._in_flight.pop(msg.ack.seq, [])
+                            items = in_flight.pop(msg.ack.seq, [])
                         self.outbox.ack(items)
                         self.acked += len(items)
                     elif body == "flow_control":

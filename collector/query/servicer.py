@@ -23,7 +23,9 @@ def _scope_region(context: grpc.ServicerContext, asked: str) -> str:
         return asked
     own = role.removeprefix("regional:")
     if asked and asked != own:
-        context.abort(grpc.StatusCode.PERMISSION_DENIED, f"region {asked!r} is outside your role")
+        context.abort(
+            grpc.StatusCode.PERMISSION_DENIED, f"region {asked[:40]!r} is outside your role"
+        )
     return own
 
 
@@ -222,7 +224,8 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
                 merged["thresholds"] = current.get("thresholds", {}) | new.get("thresholds", {})
                 new = validate(merged)
         except (ValueError, RecursionError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bundle_json: {exc}")
+            # Echoing input back is capped: a status message travels in an 8 KB header.
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bundle_json: {str(exc)[:500]}")
         version = self.registry.load_intel(new)
         return analyst_pb2.PublishIntelResponse(
             version=version, counts={k: len(v) for k, v in new.items()}

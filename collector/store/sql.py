@@ -596,7 +596,7 @@ class Store:
                 else "CAST(CAST(FLOOR(last_seen / 3600) AS BIGINT) * 3600 AS TEXT)"
             )
         if column is None:
-            raise ValueError(f"cannot count by {by!r}")
+            raise ValueError(f"cannot count by {by[:40]!r}")
         where, args = [], []
         if since is not None:
             where.append("last_seen >= ?")
