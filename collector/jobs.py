@@ -54,7 +54,7 @@ class Jobs(threading.Thread):
             (
                 "retention",
                 ret["check_interval_seconds"],
-                lambda tx: self._purge(tx, now - ret["alert_days"] * 86400),
+                lambda tx: self._purge(tx, now - ret["alert_days"] * 86400, now),
             ),
         ):
             try:
@@ -67,8 +67,8 @@ class Jobs(threading.Thread):
             except Exception as exc:
                 log.error("job_failed", job="sinks", error=type(exc).__name__, detail=str(exc))
 
-    def _purge(self, tx, older_than: float) -> None:
-        n = self.store.purge(tx, older_than)
+    def _purge(self, tx, older_than: float, now: float) -> None:
+        n = self.store.purge(tx, older_than, now)
         if n:
             log.info("retention_purged", alerts=n)
 

@@ -188,12 +188,20 @@ def test_acknowledge_close_and_reopen(store: Store) -> None:
 
 
 def test_retention_purges_old_alerts_and_closed_incidents(store: Store) -> None:
-    store.ingest(site(1), [alert("old", t=T0)])
-    store.ingest(site(2), [alert("old2", t=T0)])
-    store.ingest(site(3), [alert("new", t=T0 + 40 * 86400, indicator=None)])
+    store.ingest(site(1), [alert("old", t=T0)], received_at=T0)
+    store.ingest(site(2), [alert("old2", t=T0)], received_at=T0)
+    store.ingest(
+        site(3), [alert("new", t=T0 + 40 * 86400, indicator=None)], received_at=T0 + 40 * 86400
+    )
+    # An old capture replayed today is today's data: kept, whatever its event time.
+    store.ingest(
+        site(4),
+        [alert("replayed", t=T0 - 400 * 86400, indicator=None)],
+        received_at=T0 + 40 * 86400,
+    )
     (inc,) = incidents(store, "multi_site_indicator")
-    store.update_incident(inc["key"], 3, "a", "done")
+    store.update_incident(inc["key"], 3, "a", "done", now=T0 + 60)
     with store.backend.tx() as tx:
         assert store.purge(tx, T0 + 30 * 86400) == 2
-    assert store.count_alerts() == 1
+    assert store.count_alerts() == 2
     assert incidents(store, "multi_site_indicator") == []

@@ -558,24 +558,36 @@ class Store:
     def dark_sites(self, tx: Tx, now: float) -> int:
         return self.correlator.dark_sites(tx, now)
 
-    def purge(self, tx: Tx, older_than: float) -> int:
-        """Retention: alerts and closed incidents last seen before `older_than` go."""
+    def purge(self, tx: Tx, older_than: float, now: float | None = None) -> int:
+        """Retention: what the store has held since before `older_than` goes: alerts by
+        when they were received (an old capture replayed today is today's data), closed
+        incidents by their last change, an alert's indicator rows with it. The per-site
+        correlation summaries only hold event times: a row goes once it is older than the
+        retention age behind the newest event of its table, so replayed old traffic
+        still correlates while live traffic ages out as usual."""
+        now = time.time() if now is None else now
+        age = now - older_than
+        closed = "SELECT key FROM incidents WHERE status = 3 AND updated_at < ?"
+        tx.execute(f"DELETE FROM incident_alerts WHERE incident_key IN ({closed})", (older_than,))
+        tx.execute(f"DELETE FROM incident_sites WHERE incident_key IN ({closed})", (older_than,))
+        tx.execute("DELETE FROM incidents WHERE status = 3 AND updated_at < ?", (older_than,))
+        purged = tx.many("DELETE FROM alerts WHERE received_at < ?", [(older_than,)])
         tx.execute(
-            "DELETE FROM incident_alerts WHERE incident_key IN (SELECT key FROM "
-            "incidents WHERE status = 3 AND last_seen < ?)",
-            (older_than,),
+            "DELETE FROM alert_indicators WHERE NOT EXISTS (SELECT 1 FROM alerts a "
+            "WHERE a.agent_id = alert_indicators.agent_id "
+            "AND a.alert_id = alert_indicators.alert_id)"
         )
-        tx.execute(
-            "DELETE FROM incident_sites WHERE incident_key IN (SELECT key FROM "
-            "incidents WHERE status = 3 AND last_seen < ?)",
-            (older_than,),
-        )
-        tx.execute("DELETE FROM incidents WHERE status = 3 AND last_seen < ?", (older_than,))
-        tx.execute("DELETE FROM alert_indicators WHERE seen < ?", (older_than,))
-        tx.execute("DELETE FROM indicator_sites WHERE last_seen < ?", (older_than,))
-        tx.execute("DELETE FROM detector_sites WHERE last_seen < ?", (older_than,))
-        tx.execute("DELETE FROM site_stages WHERE first_max < ?", (older_than,))
-        return tx.many("DELETE FROM alerts WHERE last_seen < ?", [(older_than,)])
+        for table, column in (
+            ("indicator_sites", "last_seen"),
+            ("detector_sites", "last_seen"),
+            ("site_stages", "first_max"),
+        ):
+            newest = tx.fetch(f"SELECT MAX({column}) AS t FROM {table}")[0]["t"]
+            if newest is not None:
+                tx.execute(
+                    f"DELETE FROM {table} WHERE {column} < ?", (min(older_than, newest - age),)
+                )
+        return purged
 
     def count_by(
         self, by: str, since: float | None, until: float | None, region: str
