@@ -260,22 +260,18 @@ class Pipeline:
             h(p)
         if self.sample_n > 1 and not self._tracked(p):
             self.shed_packets += 1  # shedding: this flow is not tracked, time still runs
-            if ts > self.last_ts:
-                self.last_ts = ts
-            if ts >= self._next_tick:
-                self.tick(ts)
-            return
-        flow = self.flows.packet(p)
-        proto = p.proto
-        # Literal protocol numbers make constant tuples: no global lookups per packet.
-        deep = self._deep
-        if deep is not None and p.payload and proto in (6, 17):  # TCP, UDP
-            app = self._app
-            for msg in deep(p, flow):
-                for h in app.get(msg.kind, ()):
-                    h(msg, flow, p)
-        if proto in (1, 58) and p.sport in (1, 3):  # ICMP/ICMPv6 unreachable
-            self.flows.icmp_unreachable(p, quoted_key(p))
+        else:
+            flow = self.flows.packet(p)
+            proto = p.proto
+            # Literal protocol numbers make constant tuples: no global lookups per packet.
+            deep = self._deep
+            if deep is not None and p.payload and proto in (6, 17):  # TCP, UDP
+                app = self._app
+                for msg in deep(p, flow):
+                    for h in app.get(msg.kind, ()):
+                        h(msg, flow, p)
+            if proto in (1, 58) and p.sport in (1, 3):  # ICMP/ICMPv6 unreachable
+                self.flows.icmp_unreachable(p, quoted_key(p))
         if ts > self.last_ts:
             self.last_ts = ts
         if ts >= self._next_tick:
