@@ -5,8 +5,8 @@ its subject: two replicas seeing matching alerts at the same moment serialise on
 lock, the second sees the first's rows, and the incident key makes one incident.
 
 The counting reads small per-site summaries (indicator_sites, detector_sites,
-site_stages: at most one row per establishment and subject), never the window's alerts,
-so the cost of a batch does not grow with the alert rate.
+site_stages: at most one row per establishment and subject; indicator_ghts: one per GHT),
+never the window's alerts, so the cost of a batch does not grow with the alert rate.
 """
 
 from __future__ import annotations
@@ -176,6 +176,12 @@ class Correlator:
                 ),
                 [(k, v, *site_cols(site), t) for (k, v), t in indicators.items()],
             )
+            tx.many(
+                "INSERT INTO indicator_ghts VALUES (?, ?, ?, ?) ON CONFLICT (kind, value, ght) "
+                "DO UPDATE SET last_seen = excluded.last_seen "
+                "WHERE excluded.last_seen > indicator_ghts.last_seen",
+                [(k, v, site.ght, t) for (k, v), t in indicators.items()],
+            )
             window = self.s["multi_site_indicator"]["window_seconds"]
             done = self._quiet_updates(
                 tx,
@@ -316,7 +322,11 @@ class Correlator:
             batch,
             now,
             lambda: (
-                tx.fetch(f"SELECT COUNT(DISTINCT ght) AS n {where}", args)[0]["n"]
+                tx.fetch(
+                    "SELECT COUNT(*) AS n FROM indicator_ghts "
+                    "WHERE kind = ? AND value = ? AND last_seen >= ?",
+                    args,
+                )[0]["n"]
                 >= cfg["min_ghts"]
             ),
             lambda: _sites(tx.fetch(f"SELECT finess, ght, region {where}", args)),

@@ -172,6 +172,24 @@ CREATE TABLE site_stages (
 )
 """,
     ),
+    (
+        5,
+        # The multi-site rule asks "how many GHTs saw this indicator lately?" on every batch
+        # that carries it. Counting distinct GHTs in indicator_sites reads one row per
+        # establishment (a scanner hitting every hospital of a region: hundreds); this
+        # table holds one row per GHT.
+        """
+CREATE TABLE indicator_ghts (
+    kind      {INT} NOT NULL,
+    value     TEXT NOT NULL,
+    ght       TEXT NOT NULL,
+    last_seen {REAL} NOT NULL,
+    PRIMARY KEY (kind, value, ght)
+);
+INSERT INTO indicator_ghts
+    SELECT kind, value, ght, MAX(last_seen) FROM indicator_sites GROUP BY kind, value, ght
+""",
+    ),
 ]
 
 # A newer revision of an alert replaces the stored one; an equal or older one is a duplicate.
@@ -268,40 +286,47 @@ class Store:
         Returns only after the commit, so an acknowledgement built from it is true.
         """
         now = time.time() if received_at is None else received_at
-        rows, facts = [], []
-        for a in alerts:
-            # Read each protobuf field once: the row and the correlation facts share them.
-            ents = [(e.role, e.kind, e.value, e.pseudonymised) for e in a.entities]
-            first, last = _ts(a.first_seen), _ts(a.last_seen)
-            rows.append(
-                (
-                    origin.agent_id,
-                    a.id,
-                    a.revision,
-                    origin.finess,
-                    origin.ght,
-                    origin.region,
-                    a.detector,
-                    a.severity,
-                    a.technique,
-                    a.summary,
-                    first,
-                    last,
-                    _ts(a.observed_at),
-                    a.occurrences,
-                    a.key_epoch,
-                    _compact(ents),
-                    _compact(dict(a.metrics)),
-                    now,
-                )
-            )
-            facts.append((a.id, a.detector, first, last, ents))
+        rows, facts = _rows(origin, alerts, now)
         with self.backend.tx() as tx:
-            stored = tx.many(UPSERT_ALERT, rows)
-            self._touch_agent(tx, origin, now)
-            if stored:  # rules run in the same transaction: no alert escapes correlation
-                self.correlator.on_ingest(tx, origin, facts, now)
+            stored = self._store(tx, origin, rows, facts, now)
         return stored, len(rows) - stored
+
+    def ingest_many(
+        self,
+        batches: Sequence[tuple[Origin, Sequence[alert_pb2.Alert]]],
+        heartbeats: Sequence[tuple[Origin, ingest_pb2.Heartbeat]] = (),
+        received_at: float | None = None,
+    ) -> list[tuple[int, int]]:
+        """Store several streams' batches and heartbeats in one transaction (group commit):
+        one commit, hence one fsync, for all of them. Returns (stored, duplicates) per
+        batch, only after the commit. All or nothing: on error nothing is stored.
+
+        PostgreSQL runs one transaction per batch instead: the correlation rules take
+        advisory locks per indicator, and one transaction taking several batches' locks
+        in turn could deadlock against another replica doing the same in another order.
+        """
+        now = time.time() if received_at is None else received_at
+        if self.dialect != "sqlite":
+            out = [self.ingest(o, a, now) for o, a in batches]
+            for o, hb in heartbeats:
+                self.heartbeat(o, hb, now)
+            return out
+        prepared = [(o, *_rows(o, a, now)) for o, a in batches]
+        out = []
+        with self.backend.tx() as tx:
+            for origin, rows, facts in prepared:
+                stored = self._store(tx, origin, rows, facts, now)
+                out.append((stored, len(rows) - stored))
+            for origin, hb in heartbeats:
+                self._heartbeat(tx, origin, hb, now)
+        return out
+
+    def _store(self, tx: Tx, origin: Origin, rows: list, facts: list, now: float) -> int:
+        stored = tx.many(UPSERT_ALERT, rows)
+        self._touch_agent(tx, origin, now)
+        if stored:  # rules run in the same transaction: no alert escapes correlation
+            self.correlator.on_ingest(tx, origin, facts, now)
+        return stored
 
     def _touch_agent(self, tx: Tx, origin: Origin, now: float) -> None:
         tx.execute(
@@ -312,6 +337,10 @@ class Store:
         self, origin: Origin, hb: ingest_pb2.Heartbeat, received_at: float | None = None
     ) -> None:
         now = time.time() if received_at is None else received_at
+        with self.backend.tx() as tx:
+            self._heartbeat(tx, origin, hb, now)
+
+    def _heartbeat(self, tx: Tx, origin: Origin, hb: ingest_pb2.Heartbeat, now: float) -> None:
         host = {
             "cpu_percent": hb.host.cpu_percent,
             "memory_percent": hb.host.memory_percent,
@@ -320,20 +349,19 @@ class Store:
             "agent_cpu_percent": hb.host.agent_cpu_percent,
             "agent_rss_bytes": hb.host.agent_rss_bytes,
         }
-        with self.backend.tx() as tx:
-            self._touch_agent(tx, origin, now)
-            tx.execute(
-                """UPDATE agents SET agent_version = ?, packets_dropped = ?,
-                   outbox_depth = ?, outbox_shed = ?, host = ? WHERE agent_id = ?""",
-                (
-                    hb.agent_version,
-                    hb.packets_dropped,
-                    hb.outbox_depth,
-                    hb.outbox_shed,
-                    json.dumps(host),
-                    origin.agent_id,
-                ),
-            )
+        self._touch_agent(tx, origin, now)
+        tx.execute(
+            """UPDATE agents SET agent_version = ?, packets_dropped = ?,
+               outbox_depth = ?, outbox_shed = ?, host = ? WHERE agent_id = ?""",
+            (
+                hb.agent_version,
+                hb.packets_dropped,
+                hb.outbox_depth,
+                hb.outbox_shed,
+                json.dumps(host),
+                origin.agent_id,
+            ),
+        )
 
     # Queries --------------------------------------------------------------------------
 
@@ -579,6 +607,7 @@ class Store:
         )
         for table, column in (
             ("indicator_sites", "last_seen"),
+            ("indicator_ghts", "last_seen"),
             ("detector_sites", "last_seen"),
             ("site_stages", "first_max"),
         ):
@@ -625,6 +654,38 @@ class Store:
         sql += " GROUP BY k ORDER BY c DESC, k LIMIT 1000"
         with self.backend.tx() as tx:
             return [(str(r["k"]), r["c"]) for r in tx.fetch(sql, args)]
+
+
+def _rows(origin: Origin, alerts: Sequence[alert_pb2.Alert], now: float) -> tuple[list, list]:
+    """A batch as alert rows and correlation facts (each protobuf field read once)."""
+    rows, facts = [], []
+    for a in alerts:
+        ents = [(e.role, e.kind, e.value, e.pseudonymised) for e in a.entities]
+        first, last = _ts(a.first_seen), _ts(a.last_seen)
+        rows.append(
+            (
+                origin.agent_id,
+                a.id,
+                a.revision,
+                origin.finess,
+                origin.ght,
+                origin.region,
+                a.detector,
+                a.severity,
+                a.technique,
+                a.summary,
+                first,
+                last,
+                _ts(a.observed_at),
+                a.occurrences,
+                a.key_epoch,
+                _compact(ents),
+                _compact(dict(a.metrics)),
+                now,
+            )
+        )
+        facts.append((a.id, a.detector, first, last, ents))
+    return rows, facts
 
 
 def _to_alert(r: dict[str, Any]) -> alert_pb2.Alert:
