@@ -3,8 +3,8 @@
     .venv/bin/python bench/ingest.py [--agents 10 100 1000] [--seconds 15] [--rate 5000]
 
 Each simulated agent has its own certificate (issued by the collector's CA) and its own
-mutual-TLS bidirectional stream, as a real agent does; agents live as threads in a few
-client processes. For each N two runs: "max" (every agent keeps the collector's window of
+mutual-TLS bidirectional stream, as a real agent does; agents live as asyncio tasks in a
+few client processes. For each N two runs: "max" (every agent keeps the collector's window of
 batches in flight: the sustained store rate) and, with --rate, "paced" (the whole fleet
 sends RATE alerts/s in small batches: the ack latency a fleet sees in normal operation).
 Ack latency is from a batch's send to its acknowledgement, which the collector sends only
@@ -14,16 +14,16 @@ after the commit. CPU and RSS are the collector process's (psutil), averaged / p
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing as mp
 import os
-import queue
+import random
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -73,32 +73,24 @@ def _template() -> alert_pb2.Alert:
     return a
 
 
-def _agent(
-    address, ca, key, cert, name, batch, per_agent_rate, t_start, t_end, out, window_hint
-) -> None:
-    creds = grpc.ssl_channel_credentials(ca, key, cert)
+async def _agent(
+    address, ca, key, cert, name, batch, per_agent_rate, t_start, t_end, window_hint
+) -> tuple[int, list[float]]:
+    """One simulated agent: its own channel, certificate and stream, as a real one."""
     template = _template()
     lat_ms: list[float] = []
-    acked = [0]
+    acked = 0
     sent_at: dict[int, float] = {}
-    inbox: queue.SimpleQueue = queue.SimpleQueue()
-    window = threading.Semaphore(0)
-    ready = threading.Event()
+    window = asyncio.Semaphore(0)
+    ready = asyncio.Event()
+    creds = grpc.ssl_channel_credentials(ca, key, cert)
+    async with grpc.aio.secure_channel(address, creds) as ch:
+        call = ingest_pb2_grpc.IngestStub(ch).Stream()
 
-    def requests():
-        yield ingest_pb2.AgentMessage(heartbeat=ingest_pb2.Heartbeat(agent_version="bench"))
-        while True:
-            m = inbox.get()
-            if m is None:
-                return
-            yield m
-
-    with grpc.secure_channel(address, creds) as ch:
-        call = ingest_pb2_grpc.IngestStub(ch).Stream(requests())
-
-        def read() -> None:
+        async def read() -> None:
+            nonlocal acked
             try:
-                for msg in call:
+                async for msg in call:
                     kind = msg.WhichOneof("body")
                     if kind == "flow_control":
                         for _ in range(min(window_hint, msg.flow_control.max_batches_in_flight)):
@@ -109,54 +101,63 @@ def _agent(
                         t0 = sent_at.pop(msg.ack.seq, None)
                         if t0 is not None and t_start <= now <= t_end:
                             lat_ms.append((now - t0) * 1000)
-                            acked[0] += msg.ack.stored
+                            acked += msg.ack.stored
                         window.release()
             except grpc.RpcError:
                 pass
             finally:
                 ready.set()
 
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        ready.wait(60)
-        seq = 0
-        next_send = time.monotonic()
-        interval = batch / per_agent_rate if per_agent_rate else 0.0
-        while time.monotonic() < t_end:
-            if not window.acquire(timeout=0.5):
-                continue
-            if interval:
-                delay = next_send - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                next_send = max(next_send + interval, time.monotonic() - interval)
-            seq += 1
-            b = ingest_pb2.AlertBatch(seq=seq)
-            for i in range(batch):
-                a = b.alerts.add()
-                a.CopyFrom(template)
-                a.id = f"{name}-{seq}-{i}"
-            sent_at[seq] = time.monotonic()
-            inbox.put(ingest_pb2.AgentMessage(batch=b))
-        inbox.put(None)
-        call.cancel()
-    out.append((acked[0], lat_ms))
+        reader = asyncio.ensure_future(read())
+        try:
+            await call.write(
+                ingest_pb2.AgentMessage(heartbeat=ingest_pb2.Heartbeat(agent_version="bench"))
+            )
+            await asyncio.wait_for(ready.wait(), 60)
+            seq = 0
+            interval = batch / per_agent_rate if per_agent_rate else 0.0
+            # Paced agents start at a random phase, as a real fleet does.
+            next_send = time.monotonic() + random.random() * interval
+            while time.monotonic() < t_end:
+                try:
+                    await asyncio.wait_for(window.acquire(), 0.5)
+                except TimeoutError:
+                    continue
+                if interval:
+                    delay = next_send - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    next_send = max(next_send + interval, time.monotonic() - interval)
+                seq += 1
+                b = ingest_pb2.AlertBatch(seq=seq)
+                for i in range(batch):
+                    a = b.alerts.add()
+                    a.CopyFrom(template)
+                    a.id = f"{name}-{seq}-{i}"
+                sent_at[seq] = time.monotonic()
+                await call.write(ingest_pb2.AgentMessage(batch=b))
+        except (grpc.RpcError, TimeoutError):
+            pass
+        finally:
+            call.cancel()
+            reader.cancel()
+    return acked, lat_ms
 
 
 def _client(address, ca, agents, batch, per_agent_rate, t_start, t_end, window, results):
-    out: list = []
-    threads = [
-        threading.Thread(
-            target=_agent,
-            args=(address, ca, key, cert, name, batch, per_agent_rate, t_start, t_end, out, window),
-            daemon=True,
+    """One client process: its share of the fleet as asyncio tasks on one event loop (a
+    thread per agent would make the simulated fleet, not the collector, the bottleneck)."""
+
+    async def fleet() -> list:
+        return await asyncio.gather(
+            *(
+                _agent(address, ca, k, c, name, batch, per_agent_rate, t_start, t_end, window)
+                for name, k, c in agents
+            ),
+            return_exceptions=True,
         )
-        for name, key, cert in agents
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=max(0, t_end - time.monotonic()) + 60)
+
+    out = [r for r in asyncio.run(fleet()) if isinstance(r, tuple)]
     stored = sum(a for a, _ in out)
     lat = [x for _, ls in out for x in ls]
     results.put((stored, lat, len(out)))
@@ -177,7 +178,9 @@ def _credentials(pki: Path, n: int) -> list[tuple[str, bytes, bytes]]:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "b")]))
             .sign(key, hashes.SHA256())
         )
-        ident = Identity("agent", f"agt-bench-{i:05d}", f"{750000000 + i:09d}", "GHT-B", "11")
+        # Spread over France's 136 GHTs and 18 regions, as a national fleet is.
+        ght, region = f"GHT-B{i % 136:03d}", f"{11 + i % 18}"
+        ident = Identity("agent", f"agt-bench-{i:05d}", f"{750000000 + i:09d}", ght, region)
         cert = ca.sign(csr, identity=ident, days=1)
         out.append(
             (

@@ -5,6 +5,8 @@ An interceptor rather than code in each servicer method, so a new RPC cannot for
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import Callable
 
 import grpc
@@ -18,12 +20,12 @@ log = logs.get("collector.audit")
 AUDITED = "/vigie.v1.Analyst/"
 
 
-class AuditInterceptor(grpc.ServerInterceptor):
+class AuditInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
-        handler = continuation(details)
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
         if handler is None or not details.method.startswith(AUDITED):
             return handler
         action = details.method.removeprefix(AUDITED)
@@ -33,6 +35,7 @@ class AuditInterceptor(grpc.ServerInterceptor):
             inner = handler.unary_unary
 
             def unary_unary(request, context):
+                context = _Recording(context)
                 try:
                     response = inner(request, context)
                 except BaseException:
@@ -43,6 +46,17 @@ class AuditInterceptor(grpc.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
+            inner_async = handler.unary_stream
+
+            async def async_unary_stream(request, context):
+                await asyncio.to_thread(record, context, action, request, "started")
+                async for response in inner_async(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                async_unary_stream, handler.request_deserializer, handler.response_serializer
             )
         if handler.unary_stream:
             inner_stream = handler.unary_stream
@@ -66,6 +80,29 @@ class AuditInterceptor(grpc.ServerInterceptor):
         except Exception as exc:
             log.error("audit_write_failed", action=action, error=str(exc))
         log.info("analyst_action", who=who.name if who else "?", action=action, outcome=outcome)
+
+
+class _Recording:
+    """The context as a handler sees it, remembering the status the handler set: under the
+    asyncio server a plain handler's context cannot tell its code afterwards."""
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._context = context
+        self._code: grpc.StatusCode | None = None
+
+    def abort(self, code: grpc.StatusCode, details: str):
+        self._code = code
+        return self._context.abort(code, details)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+        self._context.set_code(code)
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
 
 
 def _outcome(context: grpc.ServicerContext, default: str = "ok") -> str:

@@ -7,6 +7,7 @@ before any servicer code runs. Servicers then read the caller with `caller(conte
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import grpc
@@ -44,31 +45,32 @@ def _required_kind(method: str) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):
     """`revoked(agent_id)` is asked on every call (a cache: see pki.registry)."""
 
     def __init__(self, revoked: Callable[[str], bool] | None = None) -> None:
         self.revoked = revoked
 
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
-        handler = continuation(details)
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
         if handler is None:
             return None
         kind = _required_kind(details.method)
 
-        def check(context: grpc.ServicerContext) -> None:
+        def refusal(context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
             who = caller(context)
             if who is None:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid Vigie certificate")
+                return grpc.StatusCode.UNAUTHENTICATED, "no valid Vigie certificate"
             if who.kind == "agent" and self.revoked is not None and self.revoked(who.name):
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "this agent certificate is revoked")
+                return grpc.StatusCode.UNAUTHENTICATED, "this agent certificate is revoked"
             if kind is not None and who.kind != kind:
-                context.abort(
+                return (
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"a {who.kind} certificate cannot call {details.method}",
                 )
+            return None
 
-        return _wrap(handler, check)
+        return _wrap(handler, refusal)
 
 
 class _Undecodable:
@@ -100,8 +102,61 @@ def _checked(requests, context: grpc.ServicerContext):
         yield request
 
 
-def _wrap(handler: grpc.RpcMethodHandler, check: Callable) -> grpc.RpcMethodHandler:
+class Undecodable(Exception):
+    """Raised by an asyncio handler's request iterator on a message that is not valid
+    protobuf. The handler lets it out and the wrapper answers INVALID_ARGUMENT: aborting
+    from inside the iterator would fail when a task other than the handler's reads it."""
+
+
+async def _checked_async(requests):
+    async for request in requests:
+        if request is UNDECODABLE:
+            raise Undecodable(UNDECODABLE_TEXT)
+        yield request
+
+
+def _wrap(handler: grpc.RpcMethodHandler, refusal: Callable) -> grpc.RpcMethodHandler:
+    """The handler, behind the caller check and the lenient decoding. Handlers written for
+    asyncio (the agents' stream) stay coroutines; the others run in the server's thread
+    pool, where the context's abort() raises instead of being awaited."""
     decode = _lenient(handler.request_deserializer)
+
+    def check(context: grpc.ServicerContext) -> None:
+        refused = refusal(context)
+        if refused is not None:
+            context.abort(*refused)
+
+    if handler.stream_stream and inspect.isasyncgenfunction(handler.stream_stream):
+        inner_ass = handler.stream_stream
+
+        async def async_stream_stream(requests, context):
+            refused = refusal(context)
+            if refused is not None:
+                await context.abort(*refused)
+            try:
+                async for response in inner_ass(_checked_async(requests), context):
+                    yield response
+            except Undecodable:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_TEXT)
+
+        return grpc.stream_stream_rpc_method_handler(
+            async_stream_stream, decode, handler.response_serializer
+        )
+    if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
+        inner_aus = handler.unary_stream
+
+        async def async_unary_stream(request, context):
+            refused = refusal(context)
+            if refused is not None:
+                await context.abort(*refused)
+            if request is UNDECODABLE:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_TEXT)
+            async for response in inner_aus(request, context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(
+            async_unary_stream, decode, handler.response_serializer
+        )
     if handler.unary_unary:
         inner = handler.unary_unary
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from collector.audit import AuditInterceptor
 from collector.auth import AuthInterceptor
 from collector.enroll.servicer import EnrollmentServicer, RenewalServicer
+from collector.ingest.commit import GroupCommit
 from collector.ingest.servicer import IngestServicer
 from collector.jobs import Jobs
 from collector.pki import ca as pki
@@ -52,7 +54,8 @@ class Metrics:
         )
         self.batches = r.counter("vigie_collector_batches_total", "Batches committed and acked.")
         self.ingest_seconds = r.histogram(
-            "vigie_collector_ingest_seconds", "Seconds to store and commit one batch."
+            "vigie_collector_ingest_seconds",
+            "Seconds to store and commit one transaction (the batches grouped in it).",
         )
         self.heartbeats = r.counter("vigie_collector_heartbeats_total", "Agent heartbeats.")
         self.agents = r.gauge("vigie_collector_connected_agents", "Agent streams open now.")
@@ -73,6 +76,16 @@ class MeteredStore:
         self._m.batches.inc()
         return stored, dup
 
+    def ingest_many(self, batches, heartbeats=()):
+        t0 = time.perf_counter()
+        results = self._store.ingest_many(batches, heartbeats)
+        self._m.ingest_seconds.observe(time.perf_counter() - t0)
+        self._m.stored.inc(sum(s for s, _ in results))
+        self._m.duplicates.inc(sum(d for _, d in results))
+        self._m.batches.inc(len(results))
+        self._m.heartbeats.inc(len(heartbeats))
+        return results
+
     def heartbeat(self, origin, hb):
         self._m.heartbeats.inc()
         return self._store.heartbeat(origin, hb)
@@ -86,12 +99,31 @@ class MeteredIngest(IngestServicer):
         super().__init__(*args, **kw)
         self._m = m
 
-    def Stream(self, request_iterator, context):
+    async def Stream(self, request_iterator, context):
         self._m.agents.inc(1)
         try:
-            yield from super().Stream(request_iterator, context)
+            async for m in super().Stream(request_iterator, context):
+                yield m
         finally:
             self._m.agents.inc(-1)
+
+
+class LoopThread:
+    """The asyncio loop the main gRPC server runs on, in a thread of its own: the main
+    thread keeps the signals, the watchdog and the shutdown sequence."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
 
 
 class TimedHealth(health.HealthServicer):
@@ -119,12 +151,16 @@ def open_store(cfg: dict[str, Any]) -> Store:
         raise StartError(str(exc)) from None
 
 
-def build(
+async def build(
     cfg: dict[str, Any],
     store: Store,
     registry: Registry | None = None,
     meters: Metrics | None = None,
-) -> tuple[grpc.Server, int]:
+    pool: futures.ThreadPoolExecutor | None = None,
+) -> tuple[grpc.aio.Server, int, GroupCommit]:
+    """The main server (to be built, started and stopped on its event loop), its port,
+    and the group-commit writer the agents' streams store through. `pool` runs the
+    handlers that are plain functions (analyst queries, renewals, health, reflection)."""
     d = pki_dir(cfg)
     registry = registry or open_registry(cfg)
     revoked = RevocationCache(registry)
@@ -138,9 +174,12 @@ def build(
         root_certificates=pki.trust_bundle(d),  # the issuing CA and any kept by a rollover
         require_client_auth=True,
     )
-    limit = cfg["ingest"]["max_message_bytes"]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=cfg["ingest"]["workers"]),
+    ing = cfg["ingest"]
+    limit = ing["max_message_bytes"]
+    server = grpc.aio.server(
+        # Analyst, renewal, health and reflection handlers are plain functions: they run
+        # in this pool; the agents' streams are coroutines on the loop.
+        migration_thread_pool=pool or futures.ThreadPoolExecutor(max_workers=ing["workers"]),
         interceptors=[AuthInterceptor(revoked), AuditInterceptor(store)],
         options=[
             ("grpc.max_receive_message_length", limit),
@@ -148,19 +187,19 @@ def build(
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.http2.max_pings_without_data", 0),
         ],
-        # No queue behind the pool: a stream waiting there would look connected to its
-        # agent while nothing is read from it.
-        maximum_concurrent_rpcs=cfg["ingest"]["workers"],
+        maximum_concurrent_rpcs=ing["max_streams"] + ing["workers"],
     )
     meters = meters or Metrics()
+    writer = GroupCommit(MeteredStore(store, meters))
     ingest_pb2_grpc.add_IngestServicer_to_server(
         MeteredIngest(
             meters,
-            MeteredStore(store, meters),
-            cfg["ingest"]["max_batches_in_flight"],
-            cfg["ingest"]["max_alerts_per_second"],
+            writer,
+            ing["max_batches_in_flight"],
+            ing["max_alerts_per_second"],
             IntelSource(registry),
             revoked,
+            max_streams=ing["max_streams"],
         ),
         server,
     )
@@ -188,7 +227,7 @@ def build(
         raise StartError(f"cannot listen on {cfg['listen']}")
     for name in ("", *names[:3]):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port
+    return server, port, writer
 
 
 def build_enroll(
@@ -247,7 +286,13 @@ def serve(cfg: dict[str, Any]) -> None:
         "Incidents opened or updated so far (the store's incident sequence).",
         store.last_incident_seq,
     )
-    server, port = build(cfg, store, registry, meters)
+    grpc_loop = LoopThread()
+    pool = futures.ThreadPoolExecutor(max_workers=cfg["ingest"]["workers"])
+    try:
+        server, port, writer = grpc_loop.run(build(cfg, store, registry, meters, pool))
+    except BaseException:
+        grpc_loop.close()
+        raise
     enroll, enroll_port = build_enroll(cfg, registry, port)
     stop = threading.Event()
 
@@ -258,7 +303,7 @@ def serve(cfg: dict[str, Any]) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_stop)
-    server.start()
+    grpc_loop.run(server.start())
     host = cfg["listen"].rpartition(":")[0]
     if enroll is not None:
         enroll.start()
@@ -302,7 +347,10 @@ def serve(cfg: dict[str, Any]) -> None:
             sink.close()
         if enroll is not None:
             enroll.stop(grace=1)
-        server.stop(grace=5).wait()
+        grpc_loop.run(server.stop(grace=5))
+        grpc_loop.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        writer.close()
         store.close()
         registry.close()
         log.info("collector_stopped")

@@ -76,12 +76,19 @@ SCHEMA = {
         "max_message_bytes": Option(
             int, 4 * 1024 * 1024, "Largest gRPC message accepted.", at_least(65536)
         ),
+        "max_streams": Option(
+            int,
+            5000,
+            "Agent streams served at once. Beyond this a new stream is refused at once\n"
+            "(RESOURCE_EXHAUSTED), so its agent backs off and retries, or the balancer picks\n"
+            "a replica.",
+            at_least(1),
+        ),
         "workers": Option(
             int,
-            256,
-            "Threads serving streams and queries. Each connected agent's stream holds one for\n"
-            "as long as it is connected; calls beyond this are refused (RESOURCE_EXHAUSTED)\n"
-            "at once, so an agent backs off and retries, or the balancer picks a replica.",
+            64,
+            "Threads serving analyst queries and certificate renewals. Agents' streams hold\n"
+            "none: one event loop serves them all.",
             at_least(2),
         ),
     },

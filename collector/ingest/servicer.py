@@ -1,21 +1,24 @@
 """The agents' stream: thin over the store. Ack only after commit.
 
-Each stream has a reader thread that only moves the agent's messages onto a queue, so
-that the answering side can also speak unprompted: push a new intel bundle to a connected
-agent, or end the stream of an agent revoked while connected.
+An asyncio handler: a thousand agents hold a thousand streams, which as threads would
+spend the collector's CPU switching between them. Each stream has a reader task that only
+moves the agent's messages onto a bounded queue, so that the answering side can also
+speak unprompted: push a new intel bundle to a connected agent, or end the stream of an
+agent revoked while connected. Storing goes through the group-commit writer
+(collector.ingest.commit): the stream waits for the transaction holding its batch.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+import asyncio
 from collections.abc import Callable
 
 import grpc
 
-from collector.auth import caller
+from collector.auth import Undecodable, caller
+from collector.ingest.commit import GroupCommit
 from collector.ingest.validate import Invalid, check_batch
-from collector.store import Origin, Store
+from collector.store import Origin
 from common import logs
 from vigie.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -23,19 +26,20 @@ log = logs.get("collector.ingest")
 _END = object()
 IDLE_CHECK_SECONDS = 1.0
 # Streams one agent may hold at once: its live stream, plus one while a reconnect overlaps
-# the old stream the server has not seen die yet. Each stream holds a worker thread, so
-# without a cap one agent certificate could take every worker and starve the others.
+# the old stream the server has not seen die yet. Without a cap one agent certificate
+# could open streams until the collector runs out of memory.
 MAX_STREAMS_PER_AGENT = 2
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
     def __init__(
         self,
-        store: Store,
+        store: GroupCommit,
         max_batches_in_flight: int = 8,
         max_alerts_per_second: int = 2000,
         intel=None,
         revoked: Callable[[str], bool] | None = None,
+        max_streams: int = 5000,
     ) -> None:
         self.store = store
         self.flow = ingest_pb2.FlowControl(
@@ -48,22 +52,26 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         # and gRPC flow control holds the agent back (an agent that ignores the flow
         # control it was told, or never reads its acks, cannot make us buffer its input).
         self.inbox_max = max(1, max_batches_in_flight)
-        self._streams: dict[str, int] = {}
-        self._streams_lock = threading.Lock()
+        self.max_streams = max_streams
+        self._streams: dict[str, int] = {}  # only touched from the event loop: no lock
+        self._open = 0
 
-    def _enter(self, agent_id: str) -> bool:
-        with self._streams_lock:
-            n = self._streams.get(agent_id, 0)
-            if n >= MAX_STREAMS_PER_AGENT:
-                return False
-            self._streams[agent_id] = n + 1
-            return True
+    def _enter(self, agent_id: str) -> str | None:
+        """Why this agent cannot open one more stream now, or None (and it is counted)."""
+        n = self._streams.get(agent_id, 0)
+        if n >= MAX_STREAMS_PER_AGENT:
+            return f"this agent already has {MAX_STREAMS_PER_AGENT} streams open"
+        if self._open >= self.max_streams:
+            return f"the collector serves {self.max_streams} streams already: retry later"
+        self._streams[agent_id] = n + 1
+        self._open += 1
+        return None
 
     def _leave(self, agent_id: str) -> None:
-        with self._streams_lock:
-            n = self._streams.pop(agent_id, 1) - 1
-            if n > 0:
-                self._streams[agent_id] = n
+        self._open -= 1
+        n = self._streams.pop(agent_id, 1) - 1
+        if n > 0:
+            self._streams[agent_id] = n
 
     def _intel_for(self, known: int | None):
         """The update to send an agent that holds version `known`, or None."""
@@ -74,64 +82,60 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             return ingest_pb2.CollectorMessage(intel=ingest_pb2.IntelUpdate(bundle=bundle))
         return None
 
-    def Stream(self, request_iterator, context: grpc.ServicerContext):
+    async def Stream(self, request_iterator, context: grpc.aio.ServicerContext):
         who = caller(context)
         # The origin is the certificate's, whatever the messages might claim.
         origin = Origin(who.name, who.finess, who.ght, who.region)
-        if not self._enter(origin.agent_id):
-            log.warning("stream_refused", agent_id=origin.agent_id, reason="too many streams")
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this agent already has {MAX_STREAMS_PER_AGENT} streams open",
-            )
-        try:
-            yield from self._stream(origin, request_iterator, context)
-        finally:
-            self._leave(origin.agent_id)
-
-    def _stream(self, origin: Origin, request_iterator, context: grpc.ServicerContext):
+        refused = self._enter(origin.agent_id)
+        if refused is not None:
+            log.warning("stream_refused", agent_id=origin.agent_id, reason=refused)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         log.info("agent_connected", agent_id=origin.agent_id, finess=origin.finess, ght=origin.ght)
-        inbox: queue.Queue = queue.Queue(maxsize=self.inbox_max)
-        done = threading.Event()
+        inbox: asyncio.Queue = asyncio.Queue(maxsize=self.inbox_max)
 
-        def put(item: object) -> bool:
-            while not done.is_set():
-                try:
-                    inbox.put(item, timeout=IDLE_CHECK_SECONDS)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def read() -> None:
+        async def read() -> None:
+            # When the inbox is full this waits, nothing more is read, and gRPC flow control
+            # holds the agent back.
             try:
-                for m in request_iterator:
-                    if not put(m):
-                        return
+                async for m in request_iterator:
+                    await inbox.put(m)
+            except asyncio.CancelledError:
+                return  # the answering side is gone
+            except Undecodable as exc:
+                # Only the handler's own task may end the call: it re-raises this there.
+                await inbox.put(exc)
+                return
             except Exception:  # the call ended under us: cancelled, reset, deadline
                 pass
-            finally:
-                put(_END)
+            await inbox.put(_END)
 
-        threading.Thread(target=read, name="ingest-reader", daemon=True).start()
+        reader = asyncio.ensure_future(read())
         try:
-            yield from self._answer(origin, inbox, context)
+            async for m in self._answer(origin, inbox, context):
+                yield m
         finally:
-            done.set()  # the reader stops waiting for room
+            reader.cancel()
+            self._leave(origin.agent_id)
 
-    def _answer(self, origin: Origin, inbox: queue.Queue, context: grpc.ServicerContext):
+    async def _answer(self, origin: Origin, inbox: asyncio.Queue, context):
         yield ingest_pb2.CollectorMessage(flow_control=self.flow)
         known: int | None = None  # the agent's intel version, from its heartbeats
         while True:
             try:
-                msg = inbox.get(timeout=IDLE_CHECK_SECONDS)
-            except queue.Empty:
+                msg = await asyncio.wait_for(inbox.get(), IDLE_CHECK_SECONDS)
+            except TimeoutError:
                 msg = None
+                if context.done():
+                    break
             if msg is _END:
                 break
+            if isinstance(msg, Undecodable):
+                raise msg
             if self.revoked is not None and self.revoked(origin.agent_id):
                 log.warning("revoked_agent_cut", agent_id=origin.agent_id)
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "this agent certificate is revoked")
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "this agent certificate is revoked"
+                )
             if msg is not None:
                 body = msg.WhichOneof("body")
                 if body == "batch":
@@ -139,8 +143,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                         check_batch(msg.batch.alerts)
                     except Invalid as exc:
                         log.warning("batch_refused", agent_id=origin.agent_id, reason=str(exc))
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                    stored, dup = self.store.ingest(origin, msg.batch.alerts)
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    fut = self.store.submit(origin, msg.batch.alerts)
+                    stored, dup = await asyncio.wrap_future(fut)
                     log.debug(
                         "batch_stored",
                         agent_id=origin.agent_id,
@@ -152,10 +157,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                         ack=ingest_pb2.Ack(seq=msg.batch.seq, stored=stored, duplicates=dup)
                     )
                 elif body == "heartbeat":
-                    self.store.heartbeat(origin, msg.heartbeat)
+                    await asyncio.wrap_future(self.store.submit_heartbeat(origin, msg.heartbeat))
                     known = msg.heartbeat.intel_version
                 else:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "message body is empty")
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "message body is empty")
             update = self._intel_for(known)
             if update is not None:
                 known = update.intel.bundle.version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -16,17 +17,23 @@ MAX_PAGE = 1000
 MAX_CURSOR = 2**63 - 1  # cursors are row numbers: a signed 64-bit integer in the database
 
 
-def _scope_region(context: grpc.ServicerContext, asked: str) -> str:
-    """A regional analyst sees only their region, whatever they ask for."""
+def _region_refusal(context: grpc.ServicerContext, asked: str) -> tuple[str, str | None]:
+    """A regional analyst sees only their region, whatever they ask for: (the region to
+    query, or why the request is refused)."""
     role = caller(context).role
     if role == "national":
-        return asked
+        return asked, None
     own = role.removeprefix("regional:")
     if asked and asked != own:
-        context.abort(
-            grpc.StatusCode.PERMISSION_DENIED, f"region {asked[:40]!r} is outside your role"
-        )
-    return own
+        return own, f"region {asked[:40]!r} is outside your role"
+    return own, None
+
+
+def _scope_region(context: grpc.ServicerContext, asked: str) -> str:
+    region, refused = _region_refusal(context, asked)
+    if refused:
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+    return region
 
 
 class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
@@ -140,24 +147,33 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         row = self.store.update_incident(request.key, request.status, who.name, request.comment)
         return incident_message(row, _scope_region(context, ""))
 
-    def WatchIncidents(self, request: analyst_pb2.WatchIncidentsRequest, context):
-        """Polls the database, so an incident raised by any replica reaches every watcher."""
-        region = _scope_region(context, request.region)
+    async def WatchIncidents(self, request: analyst_pb2.WatchIncidentsRequest, context):
+        """Polls the database, so an incident raised by any replica reaches every watcher.
+
+        A coroutine, not a thread: a watch lasts as long as the analyst keeps it open, and
+        its end (cancel, deadline, server stopping) reaches it as a cancellation."""
+        region, refused = _region_refusal(context, request.region)
+        if refused:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         cursor = request.cursor
         if cursor > MAX_CURSOR:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cursor is not one of ours")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cursor is not one of ours")
         if not cursor and not request.from_start:
-            cursor = self.store.last_incident_seq()
-        while context.is_active():
-            rows = self.store.list_incidents(
-                after_seq=cursor, region=region, limit=100, ascending=True
+            cursor = await asyncio.to_thread(self.store.last_incident_seq)
+        while True:
+            rows = await asyncio.to_thread(
+                self.store.list_incidents,
+                after_seq=cursor,
+                region=region,
+                limit=100,
+                ascending=True,
             )
             for r in rows:
                 cursor = r["seq"]
                 if r["severity"] >= request.min_severity:
                     yield analyst_pb2.IncidentEvent(incident=incident_message(r, region))
             if len(rows) < 100:
-                time.sleep(self.watch_poll)
+                await asyncio.sleep(self.watch_poll)
 
     def CountAlerts(self, request: analyst_pb2.CountAlertsRequest, context):
         region = _scope_region(context, request.region)
