@@ -337,6 +337,7 @@ def main() -> int:
     p.add_argument("--agents", type=int, nargs="+", default=[10, 100, 1000])
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--rate", type=int, default=5000, help="paced run: fleet alerts/s (0: none)")
+    p.add_argument("--paced-only", action="store_true", help="skip the max runs")
     p.add_argument("--batch", type=int, default=200, help="alerts per batch in the max run")
     p.add_argument("--procs", type=int, default=max(2, min(4, os.cpu_count() or 2)))
     p.add_argument("--sync", choices=("full", "normal"), default="full")
@@ -393,11 +394,11 @@ def main() -> int:
                     )
         args.agents = []
     for n in args.agents:
-        if args.correlation in ("off", "both"):
+        if args.correlation in ("off", "both") and not args.paced_only:
             row = run(n, args.seconds, 0, args.batch, args.procs, args.sync, correlation=False)
             row["mode"] += " -corr"
             rows.append(row)
-        if args.correlation in ("on", "both"):
+        if args.correlation in ("on", "both") and not args.paced_only:
             rows.append(run(n, args.seconds, 0, args.batch, args.procs, args.sync))
         if args.rate:
             small = max(1, min(args.batch, args.rate // n))

@@ -335,10 +335,7 @@ class Correlator:
                 "kind = ? AND value = ? AND seen >= ? LIMIT 1000",
                 args,
             ),
-            lambda sites: (
-                f"{label} {value} seen by {len({s.ght for s in sites})} GHTs, "
-                f"{len(sites)} establishments"
-            ),
+            lambda sites, ghts: f"{label} {value} seen by {ghts} GHTs, {sites} establishments",
         )
 
     def _wave(
@@ -373,9 +370,7 @@ class Correlator:
                 "AND last_seen >= ? LIMIT 1000",
                 args,
             ),
-            lambda sites: (
-                f"{detector} in {len(sites)} establishments, {len({s.ght for s in sites})} GHTs"
-            ),
+            lambda sites, ghts: f"{detector} in {sites} establishments, {ghts} GHTs",
         )
 
     def _raise(
@@ -405,15 +400,18 @@ class Correlator:
             )
             text = None
             if joined:  # the summary counts sites: say it again with the newcomer
-                text = summary(
-                    _sites(
-                        tx.fetch(
-                            "SELECT finess, ght, region FROM incident_sites WHERE incident_key = ?",
-                            (existing["key"],),
-                        )
-                    )
-                    | {site}
+                # Counted in the database: an incident may span hundreds of establishments.
+                key = existing["key"]
+                n = tx.fetch(
+                    "SELECT COUNT(*) AS n, COUNT(DISTINCT ght) AS g FROM incident_sites "
+                    "WHERE incident_key = ?",
+                    (key,),
+                )[0]
+                new_ght = not tx.fetch(
+                    "SELECT 1 AS x FROM incident_sites WHERE incident_key = ? AND ght = ? LIMIT 1",
+                    (key, site.ght),
                 )
+                text = summary(n["n"] + 1, n["g"] + new_ght)
             upsert(
                 tx,
                 rule=rule,
@@ -438,7 +436,7 @@ class Correlator:
             event_time=t,
             window=window,
             severity=severity,
-            summary=summary(sites),
+            summary=summary(len(sites), len({s.ght for s in sites})),
             sites=sites,
             alerts=[(r["agent_id"], r["alert_id"]) for r in window_alerts()],
             now=now,

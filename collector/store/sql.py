@@ -187,7 +187,8 @@ CREATE TABLE indicator_ghts (
     PRIMARY KEY (kind, value, ght)
 );
 INSERT INTO indicator_ghts
-    SELECT kind, value, ght, MAX(last_seen) FROM indicator_sites GROUP BY kind, value, ght
+    SELECT kind, value, ght, MAX(last_seen) FROM indicator_sites GROUP BY kind, value, ght;
+CREATE INDEX incident_sites_ght ON incident_sites (incident_key, ght)
 """,
     ),
 ]
