@@ -24,6 +24,7 @@ from vigie.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logs.get("collector.ingest")
 _END = object()
+_TICK = object()  # put in every idle stream's inbox once a second by one shared task
 IDLE_CHECK_SECONDS = 1.0
 # Streams one agent may hold at once: its live stream, plus one while a reconnect overlaps
 # the old stream the server has not seen die yet. Without a cap one agent certificate
@@ -55,6 +56,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         self.max_streams = max_streams
         self._streams: dict[str, int] = {}  # only touched from the event loop: no lock
         self._open = 0
+        self._inboxes: set[asyncio.Queue] = set()
+        self._ticker: asyncio.Task | None = None
+
+    async def _tick(self) -> None:
+        """Wakes idle streams so they push intel and notice a revocation: one task for all
+        streams instead of a timer per stream and per message."""
+        while self._inboxes:
+            await asyncio.sleep(IDLE_CHECK_SECONDS)
+            for inbox in list(self._inboxes):
+                if inbox.empty():  # a busy stream checks after each message anyway
+                    inbox.put_nowait(_TICK)
+        self._ticker = None
 
     def _enter(self, agent_id: str) -> str | None:
         """Why this agent cannot open one more stream now, or None (and it is counted)."""
@@ -110,10 +123,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             await inbox.put(_END)
 
         reader = asyncio.ensure_future(read())
+        self._inboxes.add(inbox)
+        if self._ticker is None:
+            self._ticker = asyncio.ensure_future(self._tick())
         try:
             async for m in self._answer(origin, inbox, context):
                 yield m
         finally:
+            self._inboxes.discard(inbox)
             reader.cancel()
             self._leave(origin.agent_id)
 
@@ -121,9 +138,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         yield ingest_pb2.CollectorMessage(flow_control=self.flow)
         known: int | None = None  # the agent's intel version, from its heartbeats
         while True:
-            try:
-                msg = await asyncio.wait_for(inbox.get(), IDLE_CHECK_SECONDS)
-            except TimeoutError:
+            msg = await inbox.get()
+            if msg is _TICK:
                 msg = None
                 if context.done():
                     break
