@@ -131,6 +131,50 @@ def chain_from_spans(spans: dict[int, tuple[float, float]]) -> list[int]:
     return best
 
 
+class _Part:
+    """One batch as the rules read it: its site, and its alerts per indicator, detector and
+    attack stage (each protobuf-derived fact read once)."""
+
+    __slots__ = (
+        "agent",
+        "by_detector",
+        "by_indicator",
+        "detectors",
+        "indicators",
+        "rows",
+        "site",
+        "stage_times",
+    )
+
+    def __init__(self, origin, facts: Sequence[tuple], stage_of: dict[str, int]) -> None:
+        self.site = SiteRef(origin.finess, origin.ght, origin.region)
+        self.agent = agent = origin.agent_id
+        finess, ght, region = origin.finess, origin.ght, origin.region
+        self.indicators: dict[tuple[int, str], float] = {}
+        self.by_indicator: dict[tuple[int, str], list[str]] = {}
+        self.detectors: dict[str, float] = {}
+        self.by_detector: dict[str, list[str]] = {}
+        self.stage_times: dict[int, tuple[float, float]] = {}
+        self.rows: list[tuple] = []
+        indicators, by_indicator, detectors = self.indicators, self.by_indicator, self.detectors
+        kinds = INDICATOR_KINDS
+        for aid, detector, first, t, ents in facts:
+            if t > detectors.get(detector, 0.0):
+                detectors[detector] = t
+            self.by_detector.setdefault(detector, []).append(aid)
+            stage = stage_of.get(detector)
+            if stage is not None:
+                lo, hi = self.stage_times.get(stage, (first, first))
+                self.stage_times[stage] = (min(lo, first), max(hi, first))
+            for _role, kind, value, pseudo in ents:
+                if not pseudo and kind in kinds:
+                    k = (kind, value)
+                    if t > indicators.get(k, 0.0):
+                        indicators[k] = t
+                    by_indicator.setdefault(k, []).append(aid)
+                    self.rows.append((agent, aid, kind, value, finess, ght, region, t))
+
+
 class Correlator:
     def __init__(self, settings: dict[str, Any], dialect: str) -> None:
         self.s = settings
@@ -140,117 +184,136 @@ class Correlator:
     def on_ingest(self, tx: Tx, origin, facts: Sequence[tuple], now: float) -> None:
         """facts: (alert id, detector, first_seen, last_seen, [(role, kind, value,
         pseudonymised), ...]) for each alert just stored, as Store.ingest read them."""
-        site = SiteRef(origin.finess, origin.ght, origin.region)
-        indicators: dict[tuple[int, str], float] = {}
-        by_indicator: dict[tuple[int, str], list[str]] = {}
-        detectors: dict[str, float] = {}
-        by_detector: dict[str, list[str]] = {}
-        stage_times: dict[int, tuple[float, float]] = {}
-        rows = []
-        kinds, stage_of = INDICATOR_KINDS, self.stage_of
-        agent, finess, ght, region = origin.agent_id, origin.finess, origin.ght, origin.region
-        for aid, detector, first, t, ents in facts:
-            if t > detectors.get(detector, 0.0):
-                detectors[detector] = t
-            by_detector.setdefault(detector, []).append(aid)
-            stage = stage_of.get(detector)
-            if stage is not None:
-                lo, hi = stage_times.get(stage, (first, first))
-                stage_times[stage] = (min(lo, first), max(hi, first))
-            for _role, kind, value, pseudo in ents:
-                if not pseudo and kind in kinds:
-                    k = (kind, value)
-                    if t > indicators.get(k, 0.0):
-                        indicators[k] = t
-                    by_indicator.setdefault(k, []).append(aid)
-                    rows.append((agent, aid, kind, value, finess, ght, region, t))
-        names = [f"ind:{k}:{v}" for k, v in indicators] + [f"det:{d}" for d in detectors]
-        if stage_times:
-            names.append(f"site:{site.finess}")
+        self.on_ingest_many(tx, [(origin, facts)], now)
+
+    def on_ingest_many(self, tx: Tx, batches: Sequence[tuple[Any, Sequence[tuple]]], now: float):
+        """The rules over every batch one transaction stores (group commit). What is bulk
+        (per-site summaries; alerts joining incidents already open for their site, the
+        steady state of a wave seen by hundreds of sites) is a few statements for the whole
+        group; only what opens an incident or adds a site to one is done site by site."""
+        parts = [_Part(origin, facts, self.stage_of) for origin, facts in batches]
+        names: set[str] = set()
+        for p in parts:
+            names.update(f"ind:{k}:{v}" for k, v in p.indicators)
+            names.update(f"det:{d}" for d in p.detectors)
+            if p.stage_times:
+                names.add(f"site:{p.site.finess}")
         lock(tx, self.dialect, *names)
-        agent = origin.agent_id
-        if self.s["multi_site_indicator"]["enabled"] and indicators:
+        if self.s["multi_site_indicator"]["enabled"] and any(p.indicators for p in parts):
             tx.many(
                 SITE_UPSERT.format(
                     table="indicator_sites", key="kind, value", marks="?, ?, ?, ?, ?, ?"
                 ),
-                [(k, v, *site_cols(site), t) for (k, v), t in indicators.items()],
+                [
+                    (k, v, *site_cols(p.site), t)
+                    for p in parts
+                    for (k, v), t in p.indicators.items()
+                ],
             )
             tx.many(
                 "INSERT INTO indicator_ghts VALUES (?, ?, ?, ?) ON CONFLICT (kind, value, ght) "
                 "DO UPDATE SET last_seen = excluded.last_seen "
                 "WHERE excluded.last_seen > indicator_ghts.last_seen",
-                [(k, v, site.ght, t) for (k, v), t in indicators.items()],
+                [(k, v, p.site.ght, t) for p in parts for (k, v), t in p.indicators.items()],
             )
             window = self.s["multi_site_indicator"]["window_seconds"]
             done = self._quiet_updates(
                 tx,
                 "multi_site_indicator",
-                site,
                 now,
                 window,
-                {
-                    f"{INDICATOR_KINDS[k]}:{v}": (t, [(agent, i) for i in by_indicator[(k, v)]])
-                    for (k, v), t in indicators.items()
-                },
+                [
+                    (
+                        p.site,
+                        {
+                            f"{INDICATOR_KINDS[k]}:{v}": (t, [(p.agent, i) for i in ids])
+                            for ((k, v), t), ids in zip(
+                                p.indicators.items(), p.by_indicator.values(), strict=True
+                            )
+                        },
+                    )
+                    for p in parts
+                ],
             )
             # Alerts of an indicator already in an open incident were just linked to it; the
             # others are kept per indicator, for the incident that may open later.
-            rows = [r for r in rows if f"{INDICATOR_KINDS[r[2]]}:{r[3]}" not in done]
+            rows = [
+                r
+                for p, d in zip(parts, done, strict=True)
+                for r in p.rows
+                if f"{INDICATOR_KINDS[r[2]]}:{r[3]}" not in d
+            ]
             if rows:
                 tx.many(
                     "INSERT INTO alert_indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT DO NOTHING",
                     rows,
                 )
-            for (kind, value), t in indicators.items():
-                if f"{INDICATOR_KINDS[kind]}:{value}" not in done:
-                    self._multi_site(
-                        tx,
-                        site,
-                        kind,
-                        value,
-                        t,
-                        now,
-                        [(agent, i) for i in by_indicator[(kind, value)]],
-                    )
+            for p, d in zip(parts, done, strict=True):
+                for (kind, value), t in p.indicators.items():
+                    if f"{INDICATOR_KINDS[kind]}:{value}" not in d:
+                        self._multi_site(
+                            tx,
+                            p.site,
+                            kind,
+                            value,
+                            t,
+                            now,
+                            [(p.agent, i) for i in p.by_indicator[(kind, value)]],
+                        )
         if self.s["wave"]["enabled"]:
-            waves = {
-                d: t for d, t in detectors.items() if d not in self.s["wave"]["ignore_detectors"]
-            }
+            ignore = self.s["wave"]["ignore_detectors"]
+            waves = [{d: t for d, t in p.detectors.items() if d not in ignore} for p in parts]
             tx.many(
                 SITE_UPSERT.format(table="detector_sites", key="detector", marks="?, ?, ?, ?, ?"),
-                [(d, *site_cols(site), t) for d, t in waves.items()],
+                [
+                    (d, *site_cols(p.site), t)
+                    for p, w in zip(parts, waves, strict=True)
+                    for d, t in w.items()
+                ],
             )
             done = self._quiet_updates(
                 tx,
                 "wave",
-                site,
                 now,
                 self.s["wave"]["window_seconds"],
-                {d: (t, [(agent, i) for i in by_detector[d]]) for d, t in waves.items()},
-            )
-            for detector, t in waves.items():
-                if detector not in done:
-                    self._wave(
-                        tx, site, detector, t, now, [(agent, i) for i in by_detector[detector]]
+                [
+                    (
+                        p.site,
+                        {d: (t, [(p.agent, i) for i in p.by_detector[d]]) for d, t in w.items()},
                     )
-        if self.s["kill_chain"]["enabled"] and stage_times:
-            self._kill_chain(tx, site, stage_times, max(detectors.values()), now)
+                    for p, w in zip(parts, waves, strict=True)
+                ],
+            )
+            for p, w, d in zip(parts, waves, done, strict=True):
+                for detector, t in w.items():
+                    if detector not in d:
+                        self._wave(
+                            tx,
+                            p.site,
+                            detector,
+                            t,
+                            now,
+                            [(p.agent, i) for i in p.by_detector[detector]],
+                        )
+        if self.s["kill_chain"]["enabled"]:
+            for p in parts:
+                if p.stage_times:
+                    self._kill_chain(tx, p.site, p.stage_times, max(p.detectors.values()), now)
 
     def _quiet_updates(
         self,
         tx: Tx,
         rule: str,
-        site: SiteRef,
         now: float,
         window: float,
-        items: dict[str, tuple[float, list[tuple[str, str]]]],
-    ) -> set[str]:
-        """The common case in bulk: subjects whose incident is open and already counts this
-        site only gain alerts. A few statements per batch instead of a few per subject."""
-        subjects = list(items)
-        open_by_subject: dict[str, dict] = {}
+        items: list[tuple[SiteRef, dict[str, tuple[float, list[tuple[str, str]]]]]],
+    ) -> list[set[str]]:
+        """The common case in bulk: subjects whose incident is open and already counts the
+        batch's site only gain alerts. A few statements for the whole group instead of a
+        few per batch and subject. Returns, per batch, the subjects so handled."""
+        subjects = list({subj for _, its in items for subj in its})
+        latest: dict[str, dict] = {}  # the open incident of each subject, latest first
         for chunk in range(0, len(subjects), 500):
             part = subjects[chunk : chunk + 500]
             marks = ",".join("?" * len(part))
@@ -259,41 +322,59 @@ class Correlator:
                 f"AND status <> ? AND subject IN ({marks})",
                 (rule, CLOSED, *part),
             ):
-                t = items[r["subject"]][0]
-                if r["last_seen"] >= t - window:
-                    cur = open_by_subject.get(r["subject"])
-                    if cur is None or r["last_seen"] > cur["last_seen"]:
-                        open_by_subject[r["subject"]] = r
-        if not open_by_subject:
-            return set()
-        keys = [r["key"] for r in open_by_subject.values()]
-        joined = set()
-        for chunk in range(0, len(keys), 500):
-            part = keys[chunk : chunk + 500]
-            marks = ",".join("?" * len(part))
-            joined |= {
-                r["incident_key"]
-                for r in tx.fetch(
-                    f"SELECT incident_key FROM incident_sites WHERE finess = ? AND incident_key "
-                    f"IN ({marks})",
-                    (site.finess, *part),
-                )
-            }
-        done = {subj for subj, r in open_by_subject.items() if r["key"] in joined}
-        links, counts = [], []
-        for subj in done:
-            r = open_by_subject[subj]
-            t, refs = items[subj]
-            room = max(0, MAX_LINKED_ALERTS - r["alert_count"])
-            links += [(r["key"], a, i) for a, i in refs[:room]]
-            counts.append((len(refs), t, t, now, r["key"]))
+                cur = latest.get(r["subject"])
+                if cur is None or r["last_seen"] > cur["last_seen"]:
+                    latest[r["subject"]] = r
+        if not latest:
+            return [set() for _ in items]
+        keys = sorted({r["key"] for r in latest.values()})
+        finesses = sorted({site.finess for site, _ in items})
+        joined: set[tuple[str, str]] = set()
+        for kc in range(0, len(keys), 400):
+            kpart = keys[kc : kc + 400]
+            for fc in range(0, len(finesses), 400):
+                fpart = finesses[fc : fc + 400]
+                joined |= {
+                    (r["incident_key"], r["finess"])
+                    for r in tx.fetch(
+                        f"SELECT incident_key, finess FROM incident_sites WHERE incident_key "
+                        f"IN ({','.join('?' * len(kpart))}) AND finess IN "
+                        f"({','.join('?' * len(fpart))})",
+                        (*kpart, *fpart),
+                    )
+                }
+        out: list[set[str]] = []
+        links: list[tuple[str, str, str]] = []
+        counts: dict[str, list] = {}  # incident key -> [alerts added, latest time]
+        room = {r["key"]: max(0, MAX_LINKED_ALERTS - r["alert_count"]) for r in latest.values()}
+        for site, its in items:
+            done = set()
+            for subj, (t, refs) in its.items():
+                r = latest.get(subj)
+                # The latest incident of the subject is the one to extend, if it is still
+                # in the window for this batch's time and already counts this site.
+                if (
+                    r is None
+                    or r["last_seen"] < t - window
+                    or (r["key"], site.finess) not in joined
+                ):
+                    continue
+                done.add(subj)
+                key = r["key"]
+                take = refs[: room[key]]
+                room[key] -= len(take)
+                links += [(key, a, i) for a, i in take]
+                c = counts.setdefault(key, [0, t])
+                c[0] += len(refs)
+                c[1] = max(c[1], t)
+            out.append(done)
         tx.many("INSERT INTO incident_alerts VALUES (?, ?, ?) ON CONFLICT DO NOTHING", links)
         tx.many(
             "UPDATE incidents SET alert_count = alert_count + ?, last_seen = CASE WHEN "
             "last_seen > ? THEN last_seen ELSE ? END, updated_at = ? WHERE key = ?",
-            counts,
+            [(n, t, t, now, key) for key, (n, t) in counts.items()],
         )
-        return done
+        return out
 
     def _multi_site(
         self,

@@ -315,9 +315,18 @@ class Store:
         prepared = [(o, *_rows(o, a, now)) for o, a in batches]
         out = []
         with self.backend.tx() as tx:
+            stored_facts = []
             for origin, rows, facts in prepared:
-                stored = self._store(tx, origin, rows, facts, now)
+                stored = tx.many(UPSERT_ALERT, rows)
                 out.append((stored, len(rows) - stored))
+                if stored:  # rules run in the same transaction: no alert escapes correlation
+                    stored_facts.append((origin, facts))
+            tx.many(
+                TOUCH_AGENT,
+                [(o.agent_id, o.finess, o.ght, o.region, now, now) for o, _, _ in prepared],
+            )
+            if stored_facts:
+                self.correlator.on_ingest_many(tx, stored_facts, now)
             for origin, hb in heartbeats:
                 self._heartbeat(tx, origin, hb, now)
         return out
