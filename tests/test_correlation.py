@@ -205,3 +205,37 @@ def test_retention_purges_old_alerts_and_closed_incidents(store: Store) -> None:
         assert store.purge(tx, T0 + 30 * 86400) == 2
     assert store.count_alerts() == 2
     assert incidents(store, "multi_site_indicator") == []
+
+
+def _summary(store: Store) -> list[tuple]:
+    return sorted(
+        (r["rule"], r["subject"], r["alert_count"], r["summary"], len(r["sites"]))
+        for r in store.list_incidents(limit=1000)
+    )
+
+
+def test_one_group_commit_correlates_as_batches_one_by_one(tmp_path: Path) -> None:
+    """The writer stores many agents' batches in one transaction and runs the rules once
+    over all of them: the incidents (counts, sites, summaries) are those that batches
+    stored one at a time give."""
+    steps = []
+    for n in range(1, 13):  # 12 sites over 4 GHTs, a wave and one indicator
+        o = site(n, ght=f"GHT-{n % 4}")
+        steps.append((o, [alert(f"a{n}"), alert(f"w{n}", "host.mass_write", indicator=None)]))
+    steps.append((site(3, ght="GHT-3"), [alert("again3")]))  # a site already counted
+    one = open_store(f"sqlite:///{tmp_path / 'one.db'}")
+    grouped = open_store(f"sqlite:///{tmp_path / 'group.db'}")
+    try:
+        expected = [one.ingest(o, a, received_at=T0) for o, a in steps]
+        got = grouped.ingest_many(steps[:5], received_at=T0)
+        got += grouped.ingest_many(steps[5:], received_at=T0)
+        assert got == expected
+        assert _summary(grouped) == _summary(one)
+        rules = {r[0] for r in _summary(grouped)}
+        assert {"multi_site_indicator", "wave"} <= rules
+        (msi,) = incidents(grouped, "multi_site_indicator")
+        assert msi["alert_count"] == 13 and len(msi["sites"]) == 12
+        assert "4 GHTs, 12 establishments" in msi["summary"]
+    finally:
+        one.close()
+        grouped.close()

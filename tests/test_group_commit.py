@@ -1,0 +1,82 @@
+"""The collector's writer: batches arriving together share one transaction, each stream
+learns its own result, and a batch that cannot be stored fails alone."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from collector.ingest.commit import GroupCommit
+from collector.store import Origin, open_store
+from vigie.v1 import alert_pb2, ingest_pb2
+
+
+def _alert(aid: str) -> alert_pb2.Alert:
+    a = alert_pb2.Alert(id=aid, revision=1, detector="net.portscan", severity=3, summary="x")
+    for f in (a.first_seen, a.last_seen, a.observed_at):
+        f.FromSeconds(1_700_000_000)
+    return a
+
+
+def _origin(n: int) -> Origin:
+    return Origin(f"agt-{n}", f"{n:09d}", f"GHT-{n % 3}", "11")
+
+
+class SlowStore:
+    """A store whose commits take a while, as an fsync does: batches pile up meanwhile."""
+
+    def __init__(self, store, fail_ids: set[str] = frozenset()) -> None:
+        self.store, self.fail_ids = store, fail_ids
+        self.groups: list[int] = []
+        self.go = threading.Event()
+
+    def ingest_many(self, batches, heartbeats=()):
+        self.go.wait(5)
+        if any(a.id in self.fail_ids for _, alerts in batches for a in alerts):
+            raise RuntimeError("disk full")
+        self.groups.append(len(batches) + len(heartbeats))
+        return self.store.ingest_many(batches, heartbeats)
+
+
+def test_batches_waiting_together_share_a_commit_and_get_their_own_answer(
+    tmp_path: Path,
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'v.db'}")
+    slow = SlowStore(store)
+    writer = GroupCommit(slow)
+    try:
+        futures = [writer.submit(_origin(n), [_alert(f"a{n}-{i}") for i in range(n)])
+                   for n in range(1, 21)]  # fmt: skip
+        dup = writer.submit(_origin(5), [_alert("a5-0"), _alert("a5-new")])
+        beat = writer.submit_heartbeat(_origin(1), ingest_pb2.Heartbeat(agent_version="t"))
+        slow.go.set()
+        assert [f.result(5) for f in futures] == [(n, 0) for n in range(1, 21)]
+        assert dup.result(5) == (1, 1)  # one new, one already stored by the same group
+        assert beat.result(5) is None
+        assert sum(slow.groups) == 22 and len(slow.groups) < 22  # grouped, nothing lost
+        assert store.count_alerts() == sum(range(1, 21)) + 1
+        assert {a["agent_id"]: a["agent_version"] for a in store.list_agents()}["agt-1"] == "t"
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_a_batch_that_fails_fails_alone(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'v.db'}")
+    slow = SlowStore(store, fail_ids={"poison"})
+    writer = GroupCommit(slow)
+    try:
+        good = [writer.submit(_origin(n), [_alert(f"g{n}")]) for n in range(5)]
+        bad = writer.submit(_origin(9), [_alert("poison")])
+        more = writer.submit(_origin(7), [_alert("g7b")])
+        slow.go.set()
+        assert [f.result(5) for f in good] == [(1, 0)] * 5
+        assert more.result(5) == (1, 0)
+        with pytest.raises(RuntimeError, match="disk full"):
+            bad.result(5)
+        assert store.count_alerts() == 6
+    finally:
+        writer.close()
+        store.close()
