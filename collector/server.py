@@ -40,6 +40,11 @@ from vigie.v1 import (
 log = logs.get("collector")
 
 
+# PostgreSQL transactions run side by side (the pool holds 16 connections): as many writer
+# threads, each storing what the streams brought while the others commit.
+PG_WRITERS = 8
+
+
 class StartError(Exception):
     pass
 
@@ -191,7 +196,9 @@ async def build(
         maximum_concurrent_rpcs=ing["max_streams"] + ing["workers"],
     )
     meters = meters or Metrics()
-    writer = GroupCommit(MeteredStore(store, meters))
+    writer = GroupCommit(
+        MeteredStore(store, meters), writers=1 if store.dialect == "sqlite" else PG_WRITERS
+    )
     ingest_pb2_grpc.add_IngestServicer_to_server(
         MeteredIngest(
             meters,

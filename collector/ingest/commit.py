@@ -29,13 +29,19 @@ class GroupCommit:
     """Stands in for the store on the ingest path: `ingest()` and `heartbeat()` block until
     the transaction holding them commits, and raise what storing them raised."""
 
-    def __init__(self, store, max_group_alerts: int = MAX_GROUP_ALERTS) -> None:
+    def __init__(self, store, max_group_alerts: int = MAX_GROUP_ALERTS, writers: int = 1) -> None:
+        """`writers` threads take groups from the same queue: one for SQLite (one writer at
+        a time anyway), several for PostgreSQL, whose transactions run side by side."""
         self.store = store
         self.max_group_alerts = max_group_alerts
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self.groups = 0  # transactions committed (for tests and metrics)
-        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"group-commit-{i}", daemon=True)
+            for i in range(writers)
+        ]
+        for t in self._threads:
+            t.start()
 
     def ingest(self, origin, alerts: Sequence) -> tuple[int, int]:
         return self.submit(origin, alerts).result()
@@ -54,8 +60,9 @@ class GroupCommit:
         return fut
 
     def close(self) -> None:
-        self._q.put(_STOP)
-        self._thread.join(10)
+        self._q.put(_STOP)  # each writer puts it back for the next one
+        for t in self._threads:
+            t.join(10)
 
     def __getattr__(self, name: str):
         return getattr(self.store, name)
@@ -65,6 +72,7 @@ class GroupCommit:
         while True:
             item = q.get()
             if item is _STOP:
+                q.put(_STOP)
                 return
             group, n = [item], len(item[1] or ())
             while n < self.max_group_alerts:
