@@ -208,6 +208,7 @@ async def build(
             IntelSource(registry),
             revoked,
             max_streams=ing["max_streams"],
+            max_alerts_buffered=ing["max_alerts_buffered"],
         ),
         server,
     )

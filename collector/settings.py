@@ -84,6 +84,14 @@ SCHEMA = {
             "a replica.",
             at_least(1),
         ),
+        "max_alerts_buffered": Option(
+            int,
+            200_000,
+            "Alerts read from all agents and not yet stored, at most (each takes about a\n"
+            "kilobyte). Past this the collector stops reading, and gRPC flow control holds\n"
+            "the agents back until the store catches up.",
+            at_least(1),
+        ),
         "workers": Option(
             int,
             64,

@@ -3,6 +3,7 @@ learns its own result, and a batch that cannot be stored fails alone."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -80,3 +81,36 @@ def test_a_batch_that_fails_fails_alone(tmp_path: Path) -> None:
     finally:
         writer.close()
         store.close()
+
+
+def test_budget_holds_readers_back_and_loses_no_room() -> None:
+    """Streams wait for room in the collector-wide budget of unstored alerts, first come
+    first served; a stream that ends while waiting leaves the budget whole."""
+    from collector.ingest.servicer import Budget
+
+    async def scenario() -> list[str]:
+        b = Budget(10)
+        order: list[str] = []
+        assert await b.take(6) == 6
+
+        async def reader(name: str, n: int) -> None:
+            await b.take(n)
+            order.append(name)
+
+        first = asyncio.ensure_future(reader("first", 6))
+        gone = asyncio.ensure_future(reader("gone", 1))
+        small = asyncio.ensure_future(reader("small", 2))  # would fit, but waits its turn
+        await asyncio.sleep(0.01)
+        assert order == [] and b.used == 6
+        gone.cancel()
+        await asyncio.sleep(0.01)
+        b.give(6)
+        await asyncio.gather(first, small)
+        assert b.used == 8
+        return order
+
+    async def oversize() -> int:  # a batch larger than the whole budget takes all of it
+        return await Budget(10).take(50)
+
+    assert asyncio.run(scenario()) == ["first", "small"]
+    assert asyncio.run(oversize()) == 10

@@ -11,6 +11,7 @@ agent revoked while connected. Storing goes through the group-commit writer
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 import grpc
@@ -32,6 +33,49 @@ IDLE_CHECK_SECONDS = 1.0
 MAX_STREAMS_PER_AGENT = 2
 
 
+class Budget:
+    """Alerts read from every stream and not yet stored. Past the limit a stream's reader
+    waits, nothing more is read from it, and gRPC flow control holds its agent back: a
+    thousand agents draining their backlogs at once cannot fill the collector's memory.
+    First come, first served."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
+
+    async def take(self, n: int) -> int:
+        """Wait for room for `n` alerts; returns what was taken (a batch larger than the
+        whole budget takes all of it), to give back once they are stored."""
+        n = min(n, self.limit)
+        if self.used + n <= self.limit and not self._waiters:
+            self.used += n
+            return n
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.give(n)  # granted, but the stream ended before it could use it
+            raise
+        return n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        waiters = self._waiters
+        while waiters:
+            want, fut = waiters[0]
+            if fut.done():  # its stream ended while waiting
+                waiters.popleft()
+                continue
+            if self.used + want > self.limit:
+                break
+            waiters.popleft()
+            self.used += want
+            fut.set_result(None)
+
+
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
     def __init__(
         self,
@@ -41,6 +85,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         intel=None,
         revoked: Callable[[str], bool] | None = None,
         max_streams: int = 5000,
+        max_alerts_buffered: int = 200_000,
     ) -> None:
         self.store = store
         self.flow = ingest_pb2.FlowControl(
@@ -54,6 +99,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         # control it was told, or never reads its acks, cannot make us buffer its input).
         self.inbox_max = max(1, max_batches_in_flight)
         self.max_streams = max_streams
+        self.budget = Budget(max_alerts_buffered)
         self._streams: dict[str, int] = {}  # only touched from the event loop: no lock
         self._open = 0
         self._inboxes: set[asyncio.Queue] = set()
@@ -105,12 +151,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         log.info("agent_connected", agent_id=origin.agent_id, finess=origin.finess, ght=origin.ght)
         inbox: asyncio.Queue = asyncio.Queue(maxsize=self.inbox_max)
+        held = [0]  # alerts this stream read and has not stored yet, on the shared budget
 
         async def read() -> None:
-            # When the inbox is full this waits, nothing more is read, and gRPC flow control
-            # holds the agent back.
+            # When the inbox is full, or the budget spent, this waits, nothing more is read,
+            # and gRPC flow control holds the agent back.
             try:
                 async for m in request_iterator:
+                    n = len(m.batch.alerts)
+                    if n:
+                        held[0] += await self.budget.take(n)
                     await inbox.put(m)
             except asyncio.CancelledError:
                 return  # the answering side is gone
@@ -127,14 +177,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         if self._ticker is None:
             self._ticker = asyncio.ensure_future(self._tick())
         try:
-            async for m in self._answer(origin, inbox, context):
+            async for m in self._answer(origin, inbox, context, held):
                 yield m
         finally:
             self._inboxes.discard(inbox)
             reader.cancel()
+            self.budget.give(held[0])
+            held[0] = 0
             self._leave(origin.agent_id)
 
-    async def _answer(self, origin: Origin, inbox: asyncio.Queue, context):
+    async def _answer(self, origin: Origin, inbox: asyncio.Queue, context, held: list[int]):
         yield ingest_pb2.CollectorMessage(flow_control=self.flow)
         known: int | None = None  # the agent's intel version, from its heartbeats
         while True:
@@ -162,6 +214,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                     fut = self.store.submit(origin, msg.batch.alerts)
                     stored, dup = await asyncio.wrap_future(fut)
+                    n = min(len(msg.batch.alerts), self.budget.limit)
+                    held[0] -= n
+                    self.budget.give(n)
                     log.debug(
                         "batch_stored",
                         agent_id=origin.agent_id,
