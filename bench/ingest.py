@@ -8,7 +8,8 @@ few client processes. For each N two runs: "max" (every agent keeps the collecto
 batches in flight: the sustained store rate) and, with --rate, "paced" (the whole fleet
 sends RATE alerts/s in small batches: the ack latency a fleet sees in normal operation).
 Ack latency is from a batch's send to its acknowledgement, which the collector sends only
-after the commit. CPU and RSS are the collector process's (psutil), averaged / peak.
+after the commit. CPU and RSS are the collector's processes' (psutil, the server and its
+writer process), averaged / peak; fleet CPU is the simulated agents'.
 """
 
 from __future__ import annotations
@@ -296,13 +297,17 @@ def run(
         for w in workers:
             w.start()
         time.sleep(max(0, t_start - time.monotonic()))
-        for ps in pss:
+        # The collector's own processes: the server and its writer process.
+        pss = [q for ps in pss for q in (ps, *ps.children())]
+        clients = [psutil.Process(w.pid) for w in workers]
+        for ps in pss + clients:
             ps.cpu_percent(None)
         rss = 0
         while time.monotonic() < t_end:
             time.sleep(0.5)
             rss = max(rss, sum(ps.memory_info().rss for ps in pss))
         cpu = sum(ps.cpu_percent(None) for ps in pss)
+        client_cpu = sum(ps.cpu_percent(None) for ps in clients)
         stored, lat, streams = 0, [], 0
         for _ in workers:
             s, ls, m = results.get(timeout=n / 10 + 120)
@@ -326,6 +331,7 @@ def run(
             "p50": q[49],
             "p99": q[98],
             "cpu": cpu,
+            "client_cpu": client_cpu,
             "rss_mb": rss / 2**20,
         }
     finally:
@@ -407,12 +413,13 @@ def main() -> int:
     print(f"\ncollector: {store}; {os.cpu_count()} CPUs shared with clients")
     print(
         f"{'agents':>6} {'mode':<13} {'streams':>7} {'alerts/s':>9} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'CPU %':>6} {'RSS MB':>7}"
+        f"{'p99 ms':>8} {'CPU %':>6} {'RSS MB':>7} {'fleet CPU %':>11}"
     )
     for r in rows:
         print(
             f"{r['agents']:>6} {r['mode']:<13} {r['streams']:>7} {r['alerts_per_s']:>9.0f} "
-            f"{r['p50']:>8.1f} {r['p99']:>8.1f} {r['cpu']:>6.0f} {r['rss_mb']:>7.0f}"
+            f"{r['p50']:>8.1f} {r['p99']:>8.1f} {r['cpu']:>6.0f} {r['rss_mb']:>7.0f} "
+            f"{r['client_cpu']:>11.0f}"
         )
     return 0
 

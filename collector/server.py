@@ -20,6 +20,7 @@ from collector.auth import AuthInterceptor
 from collector.enroll.servicer import EnrollmentServicer, RenewalServicer
 from collector.ingest.commit import GroupCommit
 from collector.ingest.servicer import IngestServicer
+from collector.ingest.writer import WriterProcess
 from collector.jobs import Jobs
 from collector.pki import ca as pki
 from collector.pki.intel import IntelSource
@@ -96,6 +97,11 @@ class MeteredStore:
         self._m.heartbeats.inc()
         return self._store.heartbeat(origin, hb)
 
+    def close_writes(self) -> None:
+        """Stop the writer process, if the writes go through one."""
+        if isinstance(self._store, WriterProcess):
+            self._store.close()
+
     def __getattr__(self, name: str):
         return getattr(self._store, name)
 
@@ -149,8 +155,12 @@ def open_registry(cfg: dict[str, Any]) -> Registry:
     return Registry(Path(cfg["state_dir"]) / "registry.db")
 
 
+def store_url(cfg: dict[str, Any]) -> str:
+    return cfg["storage"] or f"sqlite:///{Path(cfg['state_dir']) / 'vigie.db'}"
+
+
 def open_store(cfg: dict[str, Any]) -> Store:
-    url = cfg["storage"] or f"sqlite:///{Path(cfg['state_dir']) / 'vigie.db'}"
+    url = store_url(cfg)
     try:
         return _open(url, cfg["sqlite_synchronous"].upper(), cfg["correlation"])
     except StoreError as exc:
@@ -196,9 +206,14 @@ async def build(
         maximum_concurrent_rpcs=ing["max_streams"] + ing["workers"],
     )
     meters = meters or Metrics()
-    writer = GroupCommit(
-        MeteredStore(store, meters), writers=1 if store.dialect == "sqlite" else PG_WRITERS
-    )
+    if store.dialect == "sqlite":
+        # Writes go to a process of their own (see collector/ingest/writer.py).
+        writes = WriterProcess(
+            store_url(cfg), cfg["sqlite_synchronous"].upper(), cfg["correlation"]
+        )
+        writer = GroupCommit(MeteredStore(writes, meters))
+    else:
+        writer = GroupCommit(MeteredStore(store, meters), writers=PG_WRITERS)
     ingest_pb2_grpc.add_IngestServicer_to_server(
         MeteredIngest(
             meters,

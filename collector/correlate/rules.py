@@ -297,9 +297,7 @@ class Correlator:
                             [(p.agent, i) for i in p.by_detector[detector]],
                         )
         if self.s["kill_chain"]["enabled"]:
-            for p in parts:
-                if p.stage_times:
-                    self._kill_chain(tx, p.site, p.stage_times, max(p.detectors.values()), now)
+            self._kill_chain(tx, [p for p in parts if p.stage_times], now)
 
     def _quiet_updates(
         self,
@@ -523,63 +521,70 @@ class Correlator:
             now=now,
         )
 
-    def _kill_chain(
-        self,
-        tx: Tx,
-        site: SiteRef,
-        batch_spans: dict[int, tuple[float, float]],
-        t: float,
-        now: float,
-    ) -> None:
+    def _kill_chain(self, tx: Tx, parts: list[_Part], now: float) -> None:
+        """Each site's stage spans, read and written for the whole group at once; only a
+        site whose chain is long enough goes on to its incident."""
+        if not parts:
+            return
         cfg = self.s["kill_chain"]
         window = cfg["window_seconds"]
-        stored = {
-            r["stage"]: (r["first_min"], r["first_max"])
-            for r in tx.fetch(
-                "SELECT stage, first_min, first_max FROM site_stages WHERE finess = ?",
-                (site.finess,),
-            )
-        }
-        spans = {}
-        for stage in set(stored) | set(batch_spans):
-            old = stored.get(stage)
-            if old is not None and old[1] < t - window:
-                old = None  # that stage's evidence has left the window
-            new = batch_spans.get(stage)
-            lo = min(x[0] for x in (old, new) if x)
-            hi = max(x[1] for x in (old, new) if x)
-            spans[stage] = (lo, hi)
+        stored: dict[str, dict[int, tuple[float, float]]] = {}
+        finesses = sorted({p.site.finess for p in parts})
+        for i in range(0, len(finesses), 500):
+            chunk = finesses[i : i + 500]
+            for finess, stage, lo, hi in tx.values(
+                "SELECT finess, stage, first_min, first_max FROM site_stages WHERE finess IN "
+                f"({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                stored.setdefault(finess, {})[stage] = (lo, hi)
+        writes: dict[tuple[str, int], tuple[float, float]] = {}
+        chains = []
+        for p in parts:  # a site may come twice in a group: the second sees the first
+            site, batch_spans = p.site, p.stage_times
+            t = max(p.detectors.values())
+            known = stored.setdefault(site.finess, {})
+            spans = {}
+            for stage in set(known) | set(batch_spans):
+                old = known.get(stage)
+                if old is not None and old[1] < t - window:
+                    old = None  # that stage's evidence has left the window
+                new = batch_spans.get(stage)
+                lo = min(x[0] for x in (old, new) if x)
+                hi = max(x[1] for x in (old, new) if x)
+                spans[stage] = (lo, hi)
+            for st, span in spans.items():
+                if st in batch_spans or known.get(st) != span:
+                    writes[(site.finess, st)] = span
+                    known[st] = span
+            chain = chain_from_spans({s: v for s, v in spans.items() if v[1] >= t - window})
+            if len(chain) >= cfg["min_stages"]:
+                chains.append((site, chain, t))
         tx.many(
             "INSERT INTO site_stages VALUES (?, ?, ?, ?) ON CONFLICT (finess, stage) "
             "DO UPDATE SET first_min = excluded.first_min, first_max = excluded.first_max",
-            [
-                (site.finess, st, lo, hi)
-                for st, (lo, hi) in spans.items()
-                if st in batch_spans or stored.get(st) != (lo, hi)
-            ],
+            [(finess, st, lo, hi) for (finess, st), (lo, hi) in writes.items()],
         )
-        chain = chain_from_spans({s: v for s, v in spans.items() if v[1] >= t - window})
-        if len(chain) < cfg["min_stages"]:
-            return
-        names = [d for d, s in self.stage_of.items() if s in chain]
-        marks = ",".join("?" * len(names))
-        rows = tx.fetch(
-            f"SELECT agent_id, alert_id FROM alerts WHERE finess = ? AND last_seen >= ? "
-            f"AND detector IN ({marks}) ORDER BY first_seen LIMIT 200",
-            (site.finess, t - window, *names),
-        )
-        upsert(
-            tx,
-            rule="kill_chain",
-            subject=site.finess,
-            event_time=t,
-            window=window,
-            severity=CRITICAL,
-            summary="attack progression: " + " -> ".join(STAGES[i] for i in chain),
-            sites=[site],
-            alerts=[(r["agent_id"], r["alert_id"]) for r in rows],
-            now=now,
-        )
+        for site, chain, t in chains:
+            names = [d for d, s in self.stage_of.items() if s in chain]
+            marks = ",".join("?" * len(names))
+            rows = tx.fetch(
+                f"SELECT agent_id, alert_id FROM alerts WHERE finess = ? AND last_seen >= ? "
+                f"AND detector IN ({marks}) ORDER BY first_seen LIMIT 200",
+                (site.finess, t - window, *names),
+            )
+            upsert(
+                tx,
+                rule="kill_chain",
+                subject=site.finess,
+                event_time=t,
+                window=window,
+                severity=CRITICAL,
+                summary="attack progression: " + " -> ".join(STAGES[i] for i in chain),
+                sites=[site],
+                alerts=[(r["agent_id"], r["alert_id"]) for r in rows],
+                now=now,
+            )
 
     def dark_sites(self, tx: Tx, now: float) -> int:
         """Establishments whose agents all went silent after being healthy. Returns count."""

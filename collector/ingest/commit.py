@@ -63,6 +63,9 @@ class GroupCommit:
         self._q.put(_STOP)  # each writer puts it back for the next one
         for t in self._threads:
             t.join(10)
+        close = getattr(self.store, "close_writes", None)
+        if close is not None:
+            close()
 
     def __getattr__(self, name: str):
         return getattr(self.store, name)

@@ -24,6 +24,7 @@ class Tx:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> None: ...
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int: ...  # rows changed
     def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
+    def values(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]: ...  # rows as tuples
 
 
 class SqliteTx(Tx):
@@ -42,6 +43,9 @@ class SqliteTx(Tx):
         cur = self.db.execute(sql, args)
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def values(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        return self.db.execute(sql, args).fetchall()
 
 
 class Sqlite:
@@ -93,6 +97,11 @@ class PgTx(Tx):
             cur.execute(_pg(sql), args)
             cols = [d.name for d in cur.description]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def values(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        with self.conn.cursor() as cur:
+            cur.execute(_pg(sql), args)
+            return cur.fetchall()
 
 
 def _pg(sql: str) -> str:
