@@ -13,6 +13,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests import _delivery_kit as kit
@@ -77,7 +78,12 @@ def test_kill9_collector_mid_stream(tmp_path: Path, capture) -> None:
         # Some batches committed, many still queued, a window of batches in flight.
         assert kit.wait_for(lambda: kit.stored(c.db()) >= 500, 60)
         assert kit.outbox_depth(state) > 0
+        writer = psutil.Process(c.proc.pid).children()
+        assert writer, "the collector runs its SQLite writes in a child process"
         kit.kill9(c.proc)
+        # The writer dies with it (PR_SET_PDEATHSIG): none is left holding the database.
+        assert kit.wait_for(lambda: not any(w.is_running() and w.status() != "zombie"
+                                            for w in writer), 5)  # fmt: skip
         assert 0 < _revisions(c.db()) < expected["revisions"]
         time.sleep(2)  # the agent meets a dead port and backs off
         assert agent.poll() is None

@@ -114,3 +114,30 @@ def test_budget_holds_readers_back_and_loses_no_room() -> None:
 
     assert asyncio.run(scenario()) == ["first", "small"]
     assert asyncio.run(oversize()) == 10
+
+
+def test_writer_process_stores_and_comes_back_after_dying(tmp_path: Path) -> None:
+    """The SQLite writes run in a child process: results come back per batch; if the child
+    dies, the group in hand fails (agents re-send) and the next group gets a new child."""
+    import os
+    import signal
+
+    from collector.ingest.writer import WriterError, WriterProcess
+    from collector.store import open_store as _open
+
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    _open(url).close()  # the serving process migrates before it starts the writer
+    w = WriterProcess(url, "FULL", None)
+    try:
+        assert w.ingest_many([(_origin(1), [_alert("x1"), _alert("x2")])]) == [(2, 0)]
+        os.kill(w._proc.pid, signal.SIGKILL)
+        w._proc.join(5)
+        with pytest.raises(WriterError):
+            w.ingest_many([(_origin(2), [_alert("y1")])])
+        assert w.ingest_many([(_origin(2), [_alert("y1"), _alert("x1")])]) == [(2, 0)]
+        assert w.ingest_many([(_origin(1), [_alert("x1")])]) == [(0, 1)]
+    finally:
+        w.close()
+    s = _open(url)
+    assert s.count_alerts() == 4
+    s.close()
