@@ -130,11 +130,21 @@ def test_writer_process_stores_and_comes_back_after_dying(tmp_path: Path) -> Non
     w = WriterProcess(url, "FULL", None)
     try:
         assert w.ingest_many([(_origin(1), [_alert("x1"), _alert("x2")])]) == [(2, 0)]
-        os.kill(w._proc.pid, signal.SIGKILL)
-        w._proc.join(5)
-        with pytest.raises(WriterError):
-            w.ingest_many([(_origin(2), [_alert("y1")])])
+        first = w._proc.pid
+        os.kill(first, signal.SIGKILL)
+        w._proc.join(5)  # found dead before the next group: a new child takes it
         assert w.ingest_many([(_origin(2), [_alert("y1"), _alert("x1")])]) == [(2, 0)]
+        assert w._proc.pid != first
+        pid, send = w._proc.pid, w._conn.send
+
+        def dies_meanwhile(req) -> None:  # after the liveness check, before the group
+            os.kill(pid, signal.SIGKILL)
+            w._proc.join(5)
+            send(req)
+
+        w._conn.send = dies_meanwhile
+        with pytest.raises(WriterError):
+            w.ingest_many([(_origin(3), [_alert("z1")])])
         assert w.ingest_many([(_origin(1), [_alert("x1")])]) == [(0, 1)]
     finally:
         w.close()
