@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import Entity
 from agent.decode.packet import ARP, Packet
 from agent.detect.base import Detector, ip_text
-from agent.detect.window import KeyedWindow, LeakyBucket, Suppressor
+from agent.detect.window import KeyedWindow, LeakyBucket, Stamped, Suppressor
 from common.config import Option, positive
 from vigie.v1 import alert_pb2
 
@@ -24,7 +24,7 @@ def mac_text(b: bytes) -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-class _Binding:
+class _Binding(Stamped):
     __slots__ = ("changes", "macs", "since")
 
     def __init__(self, now: float) -> None:

@@ -19,16 +19,23 @@ from agent.anonymise.policy import Entity
 from agent.decode.packet import TCP, UDP, Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.nets import is_internal, is_unicast, port_list
-from agent.detect.window import KeyedWindow, Series, bowley_skewness, median_abs_deviation
+from agent.detect.window import (
+    KeyedWindow,
+    Series,
+    Stamped,
+    bowley_skewness,
+    median_abs_deviation,
+)
 from common.config import Option, at_least, between, positive
 from vigie.v1 import alert_pb2
 
 
-class _Burst:
-    __slots__ = ("bytes", "last", "triplet")
+class _Burst(Stamped):
+    """One session; `seen` (kept by the window) is the time of its last packet."""
+
+    __slots__ = ("bytes", "triplet")
 
     def __init__(self, now: float) -> None:
-        self.last = now
         self.bytes = 0
         self.triplet: tuple = ()
 
@@ -136,13 +143,12 @@ class Beacon(Detector):
                 b.bytes = p.length
                 return
             key = rkey
-        bursts.get(key, p.ts)  # refresh
-        if p.ts - b.last > self.gap:
+        if p.ts - b.seen > self.gap:
             self._burst_end(key, b)
             if b.triplet:
                 self._connection(b.triplet, p.ts)
             b.bytes = 0
-        b.last = p.ts
+        bursts.get(key, p.ts)  # refresh: this packet is the session's last
         b.bytes += p.length
 
     def _watched(self, p: Packet) -> bool:
@@ -156,7 +162,7 @@ class Beacon(Detector):
         if b.triplet and b.bytes:
             st = self.series.peek(b.triplet)
             if st is not None:
-                st.sizes.append(b.bytes)
+                st.add_size(b.bytes)
         b.bytes = 0
 
     def _connection(self, triplet: tuple, ts: float) -> None:

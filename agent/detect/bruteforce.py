@@ -16,7 +16,7 @@ from agent.anonymise.policy import Entity
 from agent.decode.packet import FIN, RST, TCP, Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.nets import port_list
-from agent.detect.window import Distinct, KeyedWindow
+from agent.detect.window import Distinct, KeyedWindow, Stamped
 from agent.flows.table import REJECTED, SUCCESS, Flow
 from common.config import Option, positive
 from vigie.v1 import alert_pb2
@@ -49,7 +49,7 @@ SMB_LOGON_FAILURES = frozenset(
 )
 
 
-class _Guesses:
+class _Guesses(Stamped):
     __slots__ = ("app", "failures", "first", "flagged", "rejected", "short", "targets")
 
     def __init__(self, now: float) -> None:

@@ -14,14 +14,14 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import Entity
 from agent.decode.packet import Packet
 from agent.detect.base import Detector, ip_text
-from agent.detect.window import Distinct, KeyedWindow
+from agent.detect.window import Distinct, KeyedWindow, Stamped
 from common.config import Option, positive
 from vigie.v1 import alert_pb2
 
 MAX_USERS = 3  # user entities carried per alert
 
 
-class _Pair:
+class _Pair(Stamped):
     __slots__ = ("accepted", "first", "sent", "users")
 
     def __init__(self, now: float) -> None:
@@ -30,7 +30,7 @@ class _Pair:
         self.users = Distinct(64)
 
 
-class _Session:
+class _Session(Stamped):
     __slots__ = ("sent", "user")
 
     def __init__(self, now: float) -> None:

@@ -19,7 +19,7 @@ from agent.detect.base import Detector, ip_text
 from agent.detect.dns_tunnel import domain_list
 from agent.detect.dnsname import entropy, registered_domain
 from agent.detect.nets import port_list
-from agent.detect.window import Distinct, KeyedWindow
+from agent.detect.window import Distinct, KeyedWindow, Stamped
 from common.config import Option, between, positive
 from vigie.v1 import alert_pb2
 
@@ -27,7 +27,7 @@ _SKIP = (*BUILTIN_INTERNAL_SUFFIXES, ".arpa")
 MAX_INDICATORS = 5  # sample domains carried as entities
 
 
-class _Client:
+class _Client(Stamped):
     __slots__ = ("answers", "domains", "first", "flagged", "last", "nx", "resolver", "sample")
 
     def __init__(self, now: float) -> None:

@@ -22,7 +22,7 @@ from agent.decode.packet import Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.dnsname import entropy, registered_domain
 from agent.detect.nets import port_list
-from agent.detect.window import Distinct, KeyedWindow
+from agent.detect.window import Distinct, KeyedWindow, Stamped
 from common.config import Option, between, positive
 from vigie.v1 import alert_pb2
 
@@ -37,7 +37,7 @@ def domain_list(value: list) -> str | None:
     return None
 
 
-class _Zone:
+class _Zone(Stamped):
     __slots__ = (
         "answers", "first", "flagged", "last_report", "last_ts", "len_sum", "long_labels",
         "max_entropy", "max_label", "nx", "odd", "pending", "queries", "resolver", "subs",

@@ -26,11 +26,14 @@ _ICMP_ERRORS = frozenset((3, 4, 5, 11, 12))
 _ICMP6_ERRORS = frozenset((1, 2, 3, 4))
 
 
-class _Target:
-    __slots__ = ("bucket", "first", "since_report", "sources")
+class _Target(LeakyBucket):
+    """A target's bucket for one flood kind, with what the report says about it (one
+    object per target rather than a target holding a bucket)."""
 
-    def __init__(self, bucket: LeakyBucket, now: float) -> None:
-        self.bucket = bucket
+    __slots__ = ("first", "since_report", "sources")
+
+    def __init__(self, capacity: float, leak: float, now: float) -> None:
+        super().__init__(capacity, leak, now)
         self.sources = Distinct(4096)
         self.first = now
         self.since_report = 0
@@ -78,7 +81,7 @@ class Dos(Detector):
 
     def _new(self, now: float) -> _Target:
         cap, leak = self.params[self._kind]
-        return _Target(LeakyBucket(cap, leak, now), now)
+        return _Target(cap, leak, now)
 
     def on_packet(self, p: Packet) -> None:
         proto = p.proto
@@ -105,7 +108,7 @@ class Dos(Detector):
         st = self.targets.get((dst, kind), p.ts)
         st.sources.add(p.src)
         st.since_report += 1
-        if st.bucket.pour(p.ts) and self.suppress.allow((dst, kind), p.ts):
+        if st.pour(p.ts) and self.suppress.allow((dst, kind), p.ts):
             self._emit(p, kind, st)
 
     def _emit(self, p: Packet, kind: str, st: _Target) -> None:
@@ -126,13 +129,13 @@ class Dos(Detector):
             count=st.since_report,
             entities=entities,
             summary=(
-                f"{label} flood: {st.bucket.poured} {what} in {secs:.1f} s "
-                f"({st.bucket.poured / secs:.0f}/s) from {origin}"
+                f"{label} flood: {st.poured} {what} in {secs:.1f} s "
+                f"({st.poured / secs:.0f}/s) from {origin}"
             ),
             metrics={
-                "packets": st.bucket.poured,
-                "packets_per_second": round(st.bucket.poured / secs, 1),
-                "bucket_level": round(st.bucket.level, 1),
+                "packets": st.poured,
+                "packets_per_second": round(st.poured / secs, 1),
+                "bucket_level": round(st.level, 1),
                 "distinct_sources": nsrc,
                 "spoofed": 1.0 if spoofed else 0.0,
                 "seconds": round(secs, 3),

@@ -16,12 +16,12 @@ from agent.anonymise.policy import Entity
 from agent.decode.packet import Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.nets import is_internal, is_unicast
-from agent.detect.window import Ewma, KeyedWindow
+from agent.detect.window import Ewma, KeyedWindow, Stamped
 from common.config import Option, at_least, between, positive
 from vigie.v1 import alert_pb2
 
 
-class _Host:
+class _Host(Stamped):
     __slots__ = ("baseline", "first", "flagged_interval", "interval", "volume")
 
     def __init__(self, now: float) -> None:
@@ -32,13 +32,21 @@ class _Host:
         self.flagged_interval = -1
 
 
-class _Dest:
-    __slots__ = ("bytes", "first", "flagged", "new")
+class _Known(Stamped):
+    """A destination first contacted while its host was still learning: it is never new,
+    so there is nothing to count, only to remember (one per pair: keep it small)."""
+
+    __slots__ = ()
+
+
+class _Dest(Stamped):
+    """A destination first contacted after its host's learning period."""
+
+    __slots__ = ("bytes", "first", "flagged")
 
     def __init__(self, now: float) -> None:
         self.first = now
         self.bytes = 0
-        self.new = False
         self.flagged = False
 
 
@@ -83,7 +91,13 @@ class Exfil(Detector):
         super().__init__(settings, report)
         s = settings
         self.hosts: KeyedWindow[_Host] = KeyedWindow(s["memory_seconds"], _Host, 50_000)
-        self.dests: KeyedWindow[_Dest] = KeyedWindow(s["memory_seconds"], _Dest, 200_000)
+        self.dests: KeyedWindow[_Known | _Dest] = KeyedWindow(
+            s["memory_seconds"], self._dest, 200_000
+        )
+        self._learned = False  # whether the destination _dest() makes is new
+
+    def _dest(self, now: float) -> _Known | _Dest:
+        return _Dest(now) if self._learned else _Known()
 
     def on_packet(self, p: Packet) -> None:
         src, dst = p.src, p.dst
@@ -99,16 +113,13 @@ class Exfil(Detector):
             self._roll(h, idx)
         h.volume += p.length
         learned = h.baseline is not None and h.baseline.samples >= s["learning_intervals"]
-        d = self.dests.peek((src, dst))
-        if d is None:
-            d = self.dests.get((src, dst), ts)
-            d.new = learned
-        else:
-            self.dests.get((src, dst), ts)
-        d.bytes += p.length
-        if d.new and not d.flagged and d.bytes >= s["large_transfer_bytes"]:
-            d.flagged = True
-            self._emit_large(src, dst, d, ts)
+        self._learned = learned
+        d = self.dests.get((src, dst), ts)
+        if type(d) is _Dest:  # only new destinations' bytes count
+            d.bytes += p.length
+            if not d.flagged and d.bytes >= s["large_transfer_bytes"]:
+                d.flagged = True
+                self._emit_large(src, dst, d, ts)
         if learned and h.flagged_interval != idx and h.volume >= s["min_bytes"]:
             base = h.baseline.value
             if h.volume > s["factor"] * base:

@@ -21,13 +21,13 @@ from agent.decode.deep.smb import admin_share
 from agent.decode.packet import TCP, Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.nets import is_internal, port_list
-from agent.detect.window import Distinct, KeyedWindow, Suppressor
+from agent.detect.window import Distinct, KeyedWindow, Stamped, Suppressor
 from agent.flows.table import SUCCESS, Flow
 from common.config import Option, positive
 from vigie.v1 import alert_pb2
 
 
-class _Spread:
+class _Spread(Stamped):
     __slots__ = ("first", "hosts", "ports")
 
     def __init__(self, now: float) -> None:
@@ -55,7 +55,7 @@ def _actions(value: list) -> str | None:
     return None
 
 
-class _Exec:
+class _Exec(Stamped):
     __slots__ = ("counts", "first")
 
     def __init__(self, now: float) -> None:

@@ -19,33 +19,68 @@ import math
 from typing import ClassVar
 
 from agent.anonymise.policy import Entity
-from agent.decode.packet import UDP
+from agent.decode.packet import TCP, UDP
 from agent.detect.base import Detector, ip_text
-from agent.detect.window import Distinct, KeyedWindow
+from agent.detect.window import Distinct, KeyedWindow, Stamped
 from agent.flows.table import SUCCESS, Flow
 from common.config import Option, between, positive
 from vigie.v1 import alert_pb2
 
+# Scan styles, as bits of one small int rather than a set of names per source.
+_STYLES = {"fin": 1, "null": 2, "other": 4, "syn": 8, "udp": 16, "xmas": 32}  # sorted
+_NEVER = float("-inf")
 
-class _Source:
+
+class _Source(Stamped):
     __slots__ = (
         "failed", "hosts", "last_dst", "last_probe", "last_report", "llr", "pending", "ports",
         "stealth", "styles", "succeeded", "targets",
     )  # fmt: skip
 
     def __init__(self, now: float) -> None:
-        self.targets = Distinct(65536)
-        self.ports = Distinct(65536)
-        self.hosts = Distinct(65536)
+        self.targets = Distinct(65536)  # (host, _port()) first contacts
+        # Made at the second target: until then the one target is the one host and port
+        # (most sources only ever contact one service).
+        self.hosts: Distinct | None = None
+        self.ports: Distinct | None = None
         self.llr = 0.0
         self.failed = 0
         self.succeeded = 0
         self.stealth = 0
-        self.styles: set[str] = set()
+        self.styles = 0  # _STYLES bits
         self.pending = 0  # failed probes not reported yet (flagged sources only)
-        self.last_report = float("-inf")
+        self.last_report = _NEVER
         self.last_probe = now
         self.last_dst = b""
+
+    def contact(self, dst: bytes, port: int) -> bool:
+        """Count a contact with (dst, port); True when it is the first one."""
+        target = (dst, port)
+        if not self.targets.add(target):
+            return False
+        hosts, ports = self.hosts, self.ports
+        if hosts is None or ports is None:
+            if len(self.targets) == 1:
+                return True
+            d0, p0 = next(t for t in self.targets.items if t != target)
+            hosts, ports = self.hosts, self.ports = Distinct(65536), Distinct(65536)
+            hosts.add(d0)
+            ports.add(p0)
+        hosts.add(dst)
+        ports.add(port)
+        return True
+
+    def distinct(self) -> tuple[int, int]:
+        """(distinct hosts, distinct ports) contacted."""
+        if self.hosts is None or self.ports is None:
+            return len(self.targets), len(self.targets)
+        return len(self.hosts), len(self.ports)
+
+
+def _port(dport: int, proto: int) -> int:
+    """(port, protocol) as one int: a TCP port as is (the flow's own int object, nothing
+    new to store), other protocols above 65535."""
+    return dport if proto == TCP else proto << 16 | dport
 
 
 def _unicast(packed: bytes) -> bool:
@@ -109,10 +144,9 @@ class PortScan(Detector):
         if not _unicast(flow.dst) or self.allowed(src):
             return
         st = self.sources.get(src, ts)
-        if not st.targets.add((flow.dst, flow.dport, flow.proto)):
+        dst = flow.dst
+        if not st.contact(dst, _port(flow.dport, flow.proto)):
             return  # only first contacts count
-        st.hosts.add(flow.dst)
-        st.ports.add((flow.dport, flow.proto))
         if outcome == SUCCESS:
             st.succeeded += 1
             st.llr += self.ln_success
@@ -121,26 +155,27 @@ class PortScan(Detector):
             return
         st.failed += 1
         st.llr += self.ln_fail
-        st.styles.add(flow.stealth or ("udp" if flow.proto == UDP else "syn"))
+        st.styles |= _STYLES[flow.stealth or ("udp" if flow.proto == UDP else "syn")]
         if flow.stealth:
             st.stealth += 1
         s = self.settings
+        hosts, ports = st.distinct()
         if src in self.flagged or (
             st.llr >= self.ln_upper
-            or len(st.ports) >= s["fanout_ports"]
-            or len(st.hosts) >= s["fanout_hosts"]
+            or ports >= s["fanout_ports"]
+            or hosts >= s["fanout_hosts"]
             or st.stealth >= s["stealth_probes"]
         ):
             first = src not in self.flagged
             self.flagged.add(src)
             st.pending += st.failed if first else 1
-            st.last_probe, st.last_dst = ts, flow.dst
+            st.last_probe, st.last_dst = ts, dst
             if ts - st.last_report >= s["report_interval_seconds"]:
                 self._emit(src, st, ts)
 
     def _emit(self, src: bytes, st: _Source, ts: float) -> None:
         count, st.pending, st.last_report = st.pending, 0, ts
-        hosts, ports = len(st.hosts), len(st.ports)
+        hosts, ports = st.distinct()
         shape = "vertical" if hosts == 1 else "horizontal" if ports == 1 else "mixed"
         entities = [Entity(alert_pb2.ROLE_SOURCE, alert_pb2.KIND_IP, ip_text(src))]
         if hosts == 1:
@@ -152,7 +187,7 @@ class PortScan(Detector):
             entities=entities,
             summary=(
                 f"{shape} port scan: {st.failed} failed probes, {ports} ports on "
-                f"{hosts} host(s) ({', '.join(sorted(st.styles))})"
+                f"{hosts} host(s) ({', '.join(n for n, b in _STYLES.items() if st.styles & b)})"
             ),
             metrics={
                 "failed_probes": st.failed,

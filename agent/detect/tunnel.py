@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import Entity
 from agent.decode.packet import ICMP, ICMP6, TCP, UDP, Packet
 from agent.detect.base import Detector, ip_text
-from agent.detect.window import Distinct, KeyedWindow, Suppressor
+from agent.detect.window import Distinct, KeyedWindow, Stamped, Suppressor
 from common.config import Option, at_least, positive
 from vigie.v1 import alert_pb2
 
@@ -34,7 +34,7 @@ def tls_client_hello(b: bytes) -> bool:
     return rec >= 40 and hs + 4 == rec
 
 
-class _Pair:
+class _Pair(Stamped):
     __slots__ = ("bytes", "contents", "first", "flagged", "large", "packets", "sizes")
 
     def __init__(self, now: float) -> None:

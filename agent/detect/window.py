@@ -3,15 +3,27 @@
 `KeyedWindow` holds one small state object per key (a source address, a pair...) and
 forgets keys idle for longer than the window; it is bounded in keys, oldest forgotten
 first, and counts what it forgot, so an attacker spoofing sources cannot grow it.
+
+Memory: with 100k active flows a detector may hold 100k keys, so every per-key byte counts
+(a dict entry is ~50 B, an empty set 216 B, an object header 32 B). States are `__slots__`
+classes deriving from `Stamped` (the last-seen time lives in the state, not in a second
+dict), and `Distinct` holds one item as is and a few in a tuple before it makes a set.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from typing import Generic, TypeVar
 
 S = TypeVar("S")
+
+
+class Stamped:
+    """Base of per-key states that carry their own last-seen time, so that a KeyedWindow
+    of them keeps one dict rather than a second one for the times."""
+
+    __slots__ = ("seen",)
 
 
 class KeyedWindow(Generic[S]):
@@ -32,7 +44,10 @@ class KeyedWindow(Generic[S]):
         self.max_keys = max(1, min(max_keys, KeyedWindow.limit))
         self.on_forget = on_forget  # called with (key, state) for every key dropped
         self._state: dict[object, S] = {}
-        self._seen: dict[object, float] = {}
+        # Last-seen times of states that are not Stamped (plain values, lists); None once
+        # the first state made turns out to be Stamped.
+        self._seen: dict[object, float] | None = {}
+        self._stamped: bool | None = None  # unknown until the first state is made
         self.forgotten = 0
 
     def get(self, key: object, now: float) -> S:
@@ -41,7 +56,14 @@ class KeyedWindow(Generic[S]):
             if len(self._state) >= self.max_keys:
                 self._forget_oldest()
             st = self._state[key] = self.factory(now)
-        self._seen[key] = now
+            if self._stamped is None:
+                self._stamped = isinstance(st, Stamped)
+                if self._stamped:
+                    self._seen = None
+        if self._stamped:
+            st.seen = now
+        else:
+            self._seen[key] = now
         return st
 
     def peek(self, key: object) -> S | None:
@@ -51,19 +73,25 @@ class KeyedWindow(Generic[S]):
         return self._state.items()
 
     def expire(self, now: float) -> None:
-        old = [k for k, t in self._seen.items() if now - t > self.window]
+        window = self.window
+        if self._stamped:
+            old = [k for k, st in self._state.items() if now - st.seen > window]
+        else:
+            old = [k for k, t in self._seen.items() if now - t > window]
         for k in old:
             self._drop(k)
 
     def _drop(self, key: object) -> None:
         st = self._state.pop(key)
-        del self._seen[key]
+        if not self._stamped:
+            del self._seen[key]
         if self.on_forget is not None:
             self.on_forget(key, st)
 
     def _forget_oldest(self) -> None:
         n = max(1, self.max_keys // 100)
-        for k in list(self._state)[:n]:
+        # dicts keep insertion order: the first keys are the oldest
+        for k in list(islice(self._state, n)):
             self._drop(k)
         self.forgotten += n
 
@@ -71,31 +99,79 @@ class KeyedWindow(Generic[S]):
         return len(self._state)
 
 
-class Distinct:
-    """Distinct items, bounded: past `cap` items it keeps counting but stops remembering."""
+_NONE = object()  # what a Distinct holds before its first item
+_FEW = 8  # items a Distinct keeps in a tuple (searched in order) before it makes a set
 
-    __slots__ = ("cap", "items", "overflow")
+
+class _Few(tuple):
+    """A Distinct's first few items: a tuple of 2 costs 56 B and one of 8 104 B, a set
+    216 B (728 B from its fifth item on). A subclass, so that it is never mistaken for an
+    item that is a tuple itself."""
+
+    __slots__ = ()
+
+
+class Distinct:
+    """Distinct items, bounded: past `cap` items it keeps counting but stops remembering.
+
+    Most keys only ever see one item or a few (a source's targets, a flood target's
+    sources): one item is held as is, a few in a tuple, and a set is made past `_FEW`."""
+
+    __slots__ = ("_held", "cap", "overflow")
 
     def __init__(self, cap: int = 4096) -> None:
-        self.items: set = set()
+        self._held: object = _NONE  # _NONE, the one item, a _Few of them or a set
         self.cap = cap
         self.overflow = 0
 
     def add(self, item: object) -> bool:
         """True when the item is new."""
-        if item in self.items:
-            return False
-        if len(self.items) >= self.cap:
-            self.overflow += 1
+        held = self._held
+        kind = type(held)
+        if kind is set or kind is _Few:
+            if item in held:  # a tuple compares like a set: identity, then equality
+                return False
+            n = len(held)
+            if n >= self.cap:
+                self.overflow += 1
+            elif kind is set:
+                held.add(item)
+            else:
+                self._held = _Few((*held, item)) if n < _FEW else {*held, item}
             return True
-        self.items.add(item)
+        if held is _NONE:
+            if self.cap < 1:
+                self.overflow += 1
+            else:
+                self._held = item
+            return True
+        if held is item or held == item:
+            return False
+        if self.cap < 2:
+            self.overflow += 1
+        else:
+            self._held = _Few((held, item))
         return True
 
+    @property
+    def items(self) -> set:
+        """The items remembered (a copy unless there are more than a few)."""
+        held = self._held
+        kind = type(held)
+        if kind is set:
+            return held
+        if kind is _Few:
+            return set(held)
+        return set() if held is _NONE else {held}
+
     def __len__(self) -> int:
-        return len(self.items) + self.overflow
+        held = self._held
+        kind = type(held)
+        n = len(held) if kind is set or kind is _Few else 0 if held is _NONE else 1
+        return n + self.overflow
 
 
-class LeakyBucket:
+class LeakyBucket(Stamped):
     """CrowdSec-like bucket: each event pours `n`, the bucket leaks `leak` per second;
     it overflows when the level passes `capacity`. Constant memory."""
 
@@ -152,24 +228,43 @@ class Suppressor:
         return len(self._last)
 
 
-class Series:
+class Series(Stamped):
     """The last `cap` (time, size) samples of a recurring event, e.g. the connections one
-    host makes to one service; older samples are dropped and counted."""
+    host makes to one service; older samples are dropped and counted.
 
-    __slots__ = ("cap", "dropped", "sizes", "times")
+    Most series (one per service a host ever talked to) hold one or two samples: times are
+    a tuple (exact size; a deque takes 760 B however few items it holds) and the sizes
+    list is only made for the first size."""
+
+    __slots__ = ("_sizes", "cap", "dropped", "times")
 
     def __init__(self, cap: int = 128) -> None:
         self.cap = cap
-        self.times: deque[float] = deque(maxlen=cap)
-        self.sizes: deque[float] = deque(maxlen=cap)
+        self.times: tuple[float, ...] = ()
+        self._sizes: list[float] | None = None
         self.dropped = 0
 
     def add(self, ts: float, size: float | None = None) -> None:
-        if len(self.times) == self.cap:
+        times = (*self.times, ts)
+        if len(times) > self.cap:
+            times = times[1:]
             self.dropped += 1
-        self.times.append(ts)
+        self.times = times
         if size is not None:
-            self.sizes.append(size)
+            self.add_size(size)
+
+    @property
+    def sizes(self) -> list[float]:
+        if self._sizes is None:
+            self._sizes = []
+        return self._sizes
+
+    def add_size(self, size: float) -> None:
+        """A size on its own (known later than the time it goes with)."""
+        sizes = self.sizes
+        sizes.append(size)
+        if len(sizes) > self.cap:
+            del sizes[0]
 
     def intervals(self) -> list[float]:
         t = self.times

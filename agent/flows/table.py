@@ -27,36 +27,69 @@ STEALTH_NULL, STEALTH_FIN, STEALTH_XMAS, STEALTH_OTHER = "null", "fin", "xmas", 
 
 
 class Flow:
+    """One flow. Its endpoints are read from the key (lower endpoint first) and `rev` (the
+    originator is the key's second endpoint): stored once, since with 100k flows every
+    slot is 800 kB."""
+
     __slots__ = (
         "bytes_o",
         "bytes_r",
-        "dport",
-        "dst",
         "first",
         "key",
         "last",
         "outcome",
         "pkts_o",
         "pkts_r",
-        "proto",
-        "sport",
-        "src",
+        "rev",
         "state",
         "stealth",
-        "vlan",
     )
 
     def __init__(self, key: tuple, p: Packet) -> None:
         self.key = key
-        self.proto = p.proto
-        self.src, self.sport, self.dst, self.dport = p.src, p.sport, p.dst, p.dport
-        self.vlan = p.vlan
+        self.rev = not (key[2] == p.src and key[3] == p.sport)
         self.first = self.last = p.ts
         self.pkts_o = self.pkts_r = 0
         self.bytes_o = self.bytes_r = 0
         self.state = S_MIDSTREAM
         self.outcome = ""  # set once the attempt's outcome is known
         self.stealth = ""  # for TCP probes that open with FIN/NULL/Xmas
+
+    @property
+    def proto(self) -> int:
+        return self.key[0]
+
+    @property
+    def vlan(self) -> int:
+        return self.key[1]
+
+    @property
+    def src(self) -> bytes:
+        return self.key[4 if self.rev else 2]
+
+    @property
+    def sport(self) -> int:
+        return self.key[5 if self.rev else 3]
+
+    @property
+    def dst(self) -> bytes:
+        return self.key[2 if self.rev else 4]
+
+    @property
+    def dport(self) -> int:
+        return self.key[3 if self.rev else 5]
+
+
+class IcmpFlow(Flow):
+    """An ICMP/ICMPv6 flow: its key has no ports, `sport`/`dport` keep the type and code
+    of its first packet."""
+
+    __slots__ = ("dport", "sport")
+
+    def __init__(self, key: tuple, p: Packet) -> None:
+        super().__init__(key, p)
+        self.rev = key[2] != p.src
+        self.sport, self.dport = p.sport, p.dport
 
 
 def stealth_kind(flags: int) -> str:
@@ -116,15 +149,19 @@ class FlowTable:
         # Hot path (every decoded packet): locals only, one dict lookup, no temporaries
         # beyond the key itself.
         proto = p.proto
+        src, sport, dst = p.src, p.sport, p.dst
         if proto in (6, 17):  # TCP, UDP (literals: a constant tuple, no global lookups)
-            src, sport, dst, dport = p.src, p.sport, p.dst, p.dport
-            if src < dst or (src == dst and sport <= dport):
+            dport = p.dport
+            # lo: the sender is the key's first (lower) endpoint
+            if lo := src < dst or (src == dst and sport <= dport):
                 key = (proto, p.vlan, src, sport, dst, dport)
             else:
                 key = (proto, p.vlan, dst, dport, src, sport)
-        elif proto in (1, 58):  # ICMP, ICMPv6
-            src, sport, dst = p.src, p.sport, p.dst  # type/code are not a flow identity
-            key = (proto, p.vlan, src, 0, dst, 0) if src <= dst else (proto, p.vlan, dst, 0, src, 0)
+        elif proto in (1, 58):  # ICMP, ICMPv6: type/code are not a flow identity
+            if lo := src <= dst:
+                key = (proto, p.vlan, src, 0, dst, 0)
+            else:
+                key = (proto, p.vlan, dst, 0, src, 0)
         else:
             return None
         flows = self.flows
@@ -133,13 +170,15 @@ class FlowTable:
         if flow is None:
             if len(flows) >= self.max_flows:
                 self._evict()
-            flow = Flow(key, p)
+            flow = Flow(key, p) if proto == 6 or proto == 17 else IcmpFlow(key, p)
             flows[key] = flow
             self.created += 1
             if proto == TCP:
                 self._open_tcp(flow, p)
         flow.last = ts
-        if src == flow.src and sport == flow.sport:
+        # From the originator: sent from the originator's end of the key (and, for ICMP,
+        # with the type the flow began with).
+        if lo != flow.rev and (proto == 6 or proto == 17 or sport == flow.sport):
             flow.pkts_o += 1
             flow.bytes_o += p.length
         else:
@@ -202,7 +241,7 @@ class FlowTable:
         tcp_idle, udp_idle = idle[TCP], idle[UDP]
         dead, long = [], []
         for k, f in self.flows.items():
-            proto = f.proto
+            proto = f.key[0]
             limit = tcp_idle if proto == TCP else udp_idle if proto == UDP else other
             if now - f.last > limit:
                 dead.append(k)
@@ -236,9 +275,10 @@ class FlowTable:
 
 def _continued(old: Flow, now: float) -> Flow:
     """The record that carries a long flow on after its report at the active timeout."""
-    f = Flow.__new__(Flow)
-    f.key, f.proto, f.vlan = old.key, old.proto, old.vlan
-    f.src, f.sport, f.dst, f.dport = old.src, old.sport, old.dst, old.dport
+    f = type(old).__new__(type(old))
+    f.key, f.rev = old.key, old.rev
+    if isinstance(old, IcmpFlow):
+        f.sport, f.dport = old.sport, old.dport
     f.first = f.last = now
     f.pkts_o = f.pkts_r = f.bytes_o = f.bytes_r = 0
     # Same connection: its attempt already ended, so no second outcome is reported.
