@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,6 @@ from agent.anonymise.policy import AnonymisationError, Anonymiser
 from agent.capture.live import CaptureError as LiveError
 from agent.capture.live import LiveCapture
 from agent.capture.pcapfile import CaptureError, ReadStats, read_capture
-from agent.deliver.stream import Credentials, Sender
-from agent.enroll import EnrollError
 from agent.host import sampler as host_sampler
 from agent.host.intel import IntelFile
 from agent.outbox.store import Outbox, OutboxError
@@ -34,10 +31,17 @@ from vigie.v1 import alert_pb2, ingest_pb2
 
 EX_USAGE, EX_TEMPFAIL = 2, 75
 
-try:
-    VERSION = version("vigie")
-except PackageNotFoundError:  # running from a source tree
-    VERSION = "0.0.0+src"
+
+def agent_version() -> str:
+    # Asked when a heartbeat is built, not at import: importlib.metadata alone costs 40 ms
+    # of every command's start-up.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vigie")
+    except PackageNotFoundError:  # running from a source tree
+        return "0.0.0+src"
+
 
 log = logs.get("agent")
 
@@ -50,6 +54,9 @@ class Delivery:
     """--output collector: outbox plus the stream that empties it."""
 
     def __init__(self, cfg: dict[str, Any], stats: Callable[[], tuple[int, int]]) -> None:
+        # gRPC is loaded only by the commands that stream (a replay to a file never does).
+        from agent.deliver.stream import Credentials, Sender
+
         c = cfg["collector"]
         self.outbox = Outbox(
             settings.path(cfg, cfg["outbox"]["path"], "outbox.db"), cfg["outbox"]["max_alerts"]
@@ -61,6 +68,7 @@ class Delivery:
         )
         creds.load()  # fail now, with the file named, rather than in the sender's loop
         self.started = time.time()
+        self.version = agent_version()
         # One Process object for the agent's whole life: cpu_percent measures since the
         # previous call on the same object, so a fresh one every heartbeat always said 0.
         self._me = psutil.Process()
@@ -88,7 +96,7 @@ class Delivery:
         received, dropped = self.stats()
         me = self._me
         hb = ingest_pb2.Heartbeat(
-            agent_version=VERSION,
+            agent_version=self.version,
             agent_uptime_seconds=time.time() - self.started,
             packets_captured=received,
             packets_dropped=dropped,
@@ -461,12 +469,16 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any], stream=sys.stdout) ->
 
 
 def cmd_enroll(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
-    from agent.enroll import enroll
+    from agent.enroll import EnrollError, enroll
 
     if problem := config.host_port(args.collector):
         raise config.ConfigError(f"--collector {problem}")
     tls = settings.path(cfg, "", "tls")
-    agent_id = enroll(args.collector, args.token, tls, args.ca_fingerprint, args.ca)
+    try:
+        agent_id = enroll(args.collector, args.token, tls, args.ca_fingerprint, args.ca)
+    except EnrollError as exc:
+        print(f"vigie-agent: {exc}", file=sys.stderr)
+        return EX_USAGE
     print(f"enrolled as {agent_id}: credentials in {tls}")
     return 0
 
@@ -563,7 +575,6 @@ def main(argv: list[str] | None = None) -> int:
         OutboxError,
         AnonymisationError,
         FileNotFoundError,
-        EnrollError,
     ) as exc:
         print(f"vigie-agent: {exc}", file=sys.stderr)
         return EX_USAGE
