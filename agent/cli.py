@@ -400,7 +400,7 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any], stream=sys.stdout) ->
             return cap.stats()
 
     delivery = Delivery(cfg, stats) if args.output == "collector" else None
-    pipe = Pipeline(cfg, _anonymiser(cfg), delivery or _jsonl, time.time)
+    pipe = Pipeline(cfg, _anonymiser(cfg), delivery or _jsonl, time.time, keep_learned=True)
     svc.pipe, svc.delivery = pipe, delivery
     if delivery:
         delivery.start()

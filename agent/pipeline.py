@@ -6,6 +6,8 @@ the caller's `tick(now)` (live capture on a quiet link).
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import struct
 from collections.abc import Callable
@@ -22,9 +24,12 @@ from agent.detect import registry
 from agent.detect.window import KeyedWindow
 from agent.flows.table import FlowTable
 from agent.host.intel import IntelFile
+from common import logs
 from vigie.v1 import alert_pb2
 
+log = logs.get("agent.pipeline")
 TICK_INTERVAL = 1.0
+SAVE_LEARNED_SECONDS = 300.0  # how much learning a crash can lose
 HOST_QUEUE = 16  # host samples waiting for a tick; the sampler counts what did not fit
 
 
@@ -62,7 +67,11 @@ class Pipeline:
         anonymiser: Anonymiser,
         output: Callable[[alert_pb2.Alert], None],
         clock: Callable[[], float],
+        keep_learned: bool = False,
     ) -> None:
+        """`keep_learned`: detectors that learn what is normal (their `learned()` and
+        `restore()`) start from, and save to, state_dir/learned/ (the running agent; a
+        replay learns afresh)."""
         self.anonymiser = anonymiser
         self.output = output
         self.clock = clock  # wall clock, for observed_at only
@@ -108,6 +117,10 @@ class Pipeline:
         self.bytes = 0
         self.last_ts = 0.0
         self._next_tick = 0.0
+        self._learned_dir = Path(state_dir) / "learned" if keep_learned and state_dir else None
+        self._restored: set[int] = set()
+        self._next_save = 0.0
+        self._restore_learned()
 
     def _handlers(self) -> None:
         on = lambda event: [getattr(d, event) for d in self.detectors if hasattr(d, event)]  # noqa: E731
@@ -219,6 +232,7 @@ class Pipeline:
             changes.append(f"detectors.{key}: " + ("restarted" if cur else "enabled"))
         self.detectors = detectors
         self._handlers()
+        self._restore_learned()  # a detector restarted by new settings keeps what it knew
         agg, f = cfg["aggregation"], cfg["flows"]
         a = self.aggregator
         if (a.window, a.update_interval) != (agg["window_seconds"], agg["update_interval_seconds"]):
@@ -277,8 +291,49 @@ class Pipeline:
         if ts >= self._next_tick:
             self.tick(ts)
 
+    def _restore_learned(self) -> None:
+        if self._learned_dir is None:
+            return
+        for d in self.detectors:
+            if not hasattr(d, "restore") or id(d) in self._restored:
+                continue
+            self._restored.add(id(d))
+            path = self._learned_dir / f"{d.name}.json"
+            try:
+                d.restore(json.loads(path.read_text()))
+                log.info("learned_restored", detector=d.name)
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+                # A damaged file costs a learning period, not the agent.
+                log.warning("learned_unreadable", path=str(path), error=str(exc)[:200])
+
+    def save_learned(self) -> None:
+        """Write each learning detector's state, atomically (never half a file)."""
+        if self._learned_dir is None:
+            return
+        for d in self.detectors:
+            if not hasattr(d, "learned"):
+                continue
+            path = self._learned_dir / f"{d.name}.json"
+            try:
+                self._learned_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(d.learned(), f, separators=(",", ":"))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except OSError as exc:
+                log.warning("learned_not_saved", path=str(path), error=str(exc)[:200])
+
     def tick(self, now: float) -> None:
         self._next_tick = now + TICK_INTERVAL
+        if self._learned_dir is not None and now >= self._next_save:
+            if self._next_save:
+                self.save_learned()
+            self._next_save = now + SAVE_LEARNED_SECONDS
         if self._on_host:
             self._drain_host()
         self.flows.tick(now)
@@ -325,6 +380,7 @@ class Pipeline:
         if self._on_host:
             self._drain_host()
         self.aggregator.flush()
+        self.save_learned()
 
     def _drain_host(self) -> None:
         while True:

@@ -115,3 +115,55 @@ def test_hl7_to_an_external_address_fires_at_once(tmp_path):
     assert entity(a, alert_pb2.ROLE_SOURCE) == [pseudonym(cli)]
     assert entity(a, alert_pb2.ROLE_TARGET) == [srv]
     assert "cleartext" in a.summary and cli not in a.summary
+
+
+def _hl7_session(cli: str, srv: str, t: float, sport: int) -> list:
+    e = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    msg = b"\x0bMSH|^~\\&|LAB|CHU|RIS|CHU|20240101||ORU^R01|1|P|2.5\rPID|1\r\x1c\r"
+    pkts = [
+        e / IP(src=cli, dst=srv) / TCP(sport=sport, dport=2575, flags="S", seq=1),
+        e / IP(src=srv, dst=cli) / TCP(sport=2575, dport=sport, flags="SA", seq=9, ack=2),
+        e / IP(src=cli, dst=srv) / TCP(sport=sport, dport=2575, flags="PA", seq=2, ack=10) / msg,
+    ]
+    for i, p in enumerate(pkts):
+        p.time = t + i * 0.01
+    return pkts
+
+
+def _run_agent(tmp_path, pcap) -> list:
+    """One life of a running agent on `pcap`, with its state_dir kept between lives."""
+    from agent import settings
+    from agent.capture.pcapfile import ReadStats, read_capture
+    from agent.pipeline import Pipeline
+    from common import config
+
+    cfg = config.validate({"detectors": {"medical": {"learning_seconds": 50.0}}},
+                          settings.SCHEMA, "test")  # fmt: skip
+    cfg["state_dir"] = str(tmp_path / "state")
+    out: list = []
+    pipe = Pipeline(cfg, ANON, out.append, lambda: 1_700_000_000.0, keep_learned=True)
+    for rec in read_capture(str(pcap), ReadStats()):
+        pipe.feed(*rec)
+    pipe.finish()
+    return latest(out, "net.medical")
+
+
+def test_what_medical_learnt_survives_a_restart(tmp_path):
+    """Learnt before the restart: the known peer stays quiet after it, and the learning
+    period does not start again, so the new peer is reported at once."""
+    first = write(tmp_path, _hl7_session("10.40.0.8", "10.40.0.9", 100.0, 50000), "a.pcap")
+    assert _run_agent(tmp_path, first) == []  # learning
+    saved = tmp_path / "state" / "learned" / "net.medical.json"
+    assert saved.exists() and saved.stat().st_mode & 0o077 == 0
+    second = write(
+        tmp_path,
+        _hl7_session("10.40.0.8", "10.40.0.9", 200.0, 50001)
+        + _hl7_session("10.40.0.7", "10.40.0.9", 201.0, 50002),
+        "b.pcap",
+    )
+    found = _run_agent(tmp_path, second)
+    assert [entity(a, alert_pb2.ROLE_SOURCE) for a in found] == [[pseudonym("10.40.0.7")]]
+    assert found[0].metrics["new_peer"] == 1
+    # A damaged file costs a learning period, not the agent.
+    saved.write_text('{"version": 1, "started": "x"')
+    assert _run_agent(tmp_path, second) == []

@@ -10,8 +10,11 @@ systems inside the establishment. Reported, from what the deep decoders hand ove
                period (`learning_seconds` from the first message seen) is over;
   new AE title a calling or called DICOM AE title never seen, after learning too.
 Peers and AE titles are learnt in memory (bounded, forgotten after `memory_seconds`
-unseen); a restart learns again. AE titles leave only as AE-title entities, which the
-anonymiser pseudonymises.
+unseen). The running agent saves what it learnt, and when learning started, under
+state_dir/learned/ (mode 0600, never sent): a restart or an upgrade neither opens a new
+learning period, during which a new peer would go unreported, nor reports every known
+peer as new. AE titles leave only as AE-title entities, which the anonymiser
+pseudonymises.
 
 Technique: T1071 (application layer protocol). The ICS matrix's T0886 (remote services)
 is for control systems; in the enterprise matrix, T1021 would claim a remote login,
@@ -141,3 +144,38 @@ class Medical(Detector):
     def on_tick(self, now: float) -> None:
         self.known.expire(now)
         self.once.expire(now)
+
+    def learned(self) -> dict[str, Any]:
+        """What to keep across a restart (see agent/pipeline.py, save_learned)."""
+        return {
+            "version": 1,
+            "started": self.started,
+            "known": [
+                ["ae", k[1]] if k[0] == "ae" else [k[0], k[1].hex(), k[2].hex()]
+                for k, _ in self.known.seen()
+            ],
+            "seen": [t for _, t in self.known.seen()],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back what `learned()` returned; raises ValueError on anything else."""
+        if not isinstance(state, dict) or state.get("version") != 1:
+            raise ValueError("not a net.medical learned state of version 1")
+        started, known, seen = state["started"], state["known"], state["seen"]
+        if started is not None and not isinstance(started, int | float):
+            raise ValueError("started is not a time")
+        if len(known) != len(seen):
+            raise ValueError("known and seen differ in length")
+        keys = []
+        for k, t in zip(known, seen, strict=True):
+            if not isinstance(t, int | float):
+                raise ValueError("a last-seen time is not a number")
+            if k[0] == "ae" and len(k) == 2 and isinstance(k[1], str):
+                keys.append((("ae", k[1]), float(t)))
+            elif k[0] in ("dicom", "hl7") and len(k) == 3:
+                keys.append(((k[0], bytes.fromhex(k[1]), bytes.fromhex(k[2])), float(t)))
+            else:
+                raise ValueError(f"unknown learned key {str(k)[:40]!r}")
+        self.started = started
+        for key, t in keys:
+            self.known.get(key, t)

@@ -72,6 +72,12 @@ class KeyedWindow(Generic[S]):
     def items(self):
         return self._state.items()
 
+    def seen(self) -> list[tuple[object, float]]:
+        """(key, last seen) of every key, oldest first: what a detector saves to disk."""
+        if self._stamped:
+            return [(k, st.seen) for k, st in self._state.items()]
+        return list((self._seen or {}).items())
+
     def expire(self, now: float) -> None:
         window = self.window
         if self._stamped:
