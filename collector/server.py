@@ -69,19 +69,10 @@ class Metrics:
 
 
 class MeteredStore:
-    """The store as the ingest servicer sees it: ingest() timed and counted."""
+    """The store as the group-commit writer sees it: each transaction timed and counted."""
 
-    def __init__(self, store: Store, m: Metrics) -> None:
+    def __init__(self, store: Store | WriterProcess, m: Metrics) -> None:
         self._store, self._m = store, m
-
-    def ingest(self, origin, alerts):
-        t0 = time.perf_counter()
-        stored, dup = self._store.ingest(origin, alerts)
-        self._m.ingest_seconds.observe(time.perf_counter() - t0)
-        self._m.stored.inc(stored)
-        self._m.duplicates.inc(dup)
-        self._m.batches.inc()
-        return stored, dup
 
     def ingest_many(self, batches, heartbeats=()):
         t0 = time.perf_counter()
@@ -93,17 +84,10 @@ class MeteredStore:
         self._m.heartbeats.inc(len(heartbeats))
         return results
 
-    def heartbeat(self, origin, hb):
-        self._m.heartbeats.inc()
-        return self._store.heartbeat(origin, hb)
-
     def close_writes(self) -> None:
         """Stop the writer process, if the writes go through one."""
         if isinstance(self._store, WriterProcess):
             self._store.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self._store, name)
 
 
 class MeteredIngest(IngestServicer):

@@ -26,8 +26,9 @@ _STOP = object()
 
 
 class GroupCommit:
-    """Stands in for the store on the ingest path: `ingest()` and `heartbeat()` block until
-    the transaction holding them commits, and raise what storing them raised."""
+    """The ingest path's way to the store: `submit()` and `submit_heartbeat()` return a
+    future that resolves once the transaction holding them commits (or fails with what
+    storing them raised)."""
 
     def __init__(self, store, max_group_alerts: int = MAX_GROUP_ALERTS, writers: int = 1) -> None:
         """`writers` threads take groups from the same queue: one for SQLite (one writer at
@@ -35,19 +36,12 @@ class GroupCommit:
         self.store = store
         self.max_group_alerts = max_group_alerts
         self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self.groups = 0  # transactions committed (for tests and metrics)
         self._threads = [
             threading.Thread(target=self._run, name=f"group-commit-{i}", daemon=True)
             for i in range(writers)
         ]
         for t in self._threads:
             t.start()
-
-    def ingest(self, origin, alerts: Sequence) -> tuple[int, int]:
-        return self.submit(origin, alerts).result()
-
-    def heartbeat(self, origin, hb) -> None:
-        self.submit_heartbeat(origin, hb).result()
 
     def submit_heartbeat(self, origin, hb) -> Future:
         fut: Future = Future()
@@ -66,9 +60,6 @@ class GroupCommit:
         close = getattr(self.store, "close_writes", None)
         if close is not None:
             close()
-
-    def __getattr__(self, name: str):
-        return getattr(self.store, name)
 
     def _run(self) -> None:
         q = self._q
@@ -105,7 +96,6 @@ class GroupCommit:
             for item in group:
                 self._commit([item])
             return
-        self.groups += 1
         it = iter(results)
         for _, a, _, fut in group:
             fut.set_result(next(it) if a is not None else None)
