@@ -71,6 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         "rollover", help="make a new issuing CA; the old one stays trusted until it expires"
     )
     common_args(kr)
+    ks = ksub.add_parser(
+        "reissue-server",
+        help="the last step of a rollover: a server certificate from the new CA, once every "
+        "agent has renewed since (and so trusts it)",
+    )
+    common_args(ks)
+    ks.add_argument(
+        "--force",
+        action="store_true",
+        help="reissue even though some agents have not renewed: they will be unable to connect "
+        "until re-enrolled",
+    )
 
     t = sub.add_parser("token", help="enrollment tokens")
     tsub = t.add_subparsers(dest="token_cmd", required=True)
@@ -132,7 +144,28 @@ def main(argv: list[str] | None = None) -> int:
                 f"new issuing CA {pki.fingerprint(new.cert)}; trusted: "
                 + ", ".join(pki.fingerprint(c)[:16] for c in pki.trusted_cas(d))
             )
-            print("restart the collector so that it trusts both")
+            print("restart the collector so that it trusts both; once every agent has renewed")
+            print("(within the certificate lifetime), finish with 'pki reissue-server'")
+            return 0
+        if args.pki_cmd == "reissue-server":
+            since = pki.last_rollover(d)
+            reg = server.open_registry(cfg)
+            try:
+                lagging = reg.not_renewed_since(since) if since is not None else []
+            finally:
+                reg.close()
+            if lagging and not args.force:
+                shown = ", ".join(lagging[:10]) + (" ..." if len(lagging) > 10 else "")
+                print(
+                    f"vigie-collector: {len(lagging)} agent(s) have not renewed since the "
+                    f"rollover and trust only the old CA: {shown}. Wait for their renewal, "
+                    "or pass --force (they would have to enroll again).",
+                    file=sys.stderr,
+                )
+                return 2
+            cert = pki.reissue_server(d)
+            print(f"server certificate reissued by {cert.issuer.rfc4514_string()}")
+            print("restart the collector to serve it")
             return 0
         authority = pki.Authority(d)
         if args.pki_cmd == "issue-agent":

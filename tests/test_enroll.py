@@ -342,3 +342,48 @@ def test_ca_rollover_keeps_old_agents_and_signs_new_ones(tmp_path: Path) -> None
         assert {o[1] for o in origins(c)} == {"750000001", "690000002"}
     finally:
         kit.stop(c)
+
+
+def test_rollover_finishes_with_a_server_certificate_from_the_new_ca(tmp_path: Path) -> None:
+    """The whole rollover: the server certificate moves to the new CA only once every agent
+    has renewed (and so received the bundle of both CAs); then the old agent still
+    connects, to a server it now authenticates through the new CA."""
+    cfg = "[pki]\nagent_cert_seconds = 20\n"
+    port = free_port()
+    c, enroll_at = _start(tmp_path, cfg, port=port)
+    state = tmp_path / "agent"
+    assert enroll(enroll_at, token(c), state).returncode == 0
+    kit.stop(c)
+
+    def pki_run(cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [tool("vigie-collector"), "pki", cmd, "--state-dir", str(c.state_dir)],
+            capture_output=True,
+            text=True,
+        )
+
+    assert pki_run("rollover").returncode == 0
+    refused = pki_run("reissue-server")
+    assert refused.returncode == 2 and "1 agent(s) have not renewed" in refused.stderr
+    c, enroll_at = _start(tmp_path, cfg, port=port)
+    try:
+        time.sleep(13.5)  # a third of its lifetime left: the next connection renews first
+        r = replay(c, state)
+        assert r.returncode == 0 and "cert_renewed" in r.stdout, r.stdout + r.stderr
+        # the renewal brought the bundle of both CAs
+        assert (state / "tls" / "ca.crt").read_bytes().count(b"BEGIN CERTIFICATE") == 2
+    finally:
+        kit.stop(c)
+    done = pki_run("reissue-server")
+    assert done.returncode == 0, done.stderr
+    pki_dir = c.state_dir / "pki"
+    server_cert = x509.load_pem_x509_certificate((pki_dir / "server.crt").read_bytes())
+    new_ca = x509.load_pem_x509_certificate((pki_dir / "ca.crt").read_bytes())
+    assert server_cert.issuer == new_ca.subject
+    c, _ = _start(tmp_path, cfg, port=port)
+    try:
+        r = replay(c, state)  # delivers: it authenticated the new server certificate
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert kit.outbox_depth(state) == 0
+    finally:
+        kit.stop(c)

@@ -287,8 +287,9 @@ def server_chain(directory: str | Path) -> bytes:
 
 def rollover(directory: str | Path) -> Authority:
     """Make a new issuing CA. The old one stays trusted (trusted/) until it expires, so
-    agents holding its certificates keep working and get new ones at renewal. The server
-    certificate is left alone: agents enrolled before the rollover know only the old CA."""
+    agents holding its certificates keep working and get new ones at renewal, with the
+    bundle of both CAs. The server certificate is left alone: agents that have not renewed
+    yet know only the old CA. `reissue_server` finishes the rollover later."""
     d = Path(directory)
     old = Authority(d)
     trusted = d / "trusted"
@@ -302,6 +303,31 @@ def rollover(directory: str | Path) -> Authority:
     for f in ("ca.crt", "ca.key"):
         (d / f).unlink()
     return Authority.create(d, name=f"Vigie collector CA {stamp}")
+
+
+def last_rollover(directory: str | Path) -> float | None:
+    """When the newest rollover happened (Unix time), from the name it gave the CA it kept
+    in trusted/; None if there never was one."""
+    stamps = [
+        dt.datetime.strptime(f.name.split("-")[1], "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
+        for f in (Path(directory) / "trusted").glob("ca-*.crt")
+    ]
+    return max(stamps).timestamp() if stamps else None
+
+
+def reissue_server(directory: str | Path) -> x509.Certificate:
+    """A new server certificate from the current issuing CA, for the same names: the last
+    step of a rollover, once every agent has renewed and so trusts the new CA."""
+    d = Path(directory)
+    old = x509.load_pem_x509_certificate((d / "server.crt").read_bytes())
+    try:
+        san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(v) for v in (*san.get_values_for_type(x509.DNSName),
+                                  *san.get_values_for_type(x509.IPAddress))]  # fmt: skip
+    except x509.ExtensionNotFound:
+        names = []
+    Authority(d).issue(d, "server", server_names=names)
+    return x509.load_pem_x509_certificate((d / "server.crt").read_bytes())
 
 
 def init(directory: str | Path, server_names: list[str]) -> Authority:

@@ -185,6 +185,19 @@ class Registry:
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
+    def not_renewed_since(self, t: float, now: float | None = None) -> list[str]:
+        """Agents, not revoked and holding a certificate still valid, whose newest one was
+        issued before `t`: after a rollover at `t`, those that do not know the new CA."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT agent_id FROM certificates WHERE agent_id NOT IN "
+                "(SELECT agent_id FROM revoked) GROUP BY agent_id "
+                "HAVING MAX(issued_at) < ? AND MAX(not_after) > ? ORDER BY agent_id",
+                (t, now),
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def known_agent(self, agent_id: str) -> bool:
         with self._lock:
             return (
