@@ -32,8 +32,10 @@ class SlowStore:
         self.store, self.fail_ids = store, fail_ids
         self.groups: list[int] = []
         self.go = threading.Event()
+        self.entered = threading.Event()
 
     def ingest_many(self, batches, heartbeats=()):
+        self.entered.set()
         self.go.wait(5)
         if any(a.id in self.fail_ids for _, alerts in batches for a in alerts):
             raise RuntimeError("disk full")
@@ -151,3 +153,24 @@ def test_writer_process_stores_and_comes_back_after_dying(tmp_path: Path) -> Non
     s = _open(url)
     assert s.count_alerts() == 4
     s.close()
+
+
+def test_a_stream_gone_before_its_commit_stops_nothing(tmp_path: Path) -> None:
+    """An agent disconnecting while its batch waits (its future cancelled): the batch is
+    stored anyway, and the writer goes on serving everyone else."""
+    store = open_store(f"sqlite:///{tmp_path / 'v.db'}")
+    slow = SlowStore(store)
+    writer = GroupCommit(slow)
+    try:
+        first = writer.submit(_origin(1), [_alert("held")])
+        assert slow.entered.wait(5)  # the writer is committing `first`; `gone` waits
+        gone = writer.submit(_origin(2), [_alert("gone")])
+        assert gone.cancel()
+        slow.go.set()
+        assert first.result(5) == (1, 0)
+        after = writer.submit(_origin(3), [_alert("after")])
+        assert after.result(5) == (1, 0)
+        assert store.count_alerts() == 3
+    finally:
+        writer.close()
+        store.close()

@@ -1,4 +1,4 @@
-"""Group commit: one writer thread stores what every stream brought in one transaction.
+"""Group commit: a writer thread stores what every stream brought in one transaction.
 
 With SQLite synchronous=FULL each commit waits for an fsync, so a commit per batch caps
 the collector at a few hundred batches per second however small they are: a thousand
@@ -79,6 +79,11 @@ class GroupCommit:
                     break
                 group.append(item)
                 n += len(item[1] or ())
+            for item in group:
+                # From here a stream that goes away can no longer cancel its future (which
+                # would make setting its result raise and stop this thread); its batch is
+                # stored all the same: storage is idempotent, and the agent sends it again.
+                item[3].set_running_or_notify_cancel()
             self._commit(group)
 
     def _commit(self, group: list) -> None:
@@ -88,7 +93,8 @@ class GroupCommit:
             results = self.store.ingest_many(batches, beats)
         except Exception as exc:
             if len(group) == 1:
-                group[0][3].set_exception(exc)
+                if not group[0][3].cancelled():
+                    group[0][3].set_exception(exc)
                 return
             # Something in the group failed and nothing of it was stored: store each on its
             # own, so that one bad batch fails alone instead of taking the others down.
@@ -98,4 +104,6 @@ class GroupCommit:
             return
         it = iter(results)
         for _, a, _, fut in group:
-            fut.set_result(next(it) if a is not None else None)
+            result = next(it) if a is not None else None
+            if not fut.cancelled():  # its stream went away before the group started
+                fut.set_result(result)
