@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +49,21 @@ class SqliteTx(Tx):
         return self.db.execute(sql, args).fetchall()
 
 
+def _wal(db: sqlite3.Connection, wait: float = 10.0) -> None:
+    """Switch to WAL, waiting out other openers: the switch can answer "database is
+    locked" at once, without the busy timeout, while another connection of a collector
+    starting at the same moment migrates the schema."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Sqlite:
     dialect = "sqlite"
 
@@ -56,9 +72,9 @@ class Sqlite:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA busy_timeout=10000")
+            _wal(self._db)
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: cannot open the store: {exc}") from None
         self.path = path
