@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import struct
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,9 @@ class Pipeline:
         self.last_ts = 0.0
         self._next_tick = 0.0
         self._learned_dir = Path(state_dir) / "learned" if keep_learned and state_dir else None
-        self._restored: set[int] = set()
+        # Detectors already given their saved state (weak: a replaced one must not keep
+        # its id, which a new detector could reuse, marked as done).
+        self._restored: weakref.WeakSet = weakref.WeakSet()
         self._next_save = 0.0
         self._restore_learned()
 
@@ -205,6 +208,7 @@ class Pipeline:
         starts. Returns what changed, for the log.
         """
         changes: list[str] = []
+        self.save_learned()  # a detector restarted below starts from what it knows now
         KeyedWindow.limit = cfg["flows"]["max_flows"]
         current = {registry.config_key(type(d)): d for d in self.detectors}
         detectors = []
@@ -295,9 +299,9 @@ class Pipeline:
         if self._learned_dir is None:
             return
         for d in self.detectors:
-            if not hasattr(d, "restore") or id(d) in self._restored:
+            if not hasattr(d, "restore") or d in self._restored:
                 continue
-            self._restored.add(id(d))
+            self._restored.add(d)
             path = self._learned_dir / f"{d.name}.json"
             try:
                 d.restore(json.loads(path.read_text()))

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,11 @@ class Metrics:
             "Seconds to store and commit one transaction (the batches grouped in it).",
         )
         self.heartbeats = r.counter("vigie_collector_heartbeats_total", "Agent heartbeats.")
-        self.agents = r.gauge("vigie_collector_connected_agents", "Agent streams open now.")
+        self.streams: Callable[[], int] = lambda: 0  # set by build(): the servicer counts
+
+        r.callback(
+            "vigie_collector_connected_agents", "Agent streams open now.", lambda: self.streams()
+        )
 
 
 class MeteredStore:
@@ -88,20 +93,6 @@ class MeteredStore:
         """Stop the writer process, if the writes go through one."""
         if isinstance(self._store, WriterProcess):
             self._store.close()
-
-
-class MeteredIngest(IngestServicer):
-    def __init__(self, m: Metrics, *args, **kw) -> None:
-        super().__init__(*args, **kw)
-        self._m = m
-
-    async def Stream(self, request_iterator, context):
-        self._m.agents.inc(1)
-        try:
-            async for m in super().Stream(request_iterator, context):
-                yield m
-        finally:
-            self._m.agents.inc(-1)
 
 
 class LoopThread:
@@ -198,19 +189,17 @@ async def build(
         writer = GroupCommit(MeteredStore(writes, meters))
     else:
         writer = GroupCommit(MeteredStore(store, meters), writers=PG_WRITERS)
-    ingest_pb2_grpc.add_IngestServicer_to_server(
-        MeteredIngest(
-            meters,
-            writer,
-            ing["max_batches_in_flight"],
-            ing["max_alerts_per_second"],
-            IntelSource(registry),
-            revoked,
-            max_streams=ing["max_streams"],
-            max_alerts_buffered=ing["max_alerts_buffered"],
-        ),
-        server,
+    ingest = IngestServicer(
+        writer,
+        ing["max_batches_in_flight"],
+        ing["max_alerts_per_second"],
+        IntelSource(registry),
+        revoked,
+        max_streams=ing["max_streams"],
+        max_alerts_buffered=ing["max_alerts_buffered"],
     )
+    meters.streams = ingest.open_streams
+    ingest_pb2_grpc.add_IngestServicer_to_server(ingest, server)
     enroll_pb2_grpc.add_RenewalServicer_to_server(
         RenewalServicer(d, registry, cfg["pki"]["agent_cert_seconds"]), server
     )
@@ -285,10 +274,10 @@ def build_sinks(cfg: dict[str, Any]) -> list:
 
 
 def serve(cfg: dict[str, Any]) -> None:
-    # The group-commit writer gives up the GIL at every SQLite call; with the default 5 ms
-    # switch interval it then waits behind the busy event loop each time, and a batch of a
-    # dozen statements takes tens of milliseconds. 0.5 ms: 1,000 agents paced at 5,000
-    # alerts/s went from 2,500 to 4,400 alerts/s stored (bench/ingest.py).
+    # Threads that give up the GIL at every call out (PostgreSQL writers at each statement,
+    # the SQLite writer's pipe) would otherwise wait up to the default 5 ms behind the busy
+    # event loop each time they want it back. Measured while SQLite writes still ran in a
+    # thread here: 1,000 agents paced at 5,000 alerts/s, 2,500 -> 4,400 alerts/s stored.
     sys.setswitchinterval(0.0005)
     notifier = sdnotify.Notifier()
     store = open_store(cfg)
@@ -333,10 +322,7 @@ def serve(cfg: dict[str, Any]) -> None:
     log.info("collector_listening", address=f"{host}:{port}")
 
     def status() -> str:
-        return (
-            f"{int(meters.agents.value())} agents connected, "
-            f"{int(meters.stored.value())} alerts stored"
-        )
+        return f"{meters.streams()} agents connected, {int(meters.stored.value())} alerts stored"
 
     period = sdnotify.watchdog_seconds()
     watchdog = sdnotify.Watchdog(notifier, period, status) if period else None

@@ -181,13 +181,10 @@ class Correlator:
         self.dialect = dialect
         self.stage_of = _stage_of()
 
-    def on_ingest(self, tx: Tx, origin, facts: Sequence[tuple], now: float) -> None:
-        """facts: (alert id, detector, first_seen, last_seen, [(role, kind, value,
-        pseudonymised), ...]) for each alert just stored, as Store.ingest read them."""
-        self.on_ingest_many(tx, [(origin, facts)], now)
-
     def on_ingest_many(self, tx: Tx, batches: Sequence[tuple[Any, Sequence[tuple]]], now: float):
-        """The rules over every batch one transaction stores (group commit). What is bulk
+        """The rules over every batch one transaction stores (group commit). Each batch is
+        (origin, facts), facts being (alert id, detector, first_seen, last_seen, [(role,
+        kind, value, pseudonymised), ...]) per alert just stored. What is bulk
         (per-site summaries; alerts joining incidents already open for their site, the
         steady state of a wave seen by hundreds of sites) is a few statements for the whole
         group; only what opens an incident or adds a site to one is done site by site."""

@@ -44,10 +44,15 @@ class Budget:
         self.used = 0
         self._waiters: deque[tuple[int, asyncio.Future]] = deque()
 
+    def amount(self, alerts: int) -> int:
+        """What a batch of `alerts` takes: a batch larger than the whole budget takes all
+        of it (it must still get through)."""
+        return min(alerts, self.limit)
+
     async def take(self, n: int) -> int:
-        """Wait for room for `n` alerts; returns what was taken (a batch larger than the
-        whole budget takes all of it), to give back once they are stored."""
-        n = min(n, self.limit)
+        """Wait for room for `n` alerts; returns what was taken, to give back once they
+        are stored."""
+        n = self.amount(n)
         if self.used + n <= self.limit and not self._waiters:
             self.used += n
             return n
@@ -104,6 +109,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         self._open = 0
         self._inboxes: set[asyncio.Queue] = set()
         self._ticker: asyncio.Task | None = None
+
+    def open_streams(self) -> int:
+        return self._open
 
     async def _tick(self) -> None:
         """Wakes idle streams so they push intel and notice a revocation: one task for all
@@ -214,7 +222,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                     fut = self.store.submit(origin, msg.batch.alerts)
                     stored, dup = await asyncio.wrap_future(fut)
-                    n = min(len(msg.batch.alerts), self.budget.limit)
+                    n = self.budget.amount(len(msg.batch.alerts))
                     held[0] -= n
                     self.budget.give(n)
                     log.debug(

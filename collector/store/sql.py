@@ -286,11 +286,7 @@ class Store:
 
         Returns only after the commit, so an acknowledgement built from it is true.
         """
-        now = time.time() if received_at is None else received_at
-        rows, facts = _rows(origin, alerts, now)
-        with self.backend.tx() as tx:
-            stored = self._store(tx, origin, rows, facts, now)
-        return stored, len(rows) - stored
+        return self.ingest_many([(origin, alerts)], received_at=received_at)[0]
 
     def ingest_many(
         self,
@@ -307,40 +303,39 @@ class Store:
         in turn could deadlock against another replica doing the same in another order.
         """
         now = time.time() if received_at is None else received_at
-        if self.dialect != "sqlite":
-            out = [self.ingest(o, a, now) for o, a in batches]
-            for o, hb in heartbeats:
-                self.heartbeat(o, hb, now)
-            return out
-        prepared = [(o, *_rows(o, a, now)) for o, a in batches]
+        if self.dialect == "sqlite":
+            with self.backend.tx() as tx:
+                return self._write(tx, batches, heartbeats, now)
         out = []
-        with self.backend.tx() as tx:
-            written = _upsert_alerts(tx, [r for _, rows, _ in prepared for r in rows])
-            stored_facts = []
-            for origin, rows, facts in prepared:
-                if written is None:  # an alert twice in the group: batch by batch
-                    stored = tx.many(UPSERT_ALERT, rows)
-                else:
-                    stored = sum((r[0], r[1]) in written for r in rows)
-                out.append((stored, len(rows) - stored))
-                if stored:  # rules run in the same transaction: no alert escapes correlation
-                    stored_facts.append((origin, facts))
-            tx.many(
-                TOUCH_AGENT,
-                [(o.agent_id, o.finess, o.ght, o.region, now, now) for o, _, _ in prepared],
-            )
-            if stored_facts:
-                self.correlator.on_ingest_many(tx, stored_facts, now)
-            for origin, hb in heartbeats:
+        for batch in batches:
+            with self.backend.tx() as tx:
+                out += self._write(tx, [batch], (), now)
+        for origin, hb in heartbeats:
+            with self.backend.tx() as tx:
                 self._heartbeat(tx, origin, hb, now)
         return out
 
-    def _store(self, tx: Tx, origin: Origin, rows: list, facts: list, now: float) -> int:
-        stored = tx.many(UPSERT_ALERT, rows)
-        self._touch_agent(tx, origin, now)
-        if stored:  # rules run in the same transaction: no alert escapes correlation
-            self.correlator.on_ingest(tx, origin, facts, now)
-        return stored
+    def _write(self, tx: Tx, batches: Sequence, heartbeats: Sequence, now: float) -> list:
+        prepared = [(o, *_rows(o, a, now)) for o, a in batches]
+        written = _upsert_alerts(tx, [r for _, rows, _ in prepared for r in rows])
+        out, stored_facts = [], []
+        for origin, rows, facts in prepared:
+            if written is None:  # an alert twice in the group: batch by batch
+                stored = tx.many(UPSERT_ALERT, rows)
+            else:
+                stored = sum((r[0], r[1]) in written for r in rows)
+            out.append((stored, len(rows) - stored))
+            if stored:  # rules run in the same transaction: no alert escapes correlation
+                stored_facts.append((origin, facts))
+        tx.many(
+            TOUCH_AGENT,
+            [(o.agent_id, o.finess, o.ght, o.region, now, now) for o, _, _ in prepared],
+        )
+        if stored_facts:
+            self.correlator.on_ingest_many(tx, stored_facts, now)
+        for origin, hb in heartbeats:
+            self._heartbeat(tx, origin, hb, now)
+        return out
 
     def _touch_agent(self, tx: Tx, origin: Origin, now: float) -> None:
         tx.execute(
