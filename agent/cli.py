@@ -20,7 +20,7 @@ from agent.anonymise.explain import cmd_explain
 from agent.anonymise.policy import AnonymisationError, Anonymiser
 from agent.capture.live import CaptureError as LiveError
 from agent.capture.live import LiveCapture
-from agent.capture.pcapfile import CaptureError, ReadStats, read_capture
+from agent.capture.pcapfile import CaptureError, PcapLayout, ReadStats, open_capture
 from agent.host import sampler as host_sampler
 from agent.host.intel import IntelFile
 from agent.outbox.store import Outbox, OutboxError
@@ -144,8 +144,8 @@ def _print_stats(pipe: Pipeline, read: ReadStats | None, elapsed: float) -> None
         "decoded": d.decoded,
         "malformed": dict(sorted(d.malformed.items())),
         "skipped": dict(sorted(d.skipped.items())),
-        "flows_created": pipe.flows.created,
-        "flows_evicted": pipe.flows.evicted,
+        "flows_created": pipe.engine.created,
+        "flows_evicted": pipe.engine.evicted,
         "alerts": dict(sorted(pipe.counters.alerts.items())),
         "deep_decoded": dict(sorted(pipe.deep_stats.decoded.items())),
         "deep_malformed": dict(sorted(pipe.deep_stats.malformed.items())),
@@ -159,16 +159,24 @@ def _print_stats(pipe: Pipeline, read: ReadStats | None, elapsed: float) -> None
 
 def cmd_replay(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     read_stats = ReadStats()
-    records = read_capture(args.pcap, read_stats)  # raises CaptureError before any record
+    capture = open_capture(args.pcap, read_stats)  # raises CaptureError before any record
     pipe: Pipeline
     delivery = Delivery(cfg, lambda: (pipe.packets, 0)) if args.output == "collector" else None
     pipe = Pipeline(cfg, _anonymiser(cfg), delivery or _jsonl, time.time)
     if delivery:
         delivery.start()
     t0 = time.perf_counter()
-    feed = pipe.feed
-    for ts, linktype, wirelen, frame in records:
-        feed(ts, linktype, wirelen, frame)
+    if isinstance(capture, PcapLayout):
+        try:
+            read_stats.records, damage = pipe.feed_pcap(capture)
+        finally:
+            capture.close()
+        if damage:
+            read_stats.errors[damage] = read_stats.errors.get(damage, 0) + 1
+    else:
+        feed = pipe.feed
+        for ts, linktype, wirelen, frame in capture:
+            feed(ts, linktype, wirelen, frame)
     pipe.finish()
     elapsed = time.perf_counter() - t0
     for reason, n in read_stats.errors.items():
@@ -221,7 +229,7 @@ class _Service:
         if p is None:
             return "starting"
         text = (
-            f"{p.packets} packets, {len(p.flows)} flows, {sum(p.counters.alerts.values())} alerts"
+            f"{p.packets} packets, {len(p.engine)} flows, {sum(p.counters.alerts.values())} alerts"
         )
         if self.delivery is not None:
             text += f", outbox {self.delivery.outbox.depth()}"
@@ -309,11 +317,11 @@ def agent_metrics(svc: _Service, cap: LiveCapture, stats: Callable[[], tuple[int
         lambda: sum(pipe.decode_stats.malformed.values()),
         kind="counter",
     )
-    reg.callback("vigie_agent_flows", "Flows in the flow table.", lambda: len(pipe.flows))
+    reg.callback("vigie_agent_flows", "Flows in the flow table.", lambda: len(pipe.engine))
     reg.callback(
         "vigie_agent_flows_created_total",
         "Flows created.",
-        lambda: pipe.flows.created,
+        lambda: pipe.engine.created,
         kind="counter",
     )
     reg.callback(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import struct
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from agent.aggregate import Aggregator
-from agent.anonymise.policy import Anonymiser, Finding
-from agent.decode.deep import PROTOCOL_OF_KIND, DeepDecoder, DeepStats
-from agent.decode.fast import DecodeStats, make_decoder
-from agent.decode.packet import ARP, ICMP, ICMP6, TCP, UDP, Packet
+from agent.anonymise.policy import BUILTIN_INTERNAL, Anonymiser, Finding
+from agent.capture.pcapfile import MAX_CAPLEN, PcapLayout
+from agent.decode import DecodeStats
+from agent.decode.deep import PROTOCOL_OF_KIND, TCP_PORTS, DeepDecoder, DeepStats
+from agent.decode.deep.auth import HTTP_FIRST
+from agent.decode.packet import ARP, ICMP, ICMP6, TCP, UDP
 from agent.detect import registry
 from agent.detect.window import KeyedWindow
-from agent.flows.table import FlowTable
+from agent.engine import EV_CLOSE, EV_END, EV_OUTCOME, EV_PACKET, Engine
 from agent.host.intel import IntelFile
 from common import logs
 from vigie.v1 import alert_pb2
@@ -32,33 +33,15 @@ log = logs.get("agent.pipeline")
 TICK_INTERVAL = 1.0
 SAVE_LEARNED_SECONDS = 300.0  # how much learning a crash can lose
 HOST_QUEUE = 16  # host samples waiting for a tick; the sampler counts what did not fit
+EVENTS_PER_BATCH = 4096  # events the engine queues before Python handles them
+# The engine classifies internal addresses for the activity counters with the same
+# built-in ranges detectors use (agent/detect/nets.py).
+_INTERNAL_NETS = [(n.network_address.packed, n.prefixlen) for n in BUILTIN_INTERNAL]
 
 
 @dataclass
 class Counters:
     alerts: dict[str, int] = field(default_factory=dict)  # emitted revisions per detector
-
-
-def quoted_key(p: Packet) -> tuple | None:
-    """The flow key of the packet quoted in an ICMP/ICMPv6 unreachable message."""
-    q = p.payload[4:]  # 4 unused bytes after type/code/checksum
-    try:
-        if p.proto == ICMP and p.sport == 3 and len(q) >= 28 and q[0] >> 4 == 4:
-            ihl = (q[0] & 0x0F) * 4
-            proto, src, dst = q[9], bytes(q[12:16]), bytes(q[16:20])
-            l4 = q[ihl:]
-        elif p.proto == ICMP6 and p.sport == 1 and len(q) >= 48 and q[0] >> 4 == 6:
-            proto, src, dst = q[6], bytes(q[8:24]), bytes(q[24:40])
-            l4 = q[40:]
-        else:
-            return None
-        if proto not in (TCP, UDP) or len(l4) < 4:
-            return None
-        sport, dport = struct.unpack_from("!HH", l4)
-    except (IndexError, struct.error):
-        return None
-    a, b = (src, sport), (dst, dport)
-    return (proto, p.vlan, *a, *b) if a <= b else (proto, p.vlan, *b, *a)
 
 
 class Pipeline:
@@ -77,8 +60,6 @@ class Pipeline:
         self.output = output
         self.clock = clock  # wall clock, for observed_at only
         self.counters = Counters()
-        self.decode_stats = DecodeStats()
-        self.decode = make_decoder(self.decode_stats)
         agg = cfg["aggregation"]
         self.aggregator = Aggregator(
             self._emit, agg["window_seconds"], agg["update_interval_seconds"]
@@ -102,21 +83,16 @@ class Pipeline:
         self.shed_level = 0
         self._deep_off = False
         self.sample_n = 1  # 1 in N new flows tracked
-        self.shed_packets = 0  # packets of untracked flows (not given to the flow table)
-        self._handlers()
         f = cfg["flows"]
-        self.flows = FlowTable(
-            self._outcome,
-            self._flow_end,
+        # Decoding, the flow table and per-packet counting (agent/engine)
+        self.engine = Engine(
             max_flows=f["max_flows"],
             attempt_timeout=f["attempt_timeout_seconds"],
             tcp_idle=f["tcp_idle_seconds"],
             udp_idle=f["udp_idle_seconds"],
             active_timeout=f["active_timeout_seconds"],
         )
-        self.packets = 0
-        self.bytes = 0
-        self.last_ts = 0.0
+        self._handlers()
         self._next_tick = 0.0
         self._learned_dir = Path(state_dir) / "learned" if keep_learned and state_dir else None
         # Detectors already given their saved state (weak: a replaced one must not keep
@@ -127,26 +103,23 @@ class Pipeline:
 
     def _handlers(self) -> None:
         on = lambda event: [getattr(d, event) for d in self.detectors if hasattr(d, event)]  # noqa: E731
-        self._on_packet = on("on_packet")
         self._on_outcome = on("on_outcome")
         self._on_flow_end = on("on_flow_end")
+        self._on_close = on("on_close")
+        self._on_pairs = on("on_pairs")
+        self._on_activity = on("on_activity")
         self._on_tick = on("on_tick")
         self._on_app = on("on_app")
         self._on_host = on("on_host")
-        # Per protocol, only the on_packet handlers that declared they want it (or all).
+        # Per protocol, the on_packet handlers that declared they want it. The engine only
+        # hands up packets some detector asked for: ARP, ICMP, or TCP/UDP payloads that
+        # the deep decoder reads or that match a declared `packet_payloads` signature.
         wanting = [d for d in self.detectors if hasattr(d, "on_packet")]
         protos = {TCP, UDP, ICMP, ICMP6, ARP}
-        for d in wanting:
-            protos |= d.packet_protocols or set()
         self._pkt = {
-            pr: tuple(
-                d.on_packet
-                for d in wanting
-                if d.packet_protocols is None or pr in d.packet_protocols
-            )
+            pr: tuple(d.on_packet for d in wanting if pr in (d.packet_protocols or protos))
             for pr in protos
         }
-        self._pkt_other = tuple(d.on_packet for d in wanting if d.packet_protocols is None)
         # Per message kind, only the on_app handlers that want it.
         apps = [d for d in self.detectors if hasattr(d, "on_app")]
         self._app = {
@@ -166,10 +139,37 @@ class Pipeline:
             if self.deep is None or self.deep.protocols != fresh.protocols:
                 self.deep = fresh
         self._deep = None if self._deep_off or not self._on_app else self.deep
+        self._configure_engine()
         if self.intel is not None:
             for d in self.detectors:
                 if hasattr(d, "use_intel"):
                     d.use_intel(self.intel)
+
+    def _configure_engine(self) -> None:
+        watchers = [d for d in self.detectors if hasattr(d, "on_activity")]
+        ignore: frozenset[int] = frozenset()
+        internal = False
+        if watchers:
+            # One filter for all: ports every watcher ignores; detectors filter again.
+            ignore = frozenset.intersection(*(d.activity_watch()[0] for d in watchers))
+            internal = any(d.activity_watch()[1] for d in watchers)
+        deep = self._deep.protocols if self._deep is not None else None
+        self.engine.configure(
+            pairs=bool(self._on_pairs),
+            arp=bool(self._pkt[ARP]),
+            icmp=bool(self._pkt[ICMP] or self._pkt[ICMP6]),
+            signatures=[sig for d in self.detectors for sig in getattr(d, "packet_payloads", ())],
+            deep=deep,
+            deep_tcp_ports=[p for p, proto in TCP_PORTS.items() if deep and proto in deep],
+            http_first=bytes(sorted(HTTP_FIRST)),
+            close_ports=frozenset().union(
+                *(d.close_ports for d in self.detectors if hasattr(d, "on_close"))
+            ),
+            activity=bool(watchers),
+            activity_ignore=ignore,
+            activity_internal=internal,
+            internal_nets=_INTERNAL_NETS,
+        )
 
     def intel_changed(self) -> None:
         """A new bundle was stored: re-read it at the next check (safe from any thread)."""
@@ -177,27 +177,37 @@ class Pipeline:
             self.intel._stamp = None
 
     def set_shed(self, level: int) -> None:
-        """Self-protection level (see agent/selfguard.py); safe from another thread."""
+        """Self-protection level (see agent/selfguard.py); safe from another thread (the
+        engine runs under the GIL from start to end of each call)."""
         self._deep_off = level >= 1
         self.sample_n = 1 if level < 2 else 2 ** (level - 1)
         self._deep = None if self._deep_off or not self._on_app else self.deep
+        self.engine.set_limits(sample_n=self.sample_n)
+        self._configure_engine()
         self.shed_level = level
 
-    def _tracked(self, p: Packet) -> bool:
-        """Flow sampling while shedding: existing flows go on, 1 in N new ones start."""
-        proto = p.proto
-        if proto in (6, 17):
-            a, b = (p.src, p.sport), (p.dst, p.dport)
-            key = (proto, p.vlan, *a, *b) if a <= b else (proto, p.vlan, *b, *a)
-        elif proto in (1, 58):
-            key = (
-                (proto, p.vlan, p.src, 0, p.dst, 0)
-                if p.src <= p.dst
-                else (proto, p.vlan, p.dst, 0, p.src, 0)
-            )
-        else:
-            return True
-        return key in self.flows.flows or hash(key) % self.sample_n == 0
+    # counters read by the CLI, metrics and tests ----------------------------------------
+
+    @property
+    def packets(self) -> int:
+        return self.engine.packets
+
+    @property
+    def bytes(self) -> int:
+        return self.engine.bytes
+
+    @property
+    def last_ts(self) -> float:
+        return self.engine.last_ts
+
+    @property
+    def shed_packets(self) -> int:
+        return self.engine.shed_packets
+
+    @property
+    def decode_stats(self) -> DecodeStats:
+        s = self.engine.stats()
+        return DecodeStats(s["packets"], s["decoded"], s["malformed"], s["skipped"])
 
     def reconfigure(self, cfg: dict[str, Any]) -> list[str]:
         """Apply new detector, aggregation and flow settings to the running pipeline.
@@ -242,13 +252,23 @@ class Pipeline:
         if (a.window, a.update_interval) != (agg["window_seconds"], agg["update_interval_seconds"]):
             a.window, a.update_interval = agg["window_seconds"], agg["update_interval_seconds"]
             changes.append("aggregation: applied")
-        t = self.flows
-        before = (t.max_flows, t.attempt_timeout, dict(t.idle), t.active_timeout)
-        t.max_flows = f["max_flows"]
-        t.attempt_timeout = f["attempt_timeout_seconds"]
-        t.idle[TCP], t.idle[UDP] = f["tcp_idle_seconds"], f["udp_idle_seconds"]
-        t.active_timeout = f["active_timeout_seconds"]
-        if before != (t.max_flows, t.attempt_timeout, dict(t.idle), t.active_timeout):
+        e = self.engine
+        before = (e.max_flows, e.attempt_timeout, e.tcp_idle, e.udp_idle, e.active_timeout)
+        after = (
+            f["max_flows"],
+            f["attempt_timeout_seconds"],
+            f["tcp_idle_seconds"],
+            f["udp_idle_seconds"],
+            f["active_timeout_seconds"],
+        )
+        if before != after:
+            e.set_limits(
+                max_flows=after[0],
+                attempt_timeout=after[1],
+                tcp_idle=after[2],
+                udp_idle=after[3],
+                active_timeout=after[4],
+            )
             changes.append("flows: applied")
         return changes
 
@@ -258,42 +278,58 @@ class Pipeline:
         c[alert.detector] = c.get(alert.detector, 0) + 1
         self.output(alert)
 
-    def _outcome(self, flow, outcome: str, ts: float) -> None:
-        for h in self._on_outcome:
-            h(flow, outcome, ts)
-
-    def _flow_end(self, flow) -> None:
-        for h in self._on_flow_end:
-            h(flow)
-        if self.deep is not None:
-            self.deep.forget(flow.key)
+    def _dispatch(self, events: list) -> None:
+        """Hand the engine's events to the detectors, in the order they happened."""
+        for ev in events:
+            code = ev[0]
+            if code == EV_OUTCOME:
+                flow, outcome, ts = ev[1], ev[2], ev[3]
+                for h in self._on_outcome:
+                    h(flow, outcome, ts)
+            elif code == EV_PACKET:
+                p, flow = ev[1], ev[2]
+                for h in self._pkt.get(p.proto, ()):
+                    h(p)
+                deep = self._deep
+                if deep is not None and flow is not None and p.payload:
+                    app = self._app
+                    for msg in deep(p, flow):
+                        for h in app.get(msg.kind, ()):
+                            h(msg, flow, p)
+            elif code == EV_END:
+                flow = ev[1]
+                for h in self._on_flow_end:
+                    h(flow)
+                if self.deep is not None:
+                    self.deep.forget(flow.key)
+            elif code == EV_CLOSE:
+                for h in self._on_close:
+                    h(ev[1], ev[2])
 
     def feed(self, ts: float, linktype: int, wirelen: int, frame: bytes) -> None:
-        self.packets += 1
-        self.bytes += wirelen
-        p = self.decode(ts, linktype, wirelen, frame)
-        if p is None:
-            return
-        for h in self._pkt.get(p.proto, self._pkt_other):
-            h(p)
-        if self.sample_n > 1 and not self._tracked(p):
-            self.shed_packets += 1  # shedding: this flow is not tracked, time still runs
-        else:
-            flow = self.flows.packet(p)
-            proto = p.proto
-            # Literal protocol numbers make constant tuples: no global lookups per packet.
-            deep = self._deep
-            if deep is not None and p.payload and proto in (6, 17):  # TCP, UDP
-                app = self._app
-                for msg in deep(p, flow):
-                    for h in app.get(msg.kind, ()):
-                        h(msg, flow, p)
-            if proto in (1, 58) and p.sport in (1, 3):  # ICMP/ICMPv6 unreachable
-                self.flows.icmp_unreachable(p, quoted_key(p))
-        if ts > self.last_ts:
-            self.last_ts = ts
+        """One frame (live capture, pcapng)."""
+        eng = self.engine
+        eng.feed(ts, linktype, wirelen, frame)
+        self._dispatch(eng.events())
         if ts >= self._next_tick:
             self.tick(ts)
+
+    def feed_pcap(self, layout: PcapLayout) -> tuple[int, str]:
+        """A classic pcap file, walked by the engine: returns (records, damage) where
+        damage is "" or the reason the walk stopped early."""
+        eng = self.engine
+        buf, off, records = layout.buf, layout.start, 0
+        while True:
+            off, n, status = eng.feed_pcap(
+                buf, off, layout.big_endian, layout.scale, layout.linktype,
+                layout.hdrsize, layout.swap, MAX_CAPLEN, self._next_tick, EVENTS_PER_BATCH,
+            )  # fmt: skip
+            records += n
+            self._dispatch(eng.events())
+            if status == 1:
+                self.tick(eng.last_ts)
+            elif status != 2:
+                return records, {0: "", -1: "record_truncated", -2: "record_bad_length"}[status]
 
     def _restore_learned(self) -> None:
         if self._learned_dir is None:
@@ -340,13 +376,28 @@ class Pipeline:
             self._next_save = now + SAVE_LEARNED_SECONDS
         if self._on_host:
             self._drain_host()
-        self.flows.tick(now)
+        self.engine.tick(now)
+        self._counters(now)
         for h in self._on_tick:
             h(now)
         self.aggregator.tick(now)
         # High-water marks of the bounded state, read by stats() (once a tick: free).
-        self.flows_peak = max(getattr(self, "flows_peak", 0), len(self.flows))
+        self.flows_peak = max(getattr(self, "flows_peak", 0), len(self.engine))
         self.open_peak = max(getattr(self, "open_peak", 0), len(self.aggregator.open))
+
+    def _counters(self, now: float) -> None:
+        """Events the engine queued, then the tick's counters."""
+        eng = self.engine
+        self._dispatch(eng.events())
+        if self._on_pairs:
+            pairs = eng.pairs()
+            for h in self._on_pairs:
+                h(pairs, now)
+        if self._on_activity:
+            act = eng.activity()
+            if act:
+                for h in self._on_activity:
+                    h(act)
 
     def stats(self) -> dict[str, int]:
         """Sizes and evictions of the bounded state (flow table, aggregator, detector
@@ -360,10 +411,10 @@ class Pipeline:
                     forgotten += v.forgotten
                     keys += len(v)
         return {
-            "flows": len(self.flows),
-            "flows_peak": max(getattr(self, "flows_peak", 0), len(self.flows)),
-            "flows_created": self.flows.created,
-            "flows_evicted": self.flows.evicted,
+            "flows": len(self.engine),
+            "flows_peak": max(getattr(self, "flows_peak", 0), len(self.engine)),
+            "flows_created": self.engine.created,
+            "flows_evicted": self.engine.evicted,
             "aggregator_open": len(self.aggregator.open),
             "aggregator_open_peak": max(getattr(self, "open_peak", 0), len(self.aggregator.open)),
             "aggregator_dropped": self.aggregator.dropped,
@@ -374,8 +425,11 @@ class Pipeline:
 
     def finish(self) -> None:
         """End of input: settle what the capture can still tell, then flush every alert."""
-        self.flows.tick(self.last_ts)
-        self.flows.flush(self.last_ts)
+        eng = self.engine
+        eng.tick(self.last_ts)
+        self._dispatch(eng.events())
+        eng.flush()
+        self._counters(self.last_ts)
         for h in self._on_tick:
             h(self.last_ts)
         for d in self.detectors:

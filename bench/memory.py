@@ -95,7 +95,7 @@ def measure(flows: int, detectors: str) -> dict[str, float]:
         feed(ts, 1, 54 + len(payload), frame(client, server, sport, dport, 0x18, payload))
     gc.collect()
     after = me.memory_info().rss
-    return {"active": len(pipe.flows), "before": before, "after": after}
+    return {"active": len(pipe.engine), "before": before, "after": after}
 
 
 def _in_child(flows: int, detectors: str) -> dict[str, float]:

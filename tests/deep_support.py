@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from agent.capture.pcapfile import read_capture
+from agent.decode import DecodeStats, make_decoder
 from agent.decode.deep import DeepDecoder, DeepStats
-from agent.decode.fast import DecodeStats, make_decoder
-from agent.flows.table import FlowTable
+from agent.engine import Engine
 from tests.conftest import CORPUS
 
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
@@ -20,7 +20,7 @@ def messages(path: Path) -> tuple[list, DeepStats]:
     stats = DeepStats()
     deep = DeepDecoder(stats)
     dec = make_decoder(DecodeStats())
-    flows = FlowTable(lambda *a: None, lambda f: None)
+    flows = Engine()
     out = []
     for rec in read_capture(path):
         p = dec(*rec)

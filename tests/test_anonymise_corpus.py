@@ -18,7 +18,7 @@ import pytest
 from agent import settings
 from agent.anonymise.policy import PSEUDONYM_RE, Anonymiser, load_or_create_secret
 from agent.capture.pcapfile import read_capture
-from agent.decode.fast import DecodeStats, make_decoder
+from agent.decode import DecodeStats, make_decoder
 from agent.outbox.store import Outbox
 from agent.pipeline import Pipeline
 from collector.store.sqlite import Origin, SqliteStore

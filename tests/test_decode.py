@@ -28,7 +28,7 @@ from scapy.layers.l2 import ARP as ScapyARP
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 
 from agent.capture.pcapfile import ReadStats, read_capture
-from agent.decode.fast import DecodeStats, make_decoder
+from agent.decode import DecodeStats, make_decoder
 from agent.decode.packet import ACK, ARP, FIN, ICMP6, PSH, RST, SYN, URG, Packet
 
 # CI clones the repo next to `shared/`, as here: <parent>/main and <parent>/shared.

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.capture.pcapfile import read_capture
+from agent.decode import DecodeStats, make_decoder
 from agent.decode.deep import DeepDecoder, DeepStats
 from agent.decode.deep.auth import FtpState, TelnetState, parse_ftp, parse_http, parse_telnet
 from agent.decode.deep.common import Malformed, NeedMore
@@ -17,9 +18,8 @@ from agent.decode.deep.dns import parse_dns
 from agent.decode.deep.hl7 import parse_hl7
 from agent.decode.deep.smb import SmbState, parse_smb
 from agent.decode.deep.tls import parse_client_hello
-from agent.decode.fast import DecodeStats, make_decoder
 from agent.decode.packet import TCP, UDP, Packet
-from agent.flows.table import FlowTable
+from agent.engine import Engine
 from tests.conftest import CORPUS
 from tests.deep_support import needs_corpus
 
@@ -78,7 +78,7 @@ PORTS = [53, 445, 139, 135, 104, 21, 23, 80, 443, 5353, 6661, 49155]
 def test_dispatcher_never_raises_nor_errors(chunks: list, port: int, udp: bool) -> None:
     stats = DeepStats()
     deep = DeepDecoder(stats)
-    flows = FlowTable(lambda *a: None, lambda f: None)
+    flows = Engine()
     for prefix, data, reply in chunks:
         sport, dport = (port, 40000) if reply else (40000, port)
         p = _packet(prefix + data, UDP if udp else TCP, sport, dport)

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from agent.capture.pcapfile import read_capture
+from agent.decode import DecodeStats, make_decoder
 from agent.decode.deep import DeepDecoder, DeepStats
 from agent.decode.deep.common import Malformed, NeedMore
 from agent.decode.deep.tls import TlsClientHello, is_grease, parse_client_hello
-from agent.decode.fast import DecodeStats, make_decoder
 from agent.decode.packet import TCP, Packet
-from agent.flows.table import FlowTable
+from agent.engine import Engine
 from tests.conftest import CORPUS
 from tests.deep_support import needs_corpus
 
@@ -27,7 +27,7 @@ needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installe
 def hellos(path: Path) -> list[TlsClientHello]:
     deep = DeepDecoder()
     dec = make_decoder(DecodeStats())
-    flows = FlowTable(lambda *a: None, lambda f: None)
+    flows = Engine()
     out = []
     for rec in read_capture(path):
         p = dec(*rec)
@@ -104,7 +104,7 @@ def test_not_a_client_hello_and_broken() -> None:
 def test_hello_split_over_segments_is_reassembled() -> None:
     full = sample()
     deep = DeepDecoder(DeepStats())
-    flows = FlowTable(lambda *a: None, lambda f: None)
+    flows = Engine()
     src, dst = bytes([10, 0, 0, 1]), bytes([192, 0, 2, 1])
     got = []
     for i, chunk in enumerate((full[:30], full[30:60], full[30:60], full[60:])):

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from agent.capture.pcapfile import read_capture
-from agent.decode.fast import DecodeStats, make_decoder
+from agent.decode import DecodeStats, make_decoder
 from agent.decode.packet import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Packet
+from agent.engine import EV_END, EV_OUTCOME, Engine
 from agent.flows.table import (
     REJECTED,
     S_ESTABLISHED,
@@ -20,7 +21,6 @@ from agent.flows.table import (
     SUCCESS,
     UNANSWERED,
     Flow,
-    FlowTable,
 )
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
@@ -39,8 +39,45 @@ class Recorder:
         self.ended.append(flow)
 
 
-def table(rec: Recorder, **kw) -> FlowTable:
-    return FlowTable(rec.outcome, rec.end, **kw)
+class Table:
+    """The engine's flow table, with its events handed to a Recorder as they come."""
+
+    def __init__(self, rec: Recorder, **kw) -> None:
+        self.engine = Engine(**kw)
+        self.rec = rec
+
+    def _drain(self) -> None:
+        for ev in self.engine.events():
+            if ev[0] == EV_OUTCOME:
+                self.rec.outcome(ev[1], ev[2], ev[3])
+            elif ev[0] == EV_END:
+                self.rec.end(ev[1])
+
+    def packet(self, p: Packet) -> Flow | None:
+        f = self.engine.packet(p)
+        self._drain()
+        return f
+
+    def tick(self, now: float) -> None:
+        self.engine.tick(now)
+        self._drain()
+
+    def flush(self, now: float) -> None:
+        self.engine.flush()
+        self._drain()
+
+    def get(self, key: tuple) -> Flow | None:
+        return self.engine.get(key)
+
+    def __len__(self) -> int:
+        return len(self.engine)
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
+
+
+def table(rec: Recorder, **kw) -> Table:
+    return Table(rec, **kw)
 
 
 def tcp(ts: float, src: bytes, sport: int, dst: bytes, dport: int, flags: int, n: int = 60):
@@ -175,7 +212,10 @@ def test_udp_answer_and_icmp_unreachable() -> None:
     f1 = t.packet(udp(1.0, A, 5000, B, 53))
     t.packet(udp(1.1, B, 53, A, 5000))
     f2 = t.packet(udp(2.0, A, 5001, C, 161))
-    t.icmp_unreachable(Packet(2.1, 70, 4, C, A, ICMP, 3, 3), f2.key if f2 else None)
+    # port unreachable: 4 unused bytes, then the quoted IPv4 header and UDP ports
+    quoted = b"\x45" + bytes(8) + b"\x11" + bytes(2) + A + C + (5001).to_bytes(2, "big")
+    quoted += (161).to_bytes(2, "big") + bytes(4)
+    t.packet(Packet(2.1, 70, 4, C, A, ICMP, 3, 3, 0, bytes(4) + quoted))
     t.packet(udp(3.0, A, 5002, C, 514))  # no answer: no outcome for UDP
     t.tick(100.0)
     assert f1 and f2
@@ -220,7 +260,8 @@ def test_active_timeout_reports_and_restarts_long_flows() -> None:
     assert f is not None and t.restarted == 1 and rec.ended == [f]
     assert f.first == 0.0 and 3599.0 <= f.last < 3601.0
     assert f.pkts_o + f.pkts_r >= 3600
-    cont = t.flows[f.key]
+    cont = t.get(f.key)
+    assert cont is not None
     assert cont is not f
     # The continuation keeps the originator and the settled outcome, counts afresh.
     assert (cont.src, cont.sport, cont.state, cont.outcome) == (A, 40000, S_ESTABLISHED, SUCCESS)
@@ -239,5 +280,5 @@ def test_bounded_size_evicts_oldest_and_counts() -> None:
     assert len(t) <= 100
     assert t.evicted == len(rec.ended) >= 150
     assert rec.ended[0] is flows[0] and rec.ended[1] is flows[1]  # oldest first
-    assert flows[-1] is not None and flows[-1].key in t.flows
+    assert flows[-1] is not None and t.get(flows[-1].key) is flows[-1]
     assert t.created == 250

@@ -157,7 +157,7 @@ def test_reconfigure_keeps_flows_and_open_alerts(tmp_path: Path) -> None:
     records = list(read_capture(DATA / "nmap_syn_scan_1000ports.pcap"))
     for rec in records[: len(records) // 2]:
         pipe.feed(*rec)
-    flows, open_alerts = len(pipe.flows), len(pipe.aggregator.open)
+    flows, open_alerts = len(pipe.engine), len(pipe.aggregator.open)
     assert flows and open_alerts
     before = {type(d).__name__: d for d in pipe.detectors}
     new = config.validate(
@@ -183,7 +183,7 @@ def test_reconfigure_keeps_flows_and_open_alerts(tmp_path: Path) -> None:
     assert "detectors.portscan.allow: applied" in changes
     assert "detectors.bruteforce: restarted" in changes
     assert "detectors.beacon: disabled" in changes
-    assert len(pipe.flows) == flows and len(pipe.aggregator.open) == open_alerts
+    assert len(pipe.engine) == flows and len(pipe.aggregator.open) == open_alerts
     for rec in records[len(records) // 2 :]:
         pipe.feed(*rec)
     pipe.finish()

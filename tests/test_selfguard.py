@@ -77,13 +77,13 @@ def test_pipeline_sheds_deep_decoding_then_flows(tmp_path: Path) -> None:
     assert full.deep is not None and full._deep is full.deep
     deep_off = _run(1, tmp_path)
     assert deep_off._deep is None and deep_off.sample_n == 1
-    assert deep_off.flows.created == full.flows.created and deep_off.shed_packets == 0
+    assert deep_off.engine.created == full.engine.created and deep_off.shed_packets == 0
     sampled = _run(4, tmp_path)  # 1 in 8
     assert sampled.sample_n == 8 and sampled.shed_packets > 0
-    ratio = sampled.flows.created / full.flows.created
+    ratio = sampled.engine.created / full.engine.created
     assert 0.05 < ratio < 0.25, ratio
     restored = _run(0, tmp_path)
-    assert restored.flows.created == full.flows.created
+    assert restored.engine.created == full.engine.created
 
 
 def test_from_settings(tmp_path: Path) -> None:

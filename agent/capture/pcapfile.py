@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from struct import Struct
 
-__all__ = ["MAX_CAPLEN", "CaptureError", "ReadStats", "read_capture"]
+__all__ = ["MAX_CAPLEN", "CaptureError", "PcapLayout", "ReadStats", "open_capture", "read_capture"]
 
 Record = tuple[float, int, int, bytes]
 
@@ -51,6 +51,21 @@ class ReadStats:
 
     records: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class PcapLayout:
+    """A classic pcap file, mapped, for a walker that reads its records itself (the
+    engine): where records start and how their headers read."""
+
+    buf: bytes | mmap.mmap
+    start: int
+    big_endian: bool
+    scale: float  # seconds per unit of the fraction field
+    linktype: int
+    hdrsize: int  # 16, or 24 for the "patched" Kuznetzov format
+    swap: int  # caplen/len swapped: 0 never, 1 when caplen > len, 2 always
+    close: Callable[[], None]
 
 
 def _count(stats: ReadStats, reason: str) -> None:
@@ -97,6 +112,19 @@ def read_capture(path: str | os.PathLike[str], stats: ReadStats | None = None) -
     `stats.errors` ("record_truncated", "record_bad_length", "section_bad",
     "interface_unknown").
     """
+    if stats is None:
+        stats = ReadStats()
+    c = open_capture(path, stats)
+    if isinstance(c, PcapLayout):
+        return _iter_pcap(c, len(c.buf), stats)
+    return c
+
+
+def open_capture(
+    path: str | os.PathLike[str], stats: ReadStats | None = None
+) -> PcapLayout | Iterator[Record]:
+    """Like `read_capture`, but a classic pcap file comes back as its `PcapLayout`, for
+    the engine to walk (the caller closes it); pcapng as an iterator of records."""
     name = os.fspath(path)
     if stats is None:
         stats = ReadStats()
@@ -138,15 +166,14 @@ def read_capture(path: str | os.PathLike[str], stats: ReadStats | None = None) -
             swap = _MAYBE_SWAPPED
         else:
             swap = _NOT_SWAPPED
-        return _iter_pcap(
+        return PcapLayout(
             buf,
-            size,
-            bo,
+            24,
+            bo == ">",
             1e-9 if magic == _PCAP_NSEC else 1e-6,
             linktype & _LINKTYPE_MASK,
             24 if magic == _PCAP_KUZNETZOV else 16,
             swap,
-            stats,
             close,
         )
     except BaseException:
@@ -154,19 +181,11 @@ def read_capture(path: str | os.PathLike[str], stats: ReadStats | None = None) -
         raise
 
 
-def _iter_pcap(
-    buf: bytes | mmap.mmap,
-    end: int,
-    bo: str,
-    scale: float,
-    linktype: int,
-    hdrsize: int,
-    swap: int,
-    stats: ReadStats,
-    close: Callable[[], None],
-) -> Iterator[Record]:
-    rec = Struct(bo + "IIII").unpack_from
-    off = 24
+def _iter_pcap(layout: PcapLayout, end: int, stats: ReadStats) -> Iterator[Record]:
+    buf, scale, linktype = layout.buf, layout.scale, layout.linktype
+    hdrsize, swap, close = layout.hdrsize, layout.swap, layout.close
+    rec = Struct((">" if layout.big_endian else "<") + "IIII").unpack_from
+    off = layout.start
     try:
         while off < end:
             if off + hdrsize > end:

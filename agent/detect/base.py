@@ -2,18 +2,51 @@
 
 A detector is one small class in one file (agent/detect/<name>.py). It implements only
 the events it needs, each a tiny handler:
-    on_packet(packet)             every decoded packet (keep it cheap)
+    on_packet(packet)             a packet the engine hands up: only ARP, ICMP/ICMPv6, and
+                                  TCP/UDP payloads the deep decoder reads or that match a
+                                  declared `packet_payloads` signature (a Python call per
+                                  packet costs more than the engine's whole packet budget)
+    on_pairs(records, now)        once per tick (at most every 1 s of capture time, `now`
+                                  the tick time): packet counters per (source, destination,
+                                  class) covering every decoded IP packet since the last
+                                  delivery, in no particular order; each record is
+                                  (src, dst, cls, packets, nbytes, last_ts, dport): packed
+                                  addresses of the packets' sender and receiver (per packet,
+                                  not per flow), a PAIR_* class below, the sum of wire
+                                  lengths, the time and destination port (0 for ICMP/other)
+                                  of the last such packet. The engine's table is bounded
+                                  (65,536 pairs a tick): past it, packets towards a
+                                  destination count under src b"" ("other sources", never
+                                  allowed, many sources). ARP is not counted.
+    on_activity(records)          once per tick, one (flow, first_ts, prev_last, nbytes)
+                                  per watched TCP/UDP flow that had packets since the last
+                                  tick: time of its first packet in the tick, of its last
+                                  packet before it (0.0 for a flow new in the tick), bytes
+                                  both ways (wire lengths); a record never spans a
+                                  silence of 1 s or more. Watched: originator internal,
+                                  responder unicast and external (or internal, if asked),
+                                  responder port not ignored — see `activity_watch()`.
+    on_close(flow, ts)            the first FIN or RST of a TCP flow whose handshake
+                                  succeeded, for responder ports in `close_ports`
     on_outcome(flow, outcome, ts) how a connection attempt ended (success/rejected/unanswered)
     on_flow_end(flow)             a flow expired or was evicted
     on_tick(now)                  time passed (capture time in replay, wall clock live)
     on_finish(now)                end of input (replay): report what is still held back
     on_app(msg, flow, packet)     a deep-decoded application message (agent/decode/deep)
 
-Two class attributes let the pipeline skip calls a detector would throw away at once:
-    packet_protocols  the `Packet.proto` values on_packet wants (None: every packet)
+Class or instance attributes let the pipeline (and the native engine) skip work a
+detector would throw away at once:
+    packet_protocols  the `Packet.proto` values on_packet wants (None: all handed up)
+    packet_payloads   ((protocols, destination ports, payload prefix), ...): TCP/UDP
+                      payloads the engine hands up to on_packet (at most 8, prefixes of
+                      16 bytes or less)
     app_kinds         the message kinds on_app wants ("dns", "tls_client_hello", "smb",
                       "dcerpc", "dicom_assoc", "hl7", "ftp", "telnet", "http"; None: all);
                       the deep decoder only decodes the protocols some detector wants.
+    close_ports       the responder ports on_close wants (the engine watches the union);
+                      set in __init__ when it depends on the settings.
+A detector with on_activity defines `activity_watch()` returning (responder ports to
+ignore, whether internal responders are wanted); the pipeline passes it to the engine.
 A detector that matches against the intel list (state_dir/intel.json) defines
 `use_intel(provider)`: the pipeline hands it a callable returning the current snapshot.
 """
@@ -29,6 +62,16 @@ from agent.anonymise.policy import Entity
 from common.config import Option
 
 Report = Callable[..., None]
+
+# Classes of the on_pairs records (the native engine uses the same numbers).
+PAIR_SYN = 0  # TCP with SYN set and ACK clear: an opening (half-open) attempt
+PAIR_TCP = 1  # any other TCP
+PAIR_UDP = 2
+# ICMP/ICMPv6 that is not an error message: not IPv4 types 3, 4, 5, 11, 12; not ICMPv6
+# types 1, 2, 3, 4 or >= 133 (neighbour discovery and other link-local signalling)
+PAIR_ICMP = 3
+PAIR_ICMP_ERROR = 4  # the rest of ICMP/ICMPv6: answers to someone else's traffic
+PAIR_OTHER = 5  # any other IP protocol
 
 
 def _cidrs(value: list) -> str | None:
@@ -60,6 +103,9 @@ class Detector:
     options: ClassVar[dict[str, Option]] = {}
     packet_protocols: ClassVar[frozenset[int] | None] = None
     app_kinds: ClassVar[frozenset[str] | None] = None
+    # Not a ClassVar: detectors whose ports are a setting set it per instance.
+    close_ports: frozenset[int] = frozenset()
+    packet_payloads: tuple[tuple[frozenset[int], frozenset[int], bytes], ...] = ()
 
     def __init__(self, settings: dict[str, Any], report: Report) -> None:
         self.settings = settings

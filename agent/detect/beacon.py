@@ -1,10 +1,14 @@
 """net.beacon — command-and-control check-ins: regular connections from one host to one
 external service (same destination address and port), scored in the manner of RITA.
 
-A "connection" is a new TCP/UDP 5-tuple, or a new burst on a known one after
-`idle_gap_seconds` of silence (QUIC and other long-lived UDP sessions check in that
-way). Per (source, destination, port) the agent keeps the last start times and burst
-sizes, and scores:
+The native engine reports, once per tick (1 s), each watched TCP/UDP flow that had
+packets (`on_activity`): when its first packet in the tick came, when its previous packet
+came, and its bytes in the tick. A "connection" is a new flow, or a new burst on a known
+one after more than `idle_gap_seconds` of silence (QUIC and other long-lived UDP sessions
+check in that way), dated by its first packet. A burst's size is the bytes (both ways) of
+the ticks from its start to the next burst's start or until the flow has been silent long
+enough to be forgotten. Per (source, destination, port) the agent keeps the last start
+times and burst sizes, and scores:
   interval regularity  mean(1 - |Bowley skewness|, 1 - MAD/median) of the intervals
                        (skewness damped when the IQR is under a tenth of the median)
   size regularity      mean(1 - |Bowley skewness|, 1 - MAD/max(32, median/10), smallness)
@@ -16,7 +20,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
-from agent.decode.packet import TCP, UDP, Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.nets import is_internal, is_unicast, port_list
 from agent.detect.window import (
@@ -31,7 +34,8 @@ from vigie.v1 import alert_pb2
 
 
 class _Burst(Stamped):
-    """One session; `seen` (kept by the window) is the time of its last packet."""
+    """One flow's current burst; `seen` (kept by the window) is the time of its last
+    packet, `triplet` empty when the flow is not scored."""
 
     __slots__ = ("bytes", "triplet")
 
@@ -75,7 +79,6 @@ class Beacon(Detector):
     technique = "T1071"
     severity = alert_pb2.SEVERITY_HIGH
     help = "C2 beaconing: regular connections to one external service (RITA-like scoring)."
-    packet_protocols = frozenset((TCP, UDP))
     options: ClassVar[dict[str, Option]] = {
         "min_connections": Option(
             int, 6, "Connections to one service needed before scoring.", at_least(4)
@@ -93,7 +96,7 @@ class Beacon(Detector):
             float,
             5.0,
             "Silence after which a packet on a known UDP/TCP session starts a new connection.",
-            positive,
+            at_least(1.0),  # flows are reported once a tick (1 s): no finer gap is seen
         ),
         "max_samples": Option(
             int, 64, "Connections kept per series (the oldest are dropped).", at_least(8)
@@ -125,38 +128,52 @@ class Beacon(Detector):
             s["series_idle_seconds"], lambda now: Series(cap), 100_000
         )
 
-    def on_packet(self, p: Packet) -> None:
-        if p.proto != TCP and p.proto != UDP:
-            return
-        bursts = self.bursts
-        key = (p.proto, p.src, p.sport, p.dst, p.dport)
-        b = bursts.peek(key)
-        if b is None:
-            rkey = (p.proto, p.dst, p.dport, p.src, p.sport)
-            b = bursts.peek(rkey)
-            if b is None:
-                # a new session: the sender is its originator
-                b = bursts.get(key, p.ts)
-                if self._watched(p):
-                    b.triplet = (p.src, p.dst, p.dport)
-                    self._connection(b.triplet, p.ts)
-                b.bytes = p.length
-                return
-            key = rkey
-        if p.ts - b.seen > self.gap:
-            self._burst_end(key, b)
-            if b.triplet:
-                self._connection(b.triplet, p.ts)
-            b.bytes = 0
-        bursts.get(key, p.ts)  # refresh: this packet is the session's last
-        b.bytes += p.length
+    def activity_watch(self) -> tuple[frozenset[int], bool]:
+        """(responder ports to ignore, whether internal responders are wanted): what the
+        engine reports to on_activity."""
+        return self.ignore, self.settings["internal_destinations"]
 
-    def _watched(self, p: Packet) -> bool:
-        if p.dport in self.ignore or not is_unicast(p.dst) or self.allowed(p.src):
+    def on_activity(self, records: list[tuple]) -> None:
+        bursts, gap = self.bursts, self.gap
+        starts = []
+        for flow, first_ts, prev_last, nbytes in records:
+            key = flow.key
+            b = bursts.peek(key)
+            if prev_last == 0.0 and b is not None:
+                # A "new" flow whose 5-tuple we heard from lately: a record carried on
+                # past the active timeout (or a reused port), one session as before.
+                prev_last = b.seen
+            if prev_last == 0.0 or first_ts - prev_last > gap:
+                if b is None:
+                    b = bursts.get(key, first_ts)
+                else:
+                    self._burst_end(key, b)
+                b.triplet = (flow.src, flow.dst, flow.dport) if self._watched(flow) else ()
+                if b.triplet:
+                    starts.append((first_ts, b.triplet))
+                b.bytes = 0
+            elif b is None:
+                # mid-burst, its start forgotten (state bound): a partial size would skew
+                # the series, so the flow waits for its next burst
+                continue
+            b.bytes += nbytes
+            bursts.get(key, max(first_ts, flow.last))  # refresh: its last packet so far
+        # A series' intervals need its connections in time order; records come in none.
+        starts.sort(key=lambda st: st[0])
+        for ts, triplet in starts:
+            self._connection(triplet, ts)
+
+    def _watched(self, flow: Any) -> bool:
+        # The engine reports only such flows; checked again for callers that do not
+        # filter. 6, 17: TCP, UDP.
+        dst = flow.dst
+        if flow.proto not in (6, 17) or flow.dport in self.ignore or not is_unicast(dst):
             return False
-        if not self.settings["internal_destinations"] and is_internal(p.dst):
+        if self.allowed(flow.src):
             return False
-        return is_internal(p.src)
+        if not self.settings["internal_destinations"] and is_internal(dst):
+            return False
+        return is_internal(flow.src)
 
     def _burst_end(self, key: object, b: _Burst) -> None:
         if b.triplet and b.bytes:

@@ -4,8 +4,10 @@ Like Zeek's detect-bruteforcing: every failed or suspiciously short session from
 source to one authentication service feeds one windowed counter per (source, service);
 crossing the threshold is brute force. A session counts when it is rejected (RST to the
 SYN), or established but short: few packets, few bytes, closed quickly — what a client
-that tries one or a few passwords and is thrown out looks like. Protocol-level failures
-(FTP 530, SMB logon failures) arrive through `on_app` from the deep decoders.
+that tries one or a few passwords and is thrown out looks like. "Closed" is the first FIN
+or RST of the established flow (`on_close`, reported by the engine for the watched ports)
+or the flow's end. Protocol-level failures (FTP 530, SMB logon failures) arrive through
+`on_app` from the deep decoders.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
-from agent.decode.packet import FIN, RST, TCP, Packet
+from agent.decode.packet import TCP, Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.nets import port_list
 from agent.detect.window import Distinct, KeyedWindow, Stamped
@@ -64,7 +66,6 @@ class BruteForce(Detector):
     technique = "T1110"
     severity = alert_pb2.SEVERITY_HIGH
     help = "Password guessing: repeated rejected or short sessions to an authentication port."
-    packet_protocols = frozenset((TCP,))
     app_kinds = frozenset(("ftp", "telnet", "smb"))
     options: ClassVar[dict[str, Option]] = {
         "ports": Option(
@@ -102,6 +103,7 @@ class BruteForce(Detector):
         super().__init__(settings, report)
         s = settings
         self.ports = frozenset(s["ports"])
+        self.close_ports = self.ports  # on_close for the sessions followed, no others
         self.sources: KeyedWindow[_Guesses] = KeyedWindow(s["window_seconds"], _Guesses)
         # established sessions on watched ports, by (src, sport, dst, dport): [flow, app fails]
         self.open: dict[tuple, list] = {}
@@ -120,14 +122,12 @@ class BruteForce(Detector):
                 self.dropped_sessions += 1
             self.open[(flow.src, flow.sport, flow.dst, flow.dport)] = [flow, 0]
 
-    def on_packet(self, p: Packet) -> None:
-        if p.proto != TCP or not p.flags & (FIN | RST) or not self.open:
+    def on_close(self, flow: Flow, ts: float) -> None:
+        if not self.open:
             return
-        entry = self.open.pop((p.src, p.sport, p.dst, p.dport), None) or self.open.pop(
-            (p.dst, p.dport, p.src, p.sport), None
-        )
+        entry = self.open.pop((flow.src, flow.sport, flow.dst, flow.dport), None)
         if entry is not None:
-            self._ended(entry, p.ts)
+            self._ended(entry, ts)
 
     def on_flow_end(self, flow: Flow) -> None:
         entry = self.open.pop((flow.src, flow.sport, flow.dst, flow.dport), None)

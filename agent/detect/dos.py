@@ -1,10 +1,14 @@
 """net.dos — SYN, UDP and ICMP floods towards one target.
 
-Every opening SYN (half-open attempt) pours into a leaky bucket per target, every UDP or
-ICMP packet into that target's UDP or ICMP bucket (CrowdSec's leaky bucket: capacity,
-leak speed). An overflowing bucket is a flood; the distinct sources feeding it tell a
-single flooder from a spoofed (or distributed) one. Reports are suppressed to one per
-target and kind every `report_interval_seconds`, with the packets since counted.
+The native engine counts packets per (source, destination, class) and hands them over
+once per tick (`on_pairs`). Opening SYNs (half-open attempts), UDP packets and ICMP
+packets that are not error messages pour into the destination's SYN, UDP or ICMP leaky
+bucket (CrowdSec's leaky bucket: capacity, leak speed): a pair's packets pour at once, at
+the time of its last packet, pairs in time order. An overflowing bucket is a flood; the
+distinct sources feeding it tell a single flooder from a spoofed (or distributed) one, and
+packets the engine could only count under "other sources" (its table for one tick is
+bounded) make the flood spoofed. Reports are suppressed to one per target and kind every
+`report_interval_seconds`, with the packets since counted.
 """
 
 from __future__ import annotations
@@ -12,8 +16,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
-from agent.decode.packet import ACK, ICMP, ICMP6, SYN, TCP, UDP, Packet
-from agent.detect.base import Detector, ip_text
+from agent.detect.base import PAIR_ICMP, PAIR_SYN, PAIR_UDP, Detector, ip_text
 from agent.detect.nets import is_unicast
 from agent.detect.window import Distinct, KeyedWindow, LeakyBucket, Suppressor
 from common.config import Option, positive
@@ -21,22 +24,24 @@ from vigie.v1 import alert_pb2
 
 KINDS = ("syn", "udp", "icmp")
 _LABEL = {"syn": "SYN", "udp": "UDP", "icmp": "ICMP"}
-# ICMP error messages answer someone else's traffic: they are not flooding on their own.
-_ICMP_ERRORS = frozenset((3, 4, 5, 11, 12))
-_ICMP6_ERRORS = frozenset((1, 2, 3, 4))
+# The pair classes that flood, and their bucket; the engine already files ICMP errors
+# (answers to someone else's traffic) and neighbour discovery apart, as PAIR_ICMP_ERROR.
+_KIND_OF = {PAIR_SYN: "syn", PAIR_UDP: "udp", PAIR_ICMP: "icmp"}
 
 
 class _Target(LeakyBucket):
     """A target's bucket for one flood kind, with what the report says about it (one
     object per target rather than a target holding a bucket)."""
 
-    __slots__ = ("first", "since_report", "sources")
+    __slots__ = ("first", "since_report", "sources", "unnamed")
 
     def __init__(self, capacity: float, leak: float, now: float) -> None:
         super().__init__(capacity, leak, now)
         self.sources = Distinct(4096)
         self.first = now
         self.since_report = 0
+        # fed by packets the engine counted under "other sources": many, none nameable
+        self.unnamed = False
 
 
 class Dos(Detector):
@@ -44,7 +49,6 @@ class Dos(Detector):
     technique = "T1498"
     severity = alert_pb2.SEVERITY_HIGH
     help = "Floods towards one target: SYN (half-open), UDP, ICMP; spoofed sources told apart."
-    packet_protocols = frozenset((TCP, UDP, ICMP, ICMP6))
     options: ClassVar[dict[str, Option]] = {
         "syn_capacity": Option(
             float, 2000.0, "Half-open attempts a target may get in a burst.", positive
@@ -78,54 +82,65 @@ class Dos(Detector):
         self.targets: KeyedWindow[_Target] = KeyedWindow(s["idle_seconds"], self._new)
         self.suppress = Suppressor(s["report_interval_seconds"])
         self._kind = ""
+        self._delivered: float | None = None  # `now` of the previous on_pairs
 
     def _new(self, now: float) -> _Target:
         cap, leak = self.params[self._kind]
         return _Target(cap, leak, now)
 
-    def on_packet(self, p: Packet) -> None:
-        proto = p.proto
-        if proto == TCP:
-            if p.flags & (SYN | ACK) != SYN:
-                return
-            kind = "syn"
-        elif proto == UDP:
-            kind = "udp"
-        elif proto == ICMP:
-            if p.sport in _ICMP_ERRORS:
-                return
-            kind = "icmp"
-        elif proto == ICMP6:
-            if p.sport in _ICMP6_ERRORS or p.sport >= 133:  # errors, neighbour discovery
-                return
-            kind = "icmp"
-        else:
+    def on_pairs(self, records: list[tuple], now: float) -> None:
+        # Every packet of this delivery came after the previous one (a tick is 1 s).
+        since = self._delivered if self._delivered is not None else now - 1.0
+        self._delivered = now
+        kind_of, allowed = _KIND_OF, self.allowed
+        kept = []
+        for rec in records:
+            kind = kind_of.get(rec[2])
+            if kind is None or not is_unicast(rec[1]):
+                continue
+            src = rec[0]
+            if src and allowed(src):  # b"" (other sources) is never allowed
+                continue
+            kept.append((rec, kind))
+        if not kept:
             return
-        dst = p.dst
-        if not is_unicast(dst) or self.allowed(p.src):
-            return
-        self._kind = kind
-        st = self.targets.get((dst, kind), p.ts)
-        st.sources.add(p.src)
-        st.since_report += 1
-        if st.pour(p.ts) and self.suppress.allow((dst, kind), p.ts):
-            self._emit(p, kind, st)
+        # Records come in no particular order: pouring them in the order their last
+        # packets arrived is the closest the counters allow to pouring packet by packet
+        # (a bucket only leaks when time moves forward), whatever the delivery order.
+        kept.sort(key=lambda rk: rk[0][5])
+        targets, suppress = self.targets, self.suppress
+        for (src, dst, _cls, packets, _nbytes, ts, dport), kind in kept:
+            self._kind = kind
+            key = (dst, kind)
+            st = targets.get(key, ts)
+            if st.poured == 0 and packets > 1:
+                # a new target: its first packet is only known to be since the previous
+                # delivery; dating it at the last one would make the rate absurd
+                st.first = min(ts, since)
+            if src:
+                st.sources.add(src)
+            else:
+                st.unnamed = True
+            st.since_report += packets
+            if st.pour(ts, packets) and suppress.allow(key, ts):
+                self._emit(src, dst, dport, ts, kind, st)
 
-    def _emit(self, p: Packet, kind: str, st: _Target) -> None:
+    def _emit(self, src: bytes, dst: bytes, dport: int, ts: float, kind: str, st: _Target) -> None:
         nsrc = len(st.sources)
-        spoofed = nsrc >= self.settings["spoofed_sources"]
+        spoofed = st.unnamed or nsrc >= self.settings["spoofed_sources"]
         label = _LABEL[kind]
-        entities = [Entity(alert_pb2.ROLE_TARGET, alert_pb2.KIND_IP, ip_text(p.dst))]
-        if nsrc == 1:
-            entities.append(Entity(alert_pb2.ROLE_SOURCE, alert_pb2.KIND_IP, ip_text(p.src)))
+        entities = [Entity(alert_pb2.ROLE_TARGET, alert_pb2.KIND_IP, ip_text(dst))]
+        if nsrc == 1 and not st.unnamed:
+            # the one source fed every pour, so it is this record's
+            entities.append(Entity(alert_pb2.ROLE_SOURCE, alert_pb2.KIND_IP, ip_text(src)))
         if kind != "icmp":
-            entities.append(Entity(alert_pb2.ROLE_CONTEXT, alert_pb2.KIND_PORT, str(p.dport)))
-        secs = max(p.ts - st.first, 0.001)
+            entities.append(Entity(alert_pb2.ROLE_CONTEXT, alert_pb2.KIND_PORT, str(dport)))
+        secs = max(ts - st.first, 0.001)
         origin = "spoofed or distributed" if spoofed else f"{nsrc} source(s)"
         what = "half-open attempts" if kind == "syn" else "packets"
         self.report(
-            subject=f"{p.dst.hex()}:{kind}",
-            ts=p.ts,
+            subject=f"{dst.hex()}:{kind}",
+            ts=ts,
             count=st.since_report,
             entities=entities,
             summary=(

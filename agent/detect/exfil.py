@@ -1,11 +1,16 @@
 """net.exfil — outbound volume from an internal host far above its own baseline, or a
 large transfer to a destination the host had never sent anything to.
 
-Bytes an internal host sends to external addresses are summed per interval; once a
-host has `learning_intervals` intervals behind it, an interval whose volume passes both
-`factor` × its EWMA baseline and `min_bytes` is exfiltration. Separately, a destination
-first contacted after the learning period that receives `large_transfer_bytes` fires on
-its own. The baseline never learns more than the threshold from an anomalous interval.
+The native engine counts packets per (sender, receiver, class) and hands them over once
+per tick (`on_pairs`). Bytes (wire lengths, all IP protocols) an internal host sends to
+external unicast addresses are summed per interval, each pair's bytes at the time of its
+last packet in the tick, pairs in time order; once a host has `learning_intervals`
+intervals behind it, an interval whose volume passes both `factor` × its EWMA baseline
+and `min_bytes` is exfiltration. Separately, a destination first contacted after the
+learning period that receives `large_transfer_bytes` fires on its own (its first contact
+dated by its last packet in the first tick it shows in). The baseline never learns more
+than the threshold from an anomalous interval. Packets the engine could only count under
+"other sources" (its table for one tick is bounded) name no host and are not counted.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
-from agent.decode.packet import Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.nets import is_internal, is_unicast
 from agent.detect.window import Ewma, KeyedWindow, Stamped
@@ -99,24 +103,36 @@ class Exfil(Detector):
     def _dest(self, now: float) -> _Known | _Dest:
         return _Dest(now) if self._learned else _Known()
 
-    def on_packet(self, p: Packet) -> None:
-        src, dst = p.src, p.dst
-        if not p.ip_version or not is_internal(src) or is_internal(dst) or not is_unicast(dst):
-            return
-        if self.allowed(src):
-            return
+    def on_pairs(self, records: list[tuple], now: float) -> None:
+        allowed = self.allowed
+        kept = [
+            rec
+            for rec in records
+            # b"": "other sources", no host to count for
+            if rec[0]
+            and is_internal(rec[0])
+            and not is_internal(rec[1])
+            and is_unicast(rec[1])
+            and not allowed(rec[0])
+        ]
+        # Records come in no particular order: in the order of their last packets, a
+        # host's intervals roll forward only, as they did packet by packet.
+        kept.sort(key=lambda rec: rec[5])
+        for src, dst, _cls, _packets, nbytes, ts, _dport in kept:
+            self._sent(src, dst, nbytes, ts)
+
+    def _sent(self, src: bytes, dst: bytes, nbytes: int, ts: float) -> None:
         s = self.settings
-        ts = p.ts
         h = self.hosts.get(src, ts)
         idx = int(ts // s["interval_seconds"])
         if idx != h.interval:
             self._roll(h, idx)
-        h.volume += p.length
+        h.volume += nbytes
         learned = h.baseline is not None and h.baseline.samples >= s["learning_intervals"]
         self._learned = learned
         d = self.dests.get((src, dst), ts)
         if type(d) is _Dest:  # only new destinations' bytes count
-            d.bytes += p.length
+            d.bytes += nbytes
             if not d.flagged and d.bytes >= s["large_transfer_bytes"]:
                 d.flagged = True
                 self._emit_large(src, dst, d, ts)

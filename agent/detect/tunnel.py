@@ -83,6 +83,13 @@ class Tunnel(Detector):
         super().__init__(settings, report)
         self.pairs: KeyedWindow[_Pair] = KeyedWindow(settings["window_seconds"], _Pair)
         self.suppress = Suppressor(settings["window_seconds"])
+        if settings["port_mismatch"]:
+            # The TCP/UDP payloads the engine hands up for the mismatch checks (it hands
+            # up ICMP because packet_protocols asks for it).
+            self.packet_payloads = (
+                (frozenset((TCP, UDP)), frozenset((53,)), b"\x16\x03"),
+                (frozenset((TCP,)), _SSH_PORTS, b"SSH-2.0-"),
+            )
 
     def on_packet(self, p: Packet) -> None:
         proto = p.proto

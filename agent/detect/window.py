@@ -178,8 +178,8 @@ class Distinct:
 
 
 class LeakyBucket(Stamped):
-    """CrowdSec-like bucket: each event pours `n`, the bucket leaks `leak` per second;
-    it overflows when the level passes `capacity`. Constant memory."""
+    """CrowdSec-like bucket: each event pours one drop, the bucket leaks `leak` per
+    second; it overflows when the level passes `capacity`. Constant memory."""
 
     __slots__ = ("capacity", "last", "leak", "level", "poured")
 
@@ -188,15 +188,16 @@ class LeakyBucket(Stamped):
         self.leak = leak
         self.level = 0.0
         self.last = now
-        self.poured = 0  # events poured since the bucket was made
+        self.poured = 0  # events (drops) poured since the bucket was made
 
-    def pour(self, now: float, n: float = 1.0) -> bool:
-        """Add `n` events at `now`; True when the bucket overflows."""
+    def pour(self, now: float, n: int = 1) -> bool:
+        """Add `n` events at `now` at once (counters delivered in batches); True when the
+        bucket overflows."""
         if now > self.last:
             self.level = max(0.0, self.level - (now - self.last) * self.leak)
             self.last = now
         self.level += n
-        self.poured += 1
+        self.poured += n
         return self.level > self.capacity
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
+from agent.decode import DecodeStats, make_decoder
 from agent.decode.deep import DNS_PORTS, DeepDecoder, DeepStats
 from agent.decode.deep.auth import (
     FtpState,
@@ -33,9 +34,8 @@ from agent.decode.deep.dns import parse_dns
 from agent.decode.deep.hl7 import parse_hl7
 from agent.decode.deep.smb import SmbState, parse_smb
 from agent.decode.deep.tls import parse_client_hello
-from agent.decode.fast import DecodeStats, make_decoder
 from agent.decode.packet import TCP, UDP, Packet
-from agent.flows.table import FlowTable
+from agent.engine import EV_END, Engine
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "pcaps"
 
@@ -164,12 +164,16 @@ def deep(data: bytes) -> None:
     bit 1 UDP instead of TCP. Per-flow state (reassembly, SMB ids) is exercised."""
     stats = DeepStats()
     decoder = DeepDecoder(stats, max_flows=8)
-    flows = FlowTable(lambda *a: None, lambda f: decoder.forget(f.key), max_flows=100)
+    flows = Engine(max_flows=100)
     for i, (tag, aux, chunk) in enumerate(records(data)):
         port = PORTS[tag % len(PORTS)]
         sport, dport = (port, 40000) if aux & 1 else (40000, port)
         p = _packet(chunk, UDP if aux & 2 else TCP, sport, dport, 1.0 + i)
-        for m in decoder(p, flows.packet(p)):
+        flow = flows.packet(p)
+        for ev in flows.events():
+            if ev[0] == EV_END:
+                decoder.forget(ev[1].key)
+        for m in decoder(p, flow):
             if m.flow is None or m.ts != p.ts:
                 raise FoundBug(f"message without its flow or time: {m!r}")
     if "decoder_error" in stats.malformed:

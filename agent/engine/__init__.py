@@ -1,0 +1,30 @@
+"""The per-packet path, in C (`_engine.c`): capture-file walking, frame decoding, the
+flow table, and the counters detectors read instead of packets.
+
+Python sees a packet only when a detector declared that it wants it; everything else
+arrives as events and per-tick counters. `Engine`'s docstrings list them.
+"""
+
+from agent.engine._engine import (
+    EV_CLOSE,
+    EV_END,
+    EV_OUTCOME,
+    EV_PACKET,
+    REASONS,
+    Engine,
+    Flow,
+    Packet,
+    decode,
+)
+
+__all__ = [
+    "EV_CLOSE",
+    "EV_END",
+    "EV_OUTCOME",
+    "EV_PACKET",
+    "REASONS",
+    "Engine",
+    "Flow",
+    "Packet",
+    "decode",
+]
