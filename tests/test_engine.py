@@ -1,0 +1,143 @@
+"""The engine's contract with Python: which packets it hands up, and the events and
+per-tick counters detectors read instead of packets."""
+
+from __future__ import annotations
+
+from agent.detect.base import PAIR_ICMP, PAIR_SYN, PAIR_TCP, PAIR_UDP
+from agent.engine import EV_CLOSE, EV_END, EV_OUTCOME, EV_PACKET, Engine, Packet
+
+A, B = b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"  # internal
+X = b"\x5d\xb8\xd8\x22"  # external (93.184.216.34)
+NETS = [(b"\x0a\x00\x00\x00", 8)]
+
+
+def tcp(ts, src, sport, dst, dport, flags, payload=b"", n=60):
+    return Packet(ts, n, 4, src, dst, 6, sport, dport, flags, payload)
+
+
+def udp(ts, src, sport, dst, dport, payload=b"", n=80):
+    return Packet(ts, n, 4, src, dst, 17, sport, dport, 0, payload)
+
+
+def codes(e: Engine) -> list[int]:
+    return [ev[0] for ev in e.events()]
+
+
+def test_nothing_is_handed_up_unless_asked() -> None:
+    e = Engine()
+    e.packet(udp(1.0, A, 5000, B, 53, b"\x00" * 20))
+    e.packet(Packet(1.1, 98, 4, A, B, 1, 8, 0, 0, b"x" * 56))
+    assert codes(e) == []
+    e.configure(deep={"dns"}, icmp=True)
+    e.packet(udp(2.0, A, 5001, B, 53, b"\x00" * 20))
+    e.packet(udp(2.1, A, 5002, B, 9999, b"\x00" * 20))  # not a DNS port
+    e.packet(Packet(2.2, 98, 4, A, B, 1, 8, 0, 0, b"x" * 56))
+    evs = e.events()
+    assert [ev[0] for ev in evs] == [EV_PACKET, EV_PACKET]
+    assert (evs[0][1].dport, evs[0][1].payload, evs[0][2].dport) == (53, b"\x00" * 20, 53)
+    assert evs[1][1].proto == 1 and evs[1][2] is not None  # ICMP, with its flow
+
+
+def test_declared_signatures_hand_up_matching_payloads_only() -> None:
+    e = Engine()
+    e.configure(signatures=[({6}, {443}, b"SSH-2.0-")])
+    e.packet(tcp(1.0, A, 40000, X, 443, 0x18, b"SSH-2.0-OpenSSH_9.2"))
+    e.packet(tcp(1.1, A, 40000, X, 443, 0x18, b"\x17\x03\x03 bulk"))
+    e.packet(tcp(1.2, A, 40001, X, 80, 0x18, b"SSH-2.0-OpenSSH_9.2"))
+    evs = e.events()
+    assert [(ev[0], ev[1].ts) for ev in evs] == [(EV_PACKET, 1.0)]
+
+
+def test_pairs_count_per_source_destination_and_class() -> None:
+    e = Engine()
+    e.configure(pairs=True)
+    for i in range(3):
+        e.packet(tcp(1.0 + i, A, 40000 + i, B, 80, 0x02))
+    e.packet(tcp(4.0, B, 80, A, 40000, 0x12))
+    e.packet(udp(5.0, A, 5000, X, 53, n=90))
+    e.packet(Packet(6.0, 98, 4, A, X, 1, 8, 0, 0, b"x" * 56))
+    pairs = {(r[0], r[1], r[2]): r[3:] for r in e.pairs()}
+    assert pairs == {
+        (A, B, PAIR_SYN): (3, 180, 3.0, 80),
+        (B, A, PAIR_TCP): (1, 60, 4.0, 40000),
+        (A, X, PAIR_UDP): (1, 90, 5.0, 53),
+        (A, X, PAIR_ICMP): (1, 98, 6.0, 0),
+    }
+    assert e.pairs() == []  # each tick's counters are delivered once
+
+
+def test_pairs_past_the_table_count_under_other_sources() -> None:
+    e = Engine()
+    e.configure(pairs=True)
+    n = 65536 + 1000
+    for i in range(n):
+        src = bytes((11, (i >> 16) & 255, (i >> 8) & 255, i & 255))
+        e.packet(tcp(1.0, src, 1024, B, 443, 0x02))
+    recs = e.pairs()
+    named = [r for r in recs if r[0]]
+    other = [r for r in recs if not r[0]]
+    assert len(named) == 65536
+    assert len(other) == 1 and other[0][1:4] == (B, PAIR_SYN, 1000)
+    assert e.stats()["pairs_overflow"] == 1000
+    assert sum(r[3] for r in recs) == n  # no packet lost from the counts
+
+
+def test_activity_of_watched_flows_and_silences() -> None:
+    e = Engine()
+    e.configure(activity=True, activity_ignore={53}, internal_nets=NETS)
+    f = e.packet(udp(10.0, A, 5000, X, 443))
+    e.packet(udp(10.2, X, 443, A, 5000))
+    e.packet(udp(10.5, A, 5001, X, 53))  # ignored port
+    e.packet(udp(10.6, X, 5002, A, 443))  # external originator
+    e.packet(udp(10.7, A, 5003, B, 443))  # internal responder
+    # a check-in 15 s later, before any tick drained the first record
+    e.packet(udp(25.0, A, 5000, X, 443, n=100))
+    recs = [(r[0] is f, r[1], r[2], r[3]) for r in e.activity()]
+    assert sorted(recs, key=lambda r: r[1]) == [(True, 10.0, 0.0, 160), (True, 25.0, 10.2, 100)]
+    assert e.activity() == []
+    e.configure(activity=True, activity_ignore={53}, activity_internal=True, internal_nets=NETS)
+    e.packet(udp(30.0, A, 5004, B, 443))
+    assert [r[0].dst for r in e.activity()] == [B]
+
+
+def test_close_event_for_established_sessions_on_watched_ports() -> None:
+    e = Engine()
+    e.configure(close_ports={22})
+    for sport, dport in ((40000, 22), (40001, 80)):
+        e.packet(tcp(1.0, A, sport, B, dport, 0x02))
+        e.packet(tcp(1.1, B, dport, A, sport, 0x12))
+        e.packet(tcp(1.2, A, sport, B, dport, 0x11))  # FIN
+        e.packet(tcp(1.3, B, dport, A, sport, 0x11))
+    evs = e.events()
+    closes = [(ev[1].dport, ev[2]) for ev in evs if ev[0] == EV_CLOSE]
+    assert closes == [(22, 1.2)]  # once, and only for the watched port
+    assert [ev[0] for ev in evs].count(EV_OUTCOME) == 2
+
+
+def test_flow_objects_are_live_then_keep_their_final_values() -> None:
+    e = Engine(max_flows=10)
+    f = e.packet(tcp(1.0, A, 40000, B, 22, 0x02))
+    e.packet(tcp(1.1, B, 22, A, 40000, 0x12))
+    assert (f.pkts_o, f.pkts_r, f.outcome) == (1, 1, "success")
+    e.flush()
+    ended = [ev[1] for ev in e.events() if ev[0] == EV_END]
+    assert ended == [f]
+    e.packet(tcp(2.0, A, 40000, B, 22, 0x02))  # same key, a new flow in the same slot
+    assert (f.pkts_o, f.pkts_r, f.last) == (1, 1, 1.1)
+    del e
+    assert (f.src, f.dport, f.bytes_o) == (A, 22, 60)  # outlives its engine
+
+
+def test_bad_configuration_is_refused_with_the_reason() -> None:
+    e = Engine()
+    for kw, words in (
+        ({"close_ports": [70000]}, "port 70000"),
+        ({"signatures": [({6}, {80}, b"x" * 17)]}, "16 bytes"),
+        ({"internal_nets": [(b"\x0a\x00", 8)]}, "internal_nets"),
+    ):
+        try:
+            e.configure(**kw)
+        except ValueError as exc:
+            assert words in str(exc)
+        else:
+            raise AssertionError(f"{kw} accepted")
