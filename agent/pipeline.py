@@ -24,7 +24,17 @@ from agent.decode.deep.auth import HTTP_FIRST
 from agent.decode.packet import ARP, ICMP, ICMP6, TCP, UDP
 from agent.detect import registry
 from agent.detect.window import KeyedWindow
-from agent.engine import EV_CLOSE, EV_END, EV_OUTCOME, EV_PACKET, Engine
+from agent.engine import (
+    END_ALL,
+    END_DEEP,
+    END_SESSIONS,
+    END_UNRESOLVED,
+    EV_CLOSE,
+    EV_END,
+    EV_OUTCOME,
+    EV_PACKET,
+    Engine,
+)
 from agent.host.intel import IntelFile
 from common import logs
 from vigie.v1 import alert_pb2
@@ -37,6 +47,7 @@ EVENTS_PER_BATCH = 4096  # events the engine queues before Python handles them
 # The engine classifies internal addresses for the activity counters with the same
 # built-in ranges detectors use (agent/detect/nets.py).
 _INTERNAL_NETS = [(n.network_address.packed, n.prefixlen) for n in BUILTIN_INTERNAL]
+_FLOW_ENDS = {"all": END_ALL, "unresolved": END_UNRESOLVED, "sessions": END_SESSIONS}
 
 
 @dataclass
@@ -169,7 +180,17 @@ class Pipeline:
             activity_ignore=ignore,
             activity_internal=internal,
             internal_nets=_INTERNAL_NETS,
+            ends=self._ends(),
         )
+
+    def _ends(self) -> int:
+        """The flow ends the engine reports: what on_flow_end handlers declared, and the
+        TCP flows the deep decoder may hold state for (forgotten at their end)."""
+        mask = END_DEEP if self.deep is not None else 0
+        for d in self.detectors:
+            if hasattr(d, "on_flow_end"):
+                mask |= _FLOW_ENDS[d.flow_end]
+        return mask
 
     def intel_changed(self) -> None:
         """A new bundle was stored: re-read it at the next check (safe from any thread)."""
@@ -288,8 +309,9 @@ class Pipeline:
                     h(flow, outcome, ts)
             elif code == EV_PACKET:
                 p, flow = ev[1], ev[2]
-                for h in self._pkt.get(p.proto, ()):
-                    h(p)
+                if ev[3]:  # asked for by an on_packet, not only for the deep decoder
+                    for h in self._pkt.get(p.proto, ()):
+                        h(p)
                 deep = self._deep
                 if deep is not None and flow is not None and p.payload:
                     app = self._app

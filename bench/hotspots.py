@@ -1,6 +1,7 @@
 """Profile the replay pipeline: `python bench/hotspots.py CAPTURE [N] [--detectors none]`.
 
-Prints the top functions by own time (cProfile), reading at most N packets.
+Prints the top functions by own time (cProfile), reading at most N packets (a whole
+classic pcap file goes through the engine's own walker, as `replay` does).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent import settings
-from agent.capture.pcapfile import read_capture
+from agent.capture.pcapfile import PcapLayout, open_capture, read_capture
 from agent.cli import _anonymiser
 from agent.pipeline import Pipeline
 from common import config
@@ -31,12 +32,15 @@ def main() -> None:
         for d in cfg["detectors"].values():
             d["enabled"] = False
     pipe = Pipeline(cfg, _anonymiser(cfg), lambda a: None, time.time)
-    recs = itertools.islice(read_capture(path), n)
+    whole = open_capture(path) if n is None else None
 
     def run() -> None:
-        feed = pipe.feed
-        for r in recs:
-            feed(*r)
+        if isinstance(whole, PcapLayout):  # as `replay` runs it: the engine walks the file
+            pipe.feed_pcap(whole)
+        else:
+            feed = pipe.feed
+            for r in itertools.islice(whole or read_capture(path), n):
+                feed(*r)
         pipe.finish()
 
     prof = cProfile.Profile()

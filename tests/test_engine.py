@@ -4,7 +4,16 @@ per-tick counters detectors read instead of packets."""
 from __future__ import annotations
 
 from agent.detect.base import PAIR_ICMP, PAIR_SYN, PAIR_TCP, PAIR_UDP
-from agent.engine import EV_CLOSE, EV_END, EV_OUTCOME, EV_PACKET, Engine, Packet
+from agent.engine import (
+    END_SESSIONS,
+    END_UNRESOLVED,
+    EV_CLOSE,
+    EV_END,
+    EV_OUTCOME,
+    EV_PACKET,
+    Engine,
+    Packet,
+)
 
 A, B = b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"  # internal
 X = b"\x5d\xb8\xd8\x22"  # external (93.184.216.34)
@@ -36,6 +45,8 @@ def test_nothing_is_handed_up_unless_asked() -> None:
     assert [ev[0] for ev in evs] == [EV_PACKET, EV_PACKET]
     assert (evs[0][1].dport, evs[0][1].payload, evs[0][2].dport) == (53, b"\x00" * 20, 53)
     assert evs[1][1].proto == 1 and evs[1][2] is not None  # ICMP, with its flow
+    # DNS went up for the deep decoder only; ICMP because an on_packet asked for it
+    assert [ev[3] for ev in evs] == [False, True]
 
 
 def test_declared_signatures_hand_up_matching_payloads_only() -> None:
@@ -45,7 +56,7 @@ def test_declared_signatures_hand_up_matching_payloads_only() -> None:
     e.packet(tcp(1.1, A, 40000, X, 443, 0x18, b"\x17\x03\x03 bulk"))
     e.packet(tcp(1.2, A, 40001, X, 80, 0x18, b"SSH-2.0-OpenSSH_9.2"))
     evs = e.events()
-    assert [(ev[0], ev[1].ts) for ev in evs] == [(EV_PACKET, 1.0)]
+    assert [(ev[0], ev[1].ts, ev[3]) for ev in evs] == [(EV_PACKET, 1.0, True)]
 
 
 def test_pairs_count_per_source_destination_and_class() -> None:
@@ -141,3 +152,19 @@ def test_bad_configuration_is_refused_with_the_reason() -> None:
             assert words in str(exc)
         else:
             raise AssertionError(f"{kw} accepted")
+
+
+def test_flow_ends_reported_are_the_ones_asked_for() -> None:
+    e = Engine()
+    e.configure(ends=END_UNRESOLVED | END_SESSIONS, close_ports={22})
+    e.packet(udp(1.0, A, 5000, B, 53))
+    e.packet(udp(1.1, B, 53, A, 5000))  # answered: an outcome, no end event
+    silent = e.packet(udp(1.2, A, 5001, B, 514))  # never answered
+    ssh = e.packet(tcp(1.3, A, 40000, B, 22, 0x02))
+    e.packet(tcp(1.4, B, 22, A, 40000, 0x12))
+    e.packet(tcp(1.5, A, 40001, B, 80, 0x02))
+    e.packet(tcp(1.6, B, 80, A, 40001, 0x12))  # established, not on a watched port
+    e.events()
+    e.flush()
+    assert [ev[1] for ev in e.events() if ev[0] == EV_END] == [silent, ssh]
+    assert e.stats()["created"] == 4

@@ -43,6 +43,9 @@ detector would throw away at once:
     app_kinds         the message kinds on_app wants ("dns", "tls_client_hello", "smb",
                       "dcerpc", "dicom_assoc", "hl7", "ftp", "telnet", "http"; None: all);
                       the deep decoder only decodes the protocols some detector wants.
+    flow_end          which ends on_flow_end wants: "all" (the default), "unresolved"
+                      (flows that never had an outcome), "sessions" (established TCP
+                      sessions on `close_ports`); the engine reports no other
     close_ports       the responder ports on_close wants (the engine watches the union);
                       set in __init__ when it depends on the settings.
 A detector with on_activity defines `activity_watch()` returning (responder ports to
@@ -105,6 +108,7 @@ class Detector:
     app_kinds: ClassVar[frozenset[str] | None] = None
     # Not a ClassVar: detectors whose ports are a setting set it per instance.
     close_ports: frozenset[int] = frozenset()
+    flow_end: ClassVar[str] = "all"
     packet_payloads: tuple[tuple[frozenset[int], frozenset[int], bytes], ...] = ()
 
     def __init__(self, settings: dict[str, Any], report: Report) -> None:

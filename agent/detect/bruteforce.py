@@ -67,6 +67,7 @@ class BruteForce(Detector):
     severity = alert_pb2.SEVERITY_HIGH
     help = "Password guessing: repeated rejected or short sessions to an authentication port."
     app_kinds = frozenset(("ftp", "telnet", "smb"))
+    flow_end = "sessions"  # only sessions it holds open end here
     options: ClassVar[dict[str, Option]] = {
         "ports": Option(
             list,

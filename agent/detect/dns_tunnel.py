@@ -109,23 +109,43 @@ class DnsTunnel(Detector):
         self.allow_domains = tuple(d.lower().strip(".") for d in settings["allow_domains"])
         self.zones: KeyedWindow[_Zone] = KeyedWindow(settings["window_seconds"], _Zone, 50_000)
         self._held: set[tuple[bytes, str]] = set()  # flagged zones with unreported queries
+        self._names: dict[str, tuple[str, str, bool, int, float]] = {}
 
     def _skip(self, reg: str) -> bool:
         if reg.endswith(".arpa"):
             return True
         return any(reg == d or reg.endswith("." + d) for d in self.allow_domains)
 
+    def _name(self, name: str) -> tuple[str, str, bool, int, float]:
+        """(registered domain, subdomain, skipped, longest subdomain label, its entropy
+        or -1.0 when the label is short) of a query name: worked out once per name, since
+        a name comes back in its answer and, for a resolver's clients, many times."""
+        info = self._names.get(name)
+        if info is not None:
+            return info
+        long_label = self.settings["long_label_length"]
+        reg = registered_domain(name)
+        if len(reg) > 2 * long_label or any(len(label) >= long_label for label in reg.split(".")):
+            reg = ""  # no domain at all (dnscat2 direct mode): the name is all data
+        sub = name if not reg else name[: -len(reg) - 1] if len(name) > len(reg) else ""
+        n, ent = 0, -1.0
+        if sub:
+            longest = max(sub.split("."), key=len)
+            n = len(longest)
+            if n >= long_label:
+                ent = entropy(longest)
+        info = (reg, sub, self._skip(reg), n, ent)
+        if len(self._names) >= 65536:
+            self._names.clear()
+        self._names[name] = info
+        return info
+
     def on_app(self, msg: Any, flow: Any, p: Packet | None) -> None:
         if p is None or msg.kind != "dns" or not msg.qname or msg.opcode != 0:
             return
         if p.dport not in self.ports and p.sport not in self.ports:
             return
-        name = msg.qname
-        reg = registered_domain(name)
-        if len(reg) > 2 * self.settings["long_label_length"] or any(
-            len(label) >= self.settings["long_label_length"] for label in reg.split(".")
-        ):
-            reg = ""  # no domain at all (dnscat2 direct mode): the name is all data
+        reg, sub, skip, n, ent = self._name(msg.qname)
         if msg.qr:  # an answer: the client is its destination
             z = self.zones.peek((p.dst, reg))
             if z is not None:
@@ -133,7 +153,7 @@ class DnsTunnel(Detector):
                 z.nx += msg.rcode == 3
             return
         client = p.src
-        if self._skip(reg) or self.allowed(client):
+        if skip or self.allowed(client):
             return
         ts = p.ts
         z = self.zones.get((client, reg), ts)
@@ -144,17 +164,13 @@ class DnsTunnel(Detector):
             z.odd += 1
         s = self.settings
         hit = False
-        sub = name if not reg else name[: -len(reg) - 1] if len(name) > len(reg) else ""
         if sub and z.subs.add(sub):
-            longest = max(sub.split("."), key=len)
-            n = len(longest)
             z.len_sum += n
             if n > z.max_label:
                 z.max_label = n
-            if n >= s["long_label_length"]:
-                e = entropy(longest)
-                z.max_entropy = max(z.max_entropy, e)
-                if e >= s["label_entropy"]:
+            if ent >= 0.0:
+                z.max_entropy = max(z.max_entropy, ent)
+                if ent >= s["label_entropy"]:
                     z.long_labels += 1
                     hit = True
         distinct = len(z.subs)

@@ -59,6 +59,7 @@ class Ioc(Detector):
     severity = alert_pb2.SEVERITY_HIGH
     help = "Indicator matches: addresses/CIDRs, domains, TLS SNI, JA3/JA4 from the intel list."
     app_kinds = frozenset(("dns", "tls_client_hello"))
+    flow_end = "unresolved"  # a flow with an outcome was matched then
     options: ClassVar[dict[str, Option]] = {
         "check_seconds": Option(
             float, 1.0, "How often the intel file is looked at for a new bundle.", positive

@@ -38,7 +38,8 @@ class _Source(Stamped):
     )  # fmt: skip
 
     def __init__(self, now: float) -> None:
-        self.targets = Distinct(65536)  # (host, _port()) first contacts
+        self.targets = Distinct(65536)  # (host, port) first contacts: a TCP port as is,
+        # other protocols above 65535 (see on_outcome)
         # Made at the second target: until then the one target is the one host and port
         # (most sources only ever contact one service).
         self.hosts: Distinct | None = None
@@ -75,18 +76,6 @@ class _Source(Stamped):
         if self.hosts is None or self.ports is None:
             return len(self.targets), len(self.targets)
         return len(self.hosts), len(self.ports)
-
-
-def _port(dport: int, proto: int) -> int:
-    """(port, protocol) as one int: a TCP port as is (the flow's own int object, nothing
-    new to store), other protocols above 65535."""
-    return dport if proto == TCP else proto << 16 | dport
-
-
-def _unicast(packed: bytes) -> bool:
-    if len(packed) == 4:
-        return packed[0] < 224 and packed != b"\xff\xff\xff\xff"
-    return packed[0] != 0xFF
 
 
 class PortScan(Detector):
@@ -138,14 +127,25 @@ class PortScan(Detector):
         self.ln_success = math.log(t1 / t0)
         self.sources: KeyedWindow[_Source] = KeyedWindow(s["window_seconds"], _Source)
         self.flagged: set[bytes] = set()
+        self.fanout_ports, self.fanout_hosts = s["fanout_ports"], s["fanout_hosts"]
+        self.stealth_probes = s["stealth_probes"]
+        self.report_interval = s["report_interval_seconds"]
 
     def on_outcome(self, flow: Flow, outcome: str, ts: float) -> None:
+        # Called for every attempt (a scan makes one per probe): settings are read once
+        # in __init__, helpers inlined.
+        dst = flow.dst
+        if len(dst) == 4:
+            if dst[0] >= 224 or dst == b"\xff\xff\xff\xff":
+                return
+        elif dst[0] == 0xFF:
+            return
         src = flow.src
-        if not _unicast(flow.dst) or self.allowed(src):
+        if self._allow and self.allowed(src):
             return
         st = self.sources.get(src, ts)
-        dst = flow.dst
-        if not st.contact(dst, _port(flow.dport, flow.proto)):
+        proto = flow.proto
+        if not st.contact(dst, flow.dport if proto == TCP else proto << 16 | flow.dport):
             return  # only first contacts count
         if outcome == SUCCESS:
             st.succeeded += 1
@@ -155,23 +155,25 @@ class PortScan(Detector):
             return
         st.failed += 1
         st.llr += self.ln_fail
-        st.styles |= _STYLES[flow.stealth or ("udp" if flow.proto == UDP else "syn")]
-        if flow.stealth:
+        stealth = flow.stealth
+        st.styles |= _STYLES[stealth or ("udp" if proto == UDP else "syn")]
+        if stealth:
             st.stealth += 1
-        s = self.settings
-        hosts, ports = st.distinct()
-        if src in self.flagged or (
-            st.llr >= self.ln_upper
-            or ports >= s["fanout_ports"]
-            or hosts >= s["fanout_hosts"]
-            or st.stealth >= s["stealth_probes"]
-        ):
-            first = src not in self.flagged
+        flagged = src in self.flagged
+        if not flagged:
+            hosts, ports = st.distinct()
+            if not (
+                st.llr >= self.ln_upper
+                or ports >= self.fanout_ports
+                or hosts >= self.fanout_hosts
+                or st.stealth >= self.stealth_probes
+            ):
+                return
             self.flagged.add(src)
-            st.pending += st.failed if first else 1
-            st.last_probe, st.last_dst = ts, dst
-            if ts - st.last_report >= s["report_interval_seconds"]:
-                self._emit(src, st, ts)
+        st.pending += 1 if flagged else st.failed
+        st.last_probe, st.last_dst = ts, dst
+        if ts - st.last_report >= self.report_interval:
+            self._emit(src, st, ts)
 
     def _emit(self, src: bytes, st: _Source, ts: float) -> None:
         count, st.pending, st.last_report = st.pending, 0, ts

@@ -6,6 +6,10 @@ arrives as events and per-tick counters. `Engine`'s docstrings list them.
 """
 
 from agent.engine._engine import (
+    END_ALL,
+    END_DEEP,
+    END_SESSIONS,
+    END_UNRESOLVED,
     EV_CLOSE,
     EV_END,
     EV_OUTCOME,
@@ -15,9 +19,14 @@ from agent.engine._engine import (
     Flow,
     Packet,
     decode,
+    parse_dns,
 )
 
 __all__ = [
+    "END_ALL",
+    "END_DEEP",
+    "END_SESSIONS",
+    "END_UNRESOLVED",
     "EV_CLOSE",
     "EV_END",
     "EV_OUTCOME",
@@ -27,4 +36,5 @@ __all__ = [
     "Flow",
     "Packet",
     "decode",
+    "parse_dns",
 ]

@@ -32,6 +32,9 @@ enum { O_NONE, O_SUCCESS, O_REJECTED, O_UNANSWERED };
 enum { ST_NONE, ST_NULL, ST_FIN, ST_XMAS, ST_OTHER };
 enum { EV_OUTCOME, EV_END, EV_PACKET, EV_CLOSE };
 enum { PAIR_SYN, PAIR_TCP, PAIR_UDP, PAIR_ICMP, PAIR_ICMP_ERROR, PAIR_OTHER };
+/* Which flow ends Python hears of (configure(ends=...)): most flows of a scan or of DNS
+ * interest nobody once they end, and an event per flow is a Python call per flow. */
+enum { END_ALL = 1, END_UNRESOLVED = 2, END_SESSIONS = 4, END_DEEP = 8 };
 
 /* Why a frame was not decoded: malformed (counted as damage) or skipped (not ours). */
 static const char *REASONS[] = {
@@ -395,12 +398,15 @@ typedef struct {
     uint32_t older, newer, gen, hash;
     uint8_t used, rev, state, outcome, stealth, itype, icode, closed, watch, act_in;
     uint8_t credit[2]; /* payload packets still handed up per direction (reassembly) */
+    uint8_t deep_seen; /* a TCP payload went up to the deep decoder (it may keep state) */
     double act_first, act_prev;
     uint64_t act_bytes;
     PyObject *py; /* the Flow object Python holds, created on first need */
 } flow_t;
 
 typedef struct { double due; uint32_t slot, gen; } pending_t;
+
+static inline int bit(const uint8_t *map, int port) { return map[port >> 3] & (1 << (port & 7)); }
 
 typedef struct {
     uint8_t src[16], dst[16];
@@ -429,7 +435,7 @@ typedef struct EngineObject {
     /* events for Python */
     PyObject *events;
     /* taps */
-    int pairs_on, activity_on, arp_up, icmp_up, deep_on;
+    int pairs_on, activity_on, arp_up, icmp_up, deep_on, ends;
     int deep_udp_dns, tls_on, hl7_on, rpc_on, dicom_on, http_on;
     uint8_t deep_tcp_ports[8192], close_ports[8192], act_ignore[8192], http_first[32];
     int act_internal_dests;
@@ -709,15 +715,28 @@ static int activity_record(EngineObject *e, uint32_t slot, PyObject *into)
 
 /* The flow's record ends (expired, evicted, end of input, or reported at the active
  * timeout): Python gets the END event with a final copy. */
+static int end_wanted(EngineObject *e, flow_t *f)
+{
+    int m = e->ends;
+    if (m & END_ALL) return 1;
+    if ((m & END_UNRESOLVED) && !f->outcome) return 1;
+    if ((m & END_SESSIONS) && f->state == S_ESTABLISHED &&
+        bit(e->close_ports, f->rev ? f->k.ap : f->k.bp))
+        return 1;
+    return (m & END_DEEP) && f->deep_seen;
+}
+
 static int end_record(EngineObject *e, uint32_t slot)
 {
     flow_t *f = &e->slots[slot];
     if (f->act_in && activity_record(e, slot, e->act_done) < 0) return -1;
-    if (emit_flow(e, EV_END, slot) < 0) return -1;
-    FlowObject *o = (FlowObject *)f->py;
-    flow_detach(o);
-    Py_DECREF(o); /* the event list holds it now */
-    f->py = NULL;
+    if (end_wanted(e, f) && emit_flow(e, EV_END, slot) < 0) return -1;
+    if (f->py) {
+        FlowObject *o = (FlowObject *)f->py;
+        flow_detach(o);
+        Py_DECREF(o); /* the event list, or whoever kept it, holds it now */
+        f->py = NULL;
+    }
     return 0;
 }
 
@@ -806,7 +825,6 @@ static inline int is_unicast(const uint8_t *a, int alen)
     return a[0] != 0xFF;
 }
 
-static inline int bit(const uint8_t *map, int port) { return map[port >> 3] & (1 << (port & 7)); }
 
 /* ------------------------------------------------------------------------------------ */
 /* Pair counters                                                                        */
@@ -910,12 +928,15 @@ static int pair_add(EngineObject *e, pkt_t *k)
 /* ------------------------------------------------------------------------------------ */
 /* One decoded packet through the flow table and the taps                              */
 
-static int handup(EngineObject *e, pkt_t *k, PyObject *flow)
+/* `asked`: a detector's on_packet asked for it (ARP, ICMP, a signature); otherwise it
+ * goes up for the deep decoder only. */
+static int handup(EngineObject *e, pkt_t *k, PyObject *flow, int asked)
 {
     PyObject *p = packet_new_from(k);
     if (!p) return -1;
     e->handed_up++;
-    return emit(e, Py_BuildValue("(iNO)", EV_PACKET, p, flow ? flow : Py_None));
+    return emit(e, Py_BuildValue("(iNOO)", EV_PACKET, p, flow ? flow : Py_None,
+                                 asked ? Py_True : Py_False));
 }
 
 static int sig_match(EngineObject *e, pkt_t *k)
@@ -974,10 +995,10 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
     int proto = k->proto;
     if (k->ts > e->last_ts) e->last_ts = k->ts;
     if (e->pairs_on && k->ver && pair_add(e, k) < 0) return -1;
-    if (proto == P_ARP) return e->arp_up ? handup(e, k, NULL) : 0;
+    if (proto == P_ARP) return e->arp_up ? handup(e, k, NULL, 1) : 0;
     int tcpudp = proto == 6 || proto == 17, icmp = proto == 1 || proto == 58;
     int want_pkt = (icmp && e->icmp_up) || (tcpudp && k->plen && e->nsigs && sig_match(e, k));
-    if (!tcpudp && !icmp) return want_pkt ? handup(e, k, NULL) : 0;
+    if (!tcpudp && !icmp) return want_pkt ? handup(e, k, NULL, 1) : 0;
 
     fkey_t key;
     memset(&key, 0, sizeof(key));
@@ -1000,7 +1021,7 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
         if (e->sample_n > 1 && h % e->sample_n) {
             /* shedding: this flow is not tracked, time still runs */
             e->shed_packets++;
-            return want_pkt ? handup(e, k, NULL) : 0;
+            return want_pkt ? handup(e, k, NULL, 1) : 0;
         }
         if (e->nflows >= e->max_flows) {
             if (evict(e) < 0) return -1;
@@ -1127,9 +1148,10 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
             else if (e->http_on && (e->http_first[b0 >> 3] & (1 << (b0 & 7)))) deep = 1;
         }
     }
+    if (deep && proto == 6) f->deep_seen = 1;
     if (deep || want_pkt) {
         PyObject *py = flow_py(e, slot);
-        if (!py || handup(e, k, py) < 0) return -1;
+        if (!py || handup(e, k, py, want_pkt) < 0) return -1;
     }
     if (icmp && (k->sport == 1 || k->sport == 3) && icmp_unreachable(e, k) < 0) return -1;
     if (flow_out) *flow_out = f->used ? flow_py(e, slot) : NULL;
@@ -1224,6 +1246,7 @@ static int engine_init(EngineObject *e, PyObject *args, PyObject *kw)
     e->oldest = e->newest = e->free_head = NIL;
     e->max_flows = max_flows;
     e->sample_n = 1;
+    e->ends = END_ALL;
     e->events = PyList_New(0);
     e->act_done = PyList_New(0);
     e->pairs_cap = 1024;
@@ -1296,20 +1319,22 @@ PyDoc_STRVAR(configure_doc,
 "TCP ports whose payloads always go up; http_first: bytes that may start an HTTP request;\n"
 "close_ports: responder ports of established TCP flows whose first FIN/RST is an event;\n"
 "activity: report activity() of flows from internal_nets, towards unicast external\n"
-"(or internal, activity_internal) responders whose port is not in activity_ignore.");
+"(or internal, activity_internal) responders whose port is not in activity_ignore.\n"
+"ends: which flow ends are events, bits: 1 all (the default), 2 those without an outcome,\n"
+"4 established sessions on close_ports, 8 TCP flows whose payloads went to the deep decoder.");
 
 static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
 {
     static char *kwl[] = {"pairs", "arp", "icmp", "signatures", "deep", "deep_tcp_ports",
                           "http_first", "close_ports", "activity", "activity_ignore",
-                          "activity_internal", "internal_nets", NULL};
-    int pairs = 0, arpu = 0, icmpu = 0, activity = 0, act_int = 0;
+                          "activity_internal", "internal_nets", "ends", NULL};
+    int pairs = 0, arpu = 0, icmpu = 0, activity = 0, act_int = 0, ends = END_ALL;
     PyObject *sigs = Py_None, *deep = Py_None, *tcp_ports = Py_None, *close_ports = Py_None,
              *act_ignore = Py_None, *nets = Py_None;
     Py_buffer http = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pppOOOy*OpOpO", kwl, &pairs, &arpu, &icmpu,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pppOOOy*OpOpOi", kwl, &pairs, &arpu, &icmpu,
                                      &sigs, &deep, &tcp_ports, &http, &close_ports, &activity,
-                                     &act_ignore, &act_int, &nets))
+                                     &act_ignore, &act_int, &nets, &ends))
         return NULL;
     int ok = -1;
     memset(e->http_first, 0, sizeof(e->http_first));
@@ -1388,6 +1413,7 @@ static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
     e->icmp_up = icmpu;
     e->activity_on = activity;
     e->act_internal_dests = act_int;
+    e->ends = ends;
     ok = 0;
 done:
     if (http.buf) PyBuffer_Release(&http);
@@ -1640,8 +1666,9 @@ static PyMethodDef engine_methods[] = {
     {"tick", (PyCFunction)engine_tick, METH_O, "tick(now): attempts unanswered, idle and long flows"},
     {"flush", (PyCFunction)engine_flush, METH_NOARGS, "flush(): end of input, every flow ends"},
     {"events", (PyCFunction)engine_events, METH_NOARGS,
-     "events() -> [(0, flow, outcome, ts) | (1, flow) | (2, packet, flow|None) | (3, flow, ts)]: "
-     "outcome, end, packet handed up, close; taken (the engine starts a new list)"},
+     "events() -> [(0, flow, outcome, ts) | (1, flow) | (2, packet, flow|None, asked) | "
+     "(3, flow, ts)]: outcome, end, packet handed up (asked: for on_packet, not only the "
+     "deep decoder), close; taken (the engine starts a new list)"},
     {"pairs", (PyCFunction)engine_pairs, METH_NOARGS,
      "pairs() -> [(src, dst, cls, packets, bytes, last_ts, dport)] since the last call "
      "(src b'' : other sources, once the tick's table is full)"},
@@ -1669,6 +1696,124 @@ static PyTypeObject EngineType = {
     .tp_new = engine_new,
 };
 
+
+/* ------------------------------------------------------------------------------------ */
+/* DNS messages: the deep decoder's hottest protocol, read here (agent/decode/deep/dns.py
+ * documents the fields). Names are followed through compression pointers with a jump
+ * limit, so a pointer loop costs a bounded number of steps.                          */
+
+#define DNS_MAX_JUMPS 16
+#define DNS_MAX_NAME 255
+#define DNS_MAX_ANSWERS 64
+
+static const char *dns_name(const uint8_t *buf, Py_ssize_t n, Py_ssize_t *offp, char *out,
+                            int *outlen)
+{
+    Py_ssize_t off = *offp, end = -1;
+    int jumps = 0, total = 0, len = 0;
+    for (;;) {
+        if (off >= n) return "dns_truncated";
+        int ln = buf[off];
+        if (ln == 0) { off++; break; }
+        if (ln >= 0xC0) {
+            if (off + 1 >= n) return "dns_truncated";
+            if (++jumps > DNS_MAX_JUMPS) return "dns_pointer_loop";
+            if (end < 0) end = off + 2;
+            off = ((ln & 0x3F) << 8) | buf[off + 1];
+            continue;
+        }
+        if (ln > 63) return "dns_bad_label";
+        total += ln + 1;
+        if (total > DNS_MAX_NAME) return "dns_name_too_long";
+        if (off + 1 + ln > n) return "dns_truncated";
+        if (len) out[len++] = '.';
+        memcpy(out + len, buf + off + 1, ln);
+        len += ln;
+        off += 1 + ln;
+    }
+    *outlen = len;
+    *offp = end >= 0 ? end : off;
+    return NULL;
+}
+
+static const char *dns_skip(const uint8_t *buf, Py_ssize_t n, Py_ssize_t *offp)
+{
+    Py_ssize_t off = *offp;
+    for (int i = 0; i < 128; i++) {
+        if (off >= n) return "dns_truncated";
+        int ln = buf[off];
+        if (ln == 0) { *offp = off + 1; return NULL; }
+        if (ln >= 0xC0) { *offp = off + 2; return NULL; }
+        if (ln > 63) return "dns_bad_label";
+        off += 1 + ln;
+    }
+    return "dns_bad_label";
+}
+
+/* parse_dns(payload, tcp) -> (id, qr, opcode, rcode, qname, qtype, qdcount, ancount,
+ * answer_types, truncated) | reason | None */
+static PyObject *mod_parse_dns(PyObject *m, PyObject *args)
+{
+    Py_buffer b;
+    int tcp = 0;
+    if (!PyArg_ParseTuple(args, "y*|p", &b, &tcp)) return NULL;
+    const uint8_t *buf = b.buf;
+    Py_ssize_t n = b.len;
+    const char *bad = NULL;
+    PyObject *out = NULL;
+    if (tcp) {
+        if (n < 14) { PyBuffer_Release(&b); Py_RETURN_NONE; }
+        int ln = u16(buf);
+        if (ln < 12) { bad = "dns_bad_length"; goto done; }
+        buf += 2;
+        n -= 2;
+        if (ln < n) n = ln;
+    }
+    if (n < 12) { bad = "dns_truncated"; goto done; }
+    int ident = u16(buf), flags = u16(buf + 2), qd = u16(buf + 4), an = u16(buf + 6);
+    Py_ssize_t off = 12;
+    char name[DNS_MAX_NAME + 64];
+    int nlen = 0, qtype = 0;
+    if (qd) {
+        if ((bad = dns_name(buf, n, &off, name, &nlen))) goto done;
+        if (off + 4 > n) { bad = "dns_truncated"; goto done; }
+        qtype = u16(buf + off);
+        off += 4;
+        for (int i = 0; i < (qd < 16 ? qd : 16) - 1; i++) {
+            if ((bad = dns_skip(buf, n, &off))) goto done;
+            off += 4;
+        }
+    }
+    int types[DNS_MAX_ANSWERS], ntypes = 0, truncated = 0;
+    if (an) {
+        for (int i = 0; i < (an < DNS_MAX_ANSWERS ? an : DNS_MAX_ANSWERS); i++) {
+            if (dns_skip(buf, n, &off) || off + 10 > n) { truncated = 1; break; }
+            types[ntypes++] = u16(buf + off);
+            off += 10 + u16(buf + off + 8);
+        }
+        if (off > n) truncated = 1;
+    }
+    /* lower-cased as Python's str.lower() of the latin-1 text: ASCII here, the rest there */
+    int ascii = 1;
+    for (int i = 0; i < nlen; i++) {
+        unsigned char c = name[i];
+        if (c >= 'A' && c <= 'Z') name[i] = c + 32;
+        else if (c >= 0x80) ascii = 0;
+    }
+    PyObject *qname = PyUnicode_DecodeLatin1(name, nlen, NULL);
+    if (qname && !ascii) Py_SETREF(qname, PyObject_CallMethod(qname, "lower", NULL));
+    PyObject *tt = PyTuple_New(ntypes);
+    if (!qname || !tt) { Py_XDECREF(qname); Py_XDECREF(tt); PyBuffer_Release(&b); return NULL; }
+    for (int i = 0; i < ntypes; i++) PyTuple_SET_ITEM(tt, i, PyLong_FromLong(types[i]));
+    out = Py_BuildValue("(iOiiNiiiNO)", ident, flags & 0x8000 ? Py_True : Py_False,
+                        (flags >> 11) & 0xF, flags & 0xF, qname, qtype, qd, an, tt,
+                        truncated ? Py_True : Py_False);
+done:
+    PyBuffer_Release(&b);
+    if (bad) return PyUnicode_FromString(bad);
+    return out;
+}
+
 /* decode(ts, linktype, wirelen, frame) -> (Packet | None, reason | None, skipped) */
 static PyObject *mod_decode(PyObject *m, PyObject *args)
 {
@@ -1692,6 +1837,9 @@ static PyObject *mod_decode(PyObject *m, PyObject *args)
 static PyMethodDef mod_methods[] = {
     {"decode", mod_decode, METH_VARARGS,
      "decode(ts, linktype, wirelen, frame) -> (Packet | None, reason | None, skipped)"},
+    {"parse_dns", mod_parse_dns, METH_VARARGS,
+     "parse_dns(payload, tcp=False) -> (id, qr, opcode, rcode, qname, qtype, qdcount, "
+     "ancount, answer_types, truncated) | malformed reason | None"},
     {NULL},
 };
 
@@ -1715,6 +1863,10 @@ PyMODINIT_FUNC PyInit__engine(void)
     PyModule_AddIntConstant(m, "EV_END", EV_END);
     PyModule_AddIntConstant(m, "EV_PACKET", EV_PACKET);
     PyModule_AddIntConstant(m, "EV_CLOSE", EV_CLOSE);
+    PyModule_AddIntConstant(m, "END_ALL", END_ALL);
+    PyModule_AddIntConstant(m, "END_UNRESOLVED", END_UNRESOLVED);
+    PyModule_AddIntConstant(m, "END_SESSIONS", END_SESSIONS);
+    PyModule_AddIntConstant(m, "END_DEEP", END_DEEP);
     PyObject *reasons = PyTuple_New(N_REASONS);
     for (size_t i = 0; i < N_REASONS; i++) PyTuple_SET_ITEM(reasons, i, PyUnicode_FromString(REASONS[i]));
     PyModule_AddObject(m, "REASONS", reasons);
