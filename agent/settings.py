@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.detect import registry
-from common.config import Option, at_least, host_port, one_of, positive
-from common.metrics import check_listen
+from common.config import Option, at_least, check_listen, host_port, one_of, positive
 
 
 def _ranges(value: list) -> str | None:

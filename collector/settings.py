@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collector.correlate.rules import OPTIONS as CORRELATION
 from collector.sinks import OPTIONS as SINKS
-from common.config import Option, at_least, host_port, one_of, positive
-from common.metrics import check_listen
+from common.config import Option, at_least, check_listen, host_port, one_of, positive
 
 
 def _storage_url(value: str) -> str | None:

@@ -178,3 +178,13 @@ def _toml(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return repr(value)
+
+
+def check_listen(value: str) -> str | None:
+    """Config check for `metrics.listen`: '' or HOST:PORT."""
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        return f"must be HOST:PORT or '' (disabled), got {value!r}"
+    return None

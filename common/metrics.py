@@ -256,13 +256,3 @@ def serve(listen: str, registry: Registry) -> MetricsServer | None:
     ms = MetricsServer(server)
     log.info("metrics_listening", address=ms.address)
     return ms
-
-
-def check_listen(value: str) -> str | None:
-    """Config check for `metrics.listen`: '' or HOST:PORT."""
-    if not value:
-        return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        return f"must be HOST:PORT or '' (disabled), got {value!r}"
-    return None

@@ -168,3 +168,16 @@ def test_flow_ends_reported_are_the_ones_asked_for() -> None:
     e.flush()
     assert [ev[1] for ev in e.events() if ev[0] == EV_END] == [silent, ssh]
     assert e.stats()["created"] == 4
+
+
+def test_table_grows_as_flows_come_and_keeps_every_one() -> None:
+    e = Engine(max_flows=20_000)
+    flows = []
+    for i in range(15_000):  # past the first allocation, through several doublings
+        src = bytes((10, 1, i >> 8, i & 255))
+        flows.append(e.packet(udp(1.0 + i / 1e4, src, 5000, X, 53)))
+    assert len(e) == 15_000 and e.stats()["evicted"] == 0
+    assert all(e.get(f.key) is f for f in flows)  # found again after every rehash
+    for i in range(15_000, 21_000):
+        e.packet(udp(3.0, bytes((10, 2, i >> 8 & 255, i & 255)), 5000, X, 53))
+    assert len(e) <= 20_000 and e.stats()["evicted"] >= 1_000

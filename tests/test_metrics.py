@@ -7,7 +7,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import metrics
+from common import config, metrics
 from tests.conftest import DATA, free_port, start_collector, tool
 
 
@@ -56,8 +56,8 @@ def test_server_loopback_and_disabled() -> None:
 
 
 def test_listen_check() -> None:
-    assert metrics.check_listen("") is None and metrics.check_listen("127.0.0.1:9750") is None
-    assert "HOST:PORT" in (metrics.check_listen("9750") or "")
+    assert config.check_listen("") is None and config.check_listen("127.0.0.1:9750") is None
+    assert "HOST:PORT" in (config.check_listen("9750") or "")
 
 
 def test_collector_and_agent_metrics(tmp_path: Path) -> None:

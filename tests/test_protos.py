@@ -25,7 +25,10 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         if not committed.exists() or committed.read_bytes() != path.read_bytes():
             stale.append(str(rel))
     protos = ROOT / "protos"
-    committed_files = {p.relative_to(protos) for p in protos.rglob("*_pb2*.py*")}
+    # Python's own bytecode caches are not generated code (nor committed)
+    committed_files = {
+        p.relative_to(protos) for p in protos.rglob("*_pb2*.py*") if "__pycache__" not in p.parts
+    }
     orphans = committed_files - {p.relative_to(tmp_path) for p in written}
     assert not stale, f"generated code is stale, run ./dev protos: {stale}"
     assert not orphans, f"generated files without a .proto: {sorted(map(str, orphans))}"

@@ -644,9 +644,10 @@ static void index_remove(EngineObject *e, uint32_t slot)
     }
 }
 
-static int grow_table(EngineObject *e, uint32_t max_flows)
+/* Slots grow as flows come (doubling), up to max_flows: an agent on a quiet server does
+ * not hold the memory of a busy one. */
+static int grow_table(EngineObject *e, uint32_t want)
 {
-    uint32_t want = max_flows + 1;
     if (want > e->nslots) {
         flow_t *ns = PyMem_Realloc(e->slots, (size_t)want * sizeof(flow_t));
         if (!ns) { PyErr_NoMemory(); return -1; }
@@ -1027,6 +1028,12 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
             if (evict(e) < 0) return -1;
             lookup(e, &key, h, &pos); /* eviction moved entries */
         }
+        if (e->free_head == NIL) {
+            uint32_t want = e->nslots * 2;
+            if (want > e->max_flows + 1) want = e->max_flows + 1;
+            if (grow_table(e, want) < 0) return -1;
+            lookup(e, &key, h, &pos); /* a bigger index moved entries */
+        }
         slot = e->free_head;
         flow_t *f = &e->slots[slot];
         e->free_head = f->newer;
@@ -1254,7 +1261,7 @@ static int engine_init(EngineObject *e, PyObject *args, PyObject *kw)
     e->pidx = PyMem_Calloc(e->pairs_cap * 2, sizeof(uint32_t));
     e->pmask = e->pairs_cap * 2 - 1;
     if (!e->events || !e->act_done || !e->pairs || !e->pidx) { PyErr_NoMemory(); return -1; }
-    return grow_table(e, max_flows);
+    return grow_table(e, max_flows < 4096 ? max_flows + 1 : 4096);
 }
 
 static PyObject *engine_new(PyTypeObject *t, PyObject *a, PyObject *k)
@@ -1430,7 +1437,6 @@ static PyObject *engine_set_limits(EngineObject *e, PyObject *args, PyObject *kw
                                      &e->tcp_idle, &e->udp_idle, &e->active_timeout, &sample_n))
         return NULL;
     if (max_flows < 1 || sample_n < 1) { PyErr_SetString(PyExc_ValueError, "max_flows and sample_n must be at least 1"); return NULL; }
-    if (grow_table(e, max_flows) < 0) return NULL;
     e->max_flows = max_flows;
     e->sample_n = sample_n;
     Py_RETURN_NONE;
