@@ -181,6 +181,7 @@ class Pipeline:
             activity_internal=internal,
             internal_nets=_INTERNAL_NETS,
             ends=self._ends(),
+            outcomes=bool(self._on_outcome),
         )
 
     def _ends(self) -> int:

@@ -181,3 +181,13 @@ def test_table_grows_as_flows_come_and_keeps_every_one() -> None:
     for i in range(15_000, 21_000):
         e.packet(udp(3.0, bytes((10, 2, i >> 8 & 255, i & 255)), 5000, X, 53))
     assert len(e) <= 20_000 and e.stats()["evicted"] >= 1_000
+
+
+def test_outcomes_without_listeners_are_kept_on_the_flow_only() -> None:
+    e = Engine()
+    e.configure(outcomes=False)
+    e.packet(tcp(1.0, A, 40000, B, 22, 0x02))
+    e.packet(tcp(1.1, B, 22, A, 40000, 0x12))
+    assert e.events() == []
+    f = e.get((6, 0, A, 40000, B, 22))
+    assert f is not None and f.outcome == "success"

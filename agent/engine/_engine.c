@@ -401,7 +401,7 @@ typedef struct {
     uint8_t deep_seen; /* a TCP payload went up to the deep decoder (it may keep state) */
     double act_first, act_prev;
     uint64_t act_bytes;
-    PyObject *py; /* the Flow object Python holds, created on first need */
+    PyObject *py; /* borrowed: the Flow object while Python holds one, else NULL */
 } flow_t;
 
 typedef struct { double due; uint32_t slot, gen; } pending_t;
@@ -435,7 +435,7 @@ typedef struct EngineObject {
     /* events for Python */
     PyObject *events;
     /* taps */
-    int pairs_on, activity_on, arp_up, icmp_up, deep_on, ends;
+    int pairs_on, activity_on, arp_up, icmp_up, deep_on, ends, outcomes_on;
     int deep_udp_dns, tls_on, hl7_on, rpc_on, dicom_on, http_on;
     uint8_t deep_tcp_ports[8192], close_ports[8192], act_ignore[8192], http_first[32];
     int act_internal_dests;
@@ -490,10 +490,13 @@ static void flow_detach(FlowObject *o)
     o->eng = NULL;
 }
 
+/* A new reference to the flow's Python object, made on first need. The slot only
+ * borrows it: once Python lets go of it (most flows: after their events), it is freed
+ * and its dealloc clears the slot; the next event makes another. */
 static PyObject *flow_py(EngineObject *e, uint32_t slot)
 {
     flow_t *f = &e->slots[slot];
-    if (f->py) return f->py;
+    if (f->py) return Py_NewRef(f->py);
     FlowObject *o = PyObject_New(FlowObject, &FlowType);
     if (!o) return NULL;
     o->eng = e;
@@ -688,16 +691,17 @@ static int emit_flow(EngineObject *e, int code, uint32_t slot)
 {
     PyObject *py = flow_py(e, slot);
     if (!py) return -1;
-    return emit(e, Py_BuildValue("(iO)", code, py));
+    return emit(e, Py_BuildValue("(iN)", code, py));
 }
 
 static int emit_outcome(EngineObject *e, uint32_t slot, int outcome, double ts)
 {
     flow_t *f = &e->slots[slot];
     f->outcome = outcome;
+    if (!e->outcomes_on) return 0; /* nobody listens: no event, no Flow object */
     PyObject *py = flow_py(e, slot);
     if (!py) return -1;
-    return emit(e, Py_BuildValue("(iOOd)", EV_OUTCOME, py, OUTCOME_STR[outcome], ts));
+    return emit(e, Py_BuildValue("(iNOd)", EV_OUTCOME, py, OUTCOME_STR[outcome], ts));
 }
 
 static int activity_record(EngineObject *e, uint32_t slot, PyObject *into)
@@ -706,7 +710,7 @@ static int activity_record(EngineObject *e, uint32_t slot, PyObject *into)
     f->act_in = 0;
     PyObject *py = flow_py(e, slot);
     if (!py) return -1;
-    PyObject *t = Py_BuildValue("(OddK)", py, f->act_first, f->act_prev,
+    PyObject *t = Py_BuildValue("(NddK)", py, f->act_first, f->act_prev,
                                 (unsigned long long)f->act_bytes);
     if (!t) return -1;
     int r = PyList_Append(into, t);
@@ -732,10 +736,8 @@ static int end_record(EngineObject *e, uint32_t slot)
     flow_t *f = &e->slots[slot];
     if (f->act_in && activity_record(e, slot, e->act_done) < 0) return -1;
     if (end_wanted(e, f) && emit_flow(e, EV_END, slot) < 0) return -1;
-    if (f->py) {
-        FlowObject *o = (FlowObject *)f->py;
-        flow_detach(o);
-        Py_DECREF(o); /* the event list, or whoever kept it, holds it now */
+    if (f->py) { /* the event, or whoever kept it, holds it: it keeps the final values */
+        flow_detach((FlowObject *)f->py);
         f->py = NULL;
     }
     return 0;
@@ -1133,7 +1135,7 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
         if (bit(e->close_ports, rport)) {
             f->closed = 1;
             PyObject *py = flow_py(e, slot);
-            if (!py || emit(e, Py_BuildValue("(iOd)", EV_CLOSE, py, k->ts)) < 0) return -1;
+            if (!py || emit(e, Py_BuildValue("(iNd)", EV_CLOSE, py, k->ts)) < 0) return -1;
         }
     }
     int deep = 0;
@@ -1158,10 +1160,12 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
     if (deep && proto == 6) f->deep_seen = 1;
     if (deep || want_pkt) {
         PyObject *py = flow_py(e, slot);
-        if (!py || handup(e, k, py, want_pkt) < 0) return -1;
+        int r = py ? handup(e, k, py, want_pkt) : -1;
+        Py_XDECREF(py);
+        if (r < 0) return -1;
     }
     if (icmp && (k->sport == 1 || k->sport == 3) && icmp_unreachable(e, k) < 0) return -1;
-    if (flow_out) *flow_out = f->used ? flow_py(e, slot) : NULL;
+    if (flow_out) *flow_out = f->used ? flow_py(e, slot) : NULL; /* a new reference */
     return 0;
 }
 
@@ -1254,6 +1258,7 @@ static int engine_init(EngineObject *e, PyObject *args, PyObject *kw)
     e->max_flows = max_flows;
     e->sample_n = 1;
     e->ends = END_ALL;
+    e->outcomes_on = 1;
     e->events = PyList_New(0);
     e->act_done = PyList_New(0);
     e->pairs_cap = 1024;
@@ -1275,10 +1280,8 @@ static void engine_dealloc(EngineObject *e)
 {
     for (uint32_t s = 0; s < e->nslots; s++) {
         flow_t *f = &e->slots[s];
-        if (f->py) {
+        if (f->py) /* alive, held by Python: it keeps its values, not a pointer here */
             flow_detach((FlowObject *)f->py);
-            Py_DECREF(f->py);
-        }
     }
     /* Flow objects still held elsewhere must not read freed slots */
     PyMem_Free(e->slots);
@@ -1328,20 +1331,21 @@ PyDoc_STRVAR(configure_doc,
 "activity: report activity() of flows from internal_nets, towards unicast external\n"
 "(or internal, activity_internal) responders whose port is not in activity_ignore.\n"
 "ends: which flow ends are events, bits: 1 all (the default), 2 those without an outcome,\n"
-"4 established sessions on close_ports, 8 TCP flows whose payloads went to the deep decoder.");
+"4 established sessions on close_ports, 8 TCP flows whose payloads went to the deep decoder;\n"
+"outcomes: whether attempt outcomes are events (the default) or only set on the flow.");
 
 static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
 {
     static char *kwl[] = {"pairs", "arp", "icmp", "signatures", "deep", "deep_tcp_ports",
                           "http_first", "close_ports", "activity", "activity_ignore",
-                          "activity_internal", "internal_nets", "ends", NULL};
-    int pairs = 0, arpu = 0, icmpu = 0, activity = 0, act_int = 0, ends = END_ALL;
+                          "activity_internal", "internal_nets", "ends", "outcomes", NULL};
+    int pairs = 0, arpu = 0, icmpu = 0, activity = 0, act_int = 0, ends = END_ALL, outcomes = 1;
     PyObject *sigs = Py_None, *deep = Py_None, *tcp_ports = Py_None, *close_ports = Py_None,
              *act_ignore = Py_None, *nets = Py_None;
     Py_buffer http = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pppOOOy*OpOpOi", kwl, &pairs, &arpu, &icmpu,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pppOOOy*OpOpOip", kwl, &pairs, &arpu, &icmpu,
                                      &sigs, &deep, &tcp_ports, &http, &close_ports, &activity,
-                                     &act_ignore, &act_int, &nets, &ends))
+                                     &act_ignore, &act_int, &nets, &ends, &outcomes))
         return NULL;
     int ok = -1;
     memset(e->http_first, 0, sizeof(e->http_first));
@@ -1421,6 +1425,7 @@ static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
     e->activity_on = activity;
     e->act_internal_dests = act_int;
     e->ends = ends;
+    e->outcomes_on = outcomes;
     ok = 0;
 done:
     if (http.buf) PyBuffer_Release(&http);
@@ -1530,7 +1535,7 @@ static PyObject *engine_packet(EngineObject *e, PyObject *p)
     e->bytes += k.wirelen;
     e->decoded++;
     if (process(e, &k, &flow) < 0) return NULL;
-    return Py_NewRef(flow ? flow : Py_None);
+    return flow ? flow : Py_NewRef(Py_None);
 }
 
 static PyObject *engine_tick(EngineObject *e, PyObject *arg)
@@ -1630,7 +1635,7 @@ static PyObject *engine_get(EngineObject *e, PyObject *key)
     if (!okay) Py_RETURN_NONE;
     uint32_t pos, s = lookup(e, &k, key_hash(&k), &pos);
     if (s == NIL) Py_RETURN_NONE;
-    return Py_XNewRef(flow_py(e, s));
+    return flow_py(e, s);
 }
 
 static PyObject *engine_last_ts(EngineObject *e, void *c) { return PyFloat_FromDouble(e->last_ts); }
