@@ -30,6 +30,7 @@ from agent.engine import (
     END_SESSIONS,
     END_UNRESOLVED,
     EV_CLOSE,
+    EV_DNS,
     EV_END,
     EV_OUTCOME,
     EV_PACKET,
@@ -137,6 +138,7 @@ class Pipeline:
             k: tuple(d.on_app for d in apps if d.app_kinds is None or k in d.app_kinds)
             for k in PROTOCOL_OF_KIND
         }
+        self._app_dns = self._app["dns"]
         # The deep decoder decodes only the protocols some detector wants; it is only
         # built when one wants application messages: otherwise no packet pays.
         if self._on_app:
@@ -319,6 +321,15 @@ class Pipeline:
                     for msg in deep(p, flow):
                         for h in app.get(msg.kind, ()):
                             h(msg, flow, p)
+            elif code == EV_DNS:  # a DNS message over UDP, read by the engine
+                p, flow = ev[1], ev[2]
+                if ev[4]:
+                    for h in self._pkt.get(p.proto, ()):
+                        h(p)
+                deep = self._deep
+                if deep is not None and (msg := deep.dns(p, flow, ev[3])) is not None:
+                    for h in self._app_dns:
+                        h(msg, flow, p)
             elif code == EV_END:
                 flow = ev[1]
                 for h in self._on_flow_end:

@@ -8,11 +8,13 @@ from agent.engine import (
     END_SESSIONS,
     END_UNRESOLVED,
     EV_CLOSE,
+    EV_DNS,
     EV_END,
     EV_OUTCOME,
     EV_PACKET,
     Engine,
     Packet,
+    parse_dns,
 )
 
 A, B = b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"  # internal
@@ -42,11 +44,12 @@ def test_nothing_is_handed_up_unless_asked() -> None:
     e.packet(udp(2.1, A, 5002, B, 9999, b"\x00" * 20))  # not a DNS port
     e.packet(Packet(2.2, 98, 4, A, B, 1, 8, 0, 0, b"x" * 56))
     evs = e.events()
-    assert [ev[0] for ev in evs] == [EV_PACKET, EV_PACKET]
+    # DNS over UDP goes up read (what parse_dns returns), for the deep decoder only
+    assert [ev[0] for ev in evs] == [EV_DNS, EV_PACKET]
     assert (evs[0][1].dport, evs[0][1].payload, evs[0][2].dport) == (53, b"\x00" * 20, 53)
+    assert evs[0][3] == parse_dns(b"\x00" * 20) and evs[0][4] is False
     assert evs[1][1].proto == 1 and evs[1][2] is not None  # ICMP, with its flow
-    # DNS went up for the deep decoder only; ICMP because an on_packet asked for it
-    assert [ev[3] for ev in evs] == [False, True]
+    assert evs[1][3] is True  # an on_packet asked for ICMP
 
 
 def test_declared_signatures_hand_up_matching_payloads_only() -> None:

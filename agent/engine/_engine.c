@@ -30,7 +30,7 @@
 enum { S_ATTEMPT, S_PROBE, S_ESTABLISHED, S_REJECTED, S_MIDSTREAM, S_CLOSED };
 enum { O_NONE, O_SUCCESS, O_REJECTED, O_UNANSWERED };
 enum { ST_NONE, ST_NULL, ST_FIN, ST_XMAS, ST_OTHER };
-enum { EV_OUTCOME, EV_END, EV_PACKET, EV_CLOSE };
+enum { EV_OUTCOME, EV_END, EV_PACKET, EV_CLOSE, EV_DNS };
 enum { PAIR_SYN, PAIR_TCP, PAIR_UDP, PAIR_ICMP, PAIR_ICMP_ERROR, PAIR_OTHER };
 /* Which flow ends Python hears of (configure(ends=...)): most flows of a scan or of DNS
  * interest nobody once they end, and an event per flow is a Python call per flow. */
@@ -929,6 +929,117 @@ static int pair_add(EngineObject *e, pkt_t *k)
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* DNS messages: the deep decoder's hottest protocol, read here (agent/decode/deep/dns.py
+ * documents the fields). Names are followed through compression pointers with a jump
+ * limit, so a pointer loop costs a bounded number of steps.                          */
+
+#define DNS_MAX_JUMPS 16
+#define DNS_MAX_NAME 255
+#define DNS_MAX_ANSWERS 64
+
+static const char *dns_name(const uint8_t *buf, Py_ssize_t n, Py_ssize_t *offp, char *out,
+                            int *outlen)
+{
+    Py_ssize_t off = *offp, end = -1;
+    int jumps = 0, total = 0, len = 0;
+    for (;;) {
+        if (off >= n) return "dns_truncated";
+        int ln = buf[off];
+        if (ln == 0) { off++; break; }
+        if (ln >= 0xC0) {
+            if (off + 1 >= n) return "dns_truncated";
+            if (++jumps > DNS_MAX_JUMPS) return "dns_pointer_loop";
+            if (end < 0) end = off + 2;
+            off = ((ln & 0x3F) << 8) | buf[off + 1];
+            continue;
+        }
+        if (ln > 63) return "dns_bad_label";
+        total += ln + 1;
+        if (total > DNS_MAX_NAME) return "dns_name_too_long";
+        if (off + 1 + ln > n) return "dns_truncated";
+        if (len) out[len++] = '.';
+        memcpy(out + len, buf + off + 1, ln);
+        len += ln;
+        off += 1 + ln;
+    }
+    *outlen = len;
+    *offp = end >= 0 ? end : off;
+    return NULL;
+}
+
+static const char *dns_skip(const uint8_t *buf, Py_ssize_t n, Py_ssize_t *offp)
+{
+    Py_ssize_t off = *offp;
+    for (int i = 0; i < 128; i++) {
+        if (off >= n) return "dns_truncated";
+        int ln = buf[off];
+        if (ln == 0) { *offp = off + 1; return NULL; }
+        if (ln >= 0xC0) { *offp = off + 2; return NULL; }
+        if (ln > 63) return "dns_bad_label";
+        off += 1 + ln;
+    }
+    return "dns_bad_label";
+}
+
+/* parse_dns(payload, tcp) -> (id, qr, opcode, rcode, qname, qtype, qdcount, ancount,
+ * answer_types, truncated) | reason | None */
+static PyObject *dns_parse(const uint8_t *buf, Py_ssize_t n, int tcp)
+{
+    const char *bad = NULL;
+    PyObject *out = NULL;
+    if (tcp) {
+        if (n < 14) Py_RETURN_NONE;
+        int ln = u16(buf);
+        if (ln < 12) { bad = "dns_bad_length"; goto done; }
+        buf += 2;
+        n -= 2;
+        if (ln < n) n = ln;
+    }
+    if (n < 12) { bad = "dns_truncated"; goto done; }
+    int ident = u16(buf), flags = u16(buf + 2), qd = u16(buf + 4), an = u16(buf + 6);
+    Py_ssize_t off = 12;
+    char name[DNS_MAX_NAME + 64];
+    int nlen = 0, qtype = 0;
+    if (qd) {
+        if ((bad = dns_name(buf, n, &off, name, &nlen))) goto done;
+        if (off + 4 > n) { bad = "dns_truncated"; goto done; }
+        qtype = u16(buf + off);
+        off += 4;
+        for (int i = 0; i < (qd < 16 ? qd : 16) - 1; i++) {
+            if ((bad = dns_skip(buf, n, &off))) goto done;
+            off += 4;
+        }
+    }
+    int types[DNS_MAX_ANSWERS], ntypes = 0, truncated = 0;
+    if (an) {
+        for (int i = 0; i < (an < DNS_MAX_ANSWERS ? an : DNS_MAX_ANSWERS); i++) {
+            if (dns_skip(buf, n, &off) || off + 10 > n) { truncated = 1; break; }
+            types[ntypes++] = u16(buf + off);
+            off += 10 + u16(buf + off + 8);
+        }
+        if (off > n) truncated = 1;
+    }
+    /* lower-cased as Python's str.lower() of the latin-1 text: ASCII here, the rest there */
+    int ascii = 1;
+    for (int i = 0; i < nlen; i++) {
+        unsigned char c = name[i];
+        if (c >= 'A' && c <= 'Z') name[i] = c + 32;
+        else if (c >= 0x80) ascii = 0;
+    }
+    PyObject *qname = PyUnicode_DecodeLatin1(name, nlen, NULL);
+    if (qname && !ascii) Py_SETREF(qname, PyObject_CallMethod(qname, "lower", NULL));
+    PyObject *tt = PyTuple_New(ntypes);
+    if (!qname || !tt) { Py_XDECREF(qname); Py_XDECREF(tt); return NULL; }
+    for (int i = 0; i < ntypes; i++) PyTuple_SET_ITEM(tt, i, PyLong_FromLong(types[i]));
+    out = Py_BuildValue("(iOiiNiiiNO)", ident, flags & 0x8000 ? Py_True : Py_False,
+                        (flags >> 11) & 0xF, flags & 0xF, qname, qtype, qd, an, tt,
+                        truncated ? Py_True : Py_False);
+done:
+    if (bad) return PyUnicode_FromString(bad);
+    return out;
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* One decoded packet through the flow table and the taps                              */
 
 /* `asked`: a detector's on_packet asked for it (ARP, ICMP, a signature); otherwise it
@@ -1141,8 +1252,19 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
     int deep = 0;
     if (e->deep_on && k->plen && tcpudp) {
         if (proto == 17) {
-            deep = e->deep_udp_dns && (k->sport == 53 || k->dport == 53 || k->sport == 5353 ||
-                                       k->dport == 5353 || k->sport == 5355 || k->dport == 5355);
+            if (e->deep_udp_dns && (k->sport == 53 || k->dport == 53 || k->sport == 5353 ||
+                                    k->dport == 5353 || k->sport == 5355 || k->dport == 5355)) {
+                /* DNS over UDP, the commonest message: read here, handed up read */
+                PyObject *py = flow_py(e, slot);
+                PyObject *pk = py ? packet_new_from(k) : NULL;
+                PyObject *msg = pk ? dns_parse(k->payload, k->plen, 0) : NULL;
+                if (!msg) { Py_XDECREF(py); Py_XDECREF(pk); return -1; }
+                e->handed_up++;
+                if (emit(e, Py_BuildValue("(iNNNO)", EV_DNS, pk, py, msg,
+                                          want_pkt ? Py_True : Py_False)) < 0)
+                    return -1;
+                want_pkt = 0; /* went up with the message */
+            }
         } else {
             const uint8_t *pl = k->payload;
             int b0 = pl[0];
@@ -1678,8 +1800,9 @@ static PyMethodDef engine_methods[] = {
     {"flush", (PyCFunction)engine_flush, METH_NOARGS, "flush(): end of input, every flow ends"},
     {"events", (PyCFunction)engine_events, METH_NOARGS,
      "events() -> [(0, flow, outcome, ts) | (1, flow) | (2, packet, flow|None, asked) | "
-     "(3, flow, ts)]: outcome, end, packet handed up (asked: for on_packet, not only the "
-     "deep decoder), close; taken (the engine starts a new list)"},
+     "(3, flow, ts) | (4, packet, flow, dns, asked)]: outcome, end, packet handed up "
+     "(asked: for on_packet, not only the deep decoder), close, a DNS message over UDP "
+     "(dns: what parse_dns returns); taken (the engine starts a new list)"},
     {"pairs", (PyCFunction)engine_pairs, METH_NOARGS,
      "pairs() -> [(src, dst, cls, packets, bytes, last_ts, dport)] since the last call "
      "(src b'' : other sources, once the tick's table is full)"},
@@ -1708,121 +1831,14 @@ static PyTypeObject EngineType = {
 };
 
 
-/* ------------------------------------------------------------------------------------ */
-/* DNS messages: the deep decoder's hottest protocol, read here (agent/decode/deep/dns.py
- * documents the fields). Names are followed through compression pointers with a jump
- * limit, so a pointer loop costs a bounded number of steps.                          */
-
-#define DNS_MAX_JUMPS 16
-#define DNS_MAX_NAME 255
-#define DNS_MAX_ANSWERS 64
-
-static const char *dns_name(const uint8_t *buf, Py_ssize_t n, Py_ssize_t *offp, char *out,
-                            int *outlen)
-{
-    Py_ssize_t off = *offp, end = -1;
-    int jumps = 0, total = 0, len = 0;
-    for (;;) {
-        if (off >= n) return "dns_truncated";
-        int ln = buf[off];
-        if (ln == 0) { off++; break; }
-        if (ln >= 0xC0) {
-            if (off + 1 >= n) return "dns_truncated";
-            if (++jumps > DNS_MAX_JUMPS) return "dns_pointer_loop";
-            if (end < 0) end = off + 2;
-            off = ((ln & 0x3F) << 8) | buf[off + 1];
-            continue;
-        }
-        if (ln > 63) return "dns_bad_label";
-        total += ln + 1;
-        if (total > DNS_MAX_NAME) return "dns_name_too_long";
-        if (off + 1 + ln > n) return "dns_truncated";
-        if (len) out[len++] = '.';
-        memcpy(out + len, buf + off + 1, ln);
-        len += ln;
-        off += 1 + ln;
-    }
-    *outlen = len;
-    *offp = end >= 0 ? end : off;
-    return NULL;
-}
-
-static const char *dns_skip(const uint8_t *buf, Py_ssize_t n, Py_ssize_t *offp)
-{
-    Py_ssize_t off = *offp;
-    for (int i = 0; i < 128; i++) {
-        if (off >= n) return "dns_truncated";
-        int ln = buf[off];
-        if (ln == 0) { *offp = off + 1; return NULL; }
-        if (ln >= 0xC0) { *offp = off + 2; return NULL; }
-        if (ln > 63) return "dns_bad_label";
-        off += 1 + ln;
-    }
-    return "dns_bad_label";
-}
-
-/* parse_dns(payload, tcp) -> (id, qr, opcode, rcode, qname, qtype, qdcount, ancount,
- * answer_types, truncated) | reason | None */
 static PyObject *mod_parse_dns(PyObject *m, PyObject *args)
 {
     Py_buffer b;
     int tcp = 0;
     if (!PyArg_ParseTuple(args, "y*|p", &b, &tcp)) return NULL;
-    const uint8_t *buf = b.buf;
-    Py_ssize_t n = b.len;
-    const char *bad = NULL;
-    PyObject *out = NULL;
-    if (tcp) {
-        if (n < 14) { PyBuffer_Release(&b); Py_RETURN_NONE; }
-        int ln = u16(buf);
-        if (ln < 12) { bad = "dns_bad_length"; goto done; }
-        buf += 2;
-        n -= 2;
-        if (ln < n) n = ln;
-    }
-    if (n < 12) { bad = "dns_truncated"; goto done; }
-    int ident = u16(buf), flags = u16(buf + 2), qd = u16(buf + 4), an = u16(buf + 6);
-    Py_ssize_t off = 12;
-    char name[DNS_MAX_NAME + 64];
-    int nlen = 0, qtype = 0;
-    if (qd) {
-        if ((bad = dns_name(buf, n, &off, name, &nlen))) goto done;
-        if (off + 4 > n) { bad = "dns_truncated"; goto done; }
-        qtype = u16(buf + off);
-        off += 4;
-        for (int i = 0; i < (qd < 16 ? qd : 16) - 1; i++) {
-            if ((bad = dns_skip(buf, n, &off))) goto done;
-            off += 4;
-        }
-    }
-    int types[DNS_MAX_ANSWERS], ntypes = 0, truncated = 0;
-    if (an) {
-        for (int i = 0; i < (an < DNS_MAX_ANSWERS ? an : DNS_MAX_ANSWERS); i++) {
-            if (dns_skip(buf, n, &off) || off + 10 > n) { truncated = 1; break; }
-            types[ntypes++] = u16(buf + off);
-            off += 10 + u16(buf + off + 8);
-        }
-        if (off > n) truncated = 1;
-    }
-    /* lower-cased as Python's str.lower() of the latin-1 text: ASCII here, the rest there */
-    int ascii = 1;
-    for (int i = 0; i < nlen; i++) {
-        unsigned char c = name[i];
-        if (c >= 'A' && c <= 'Z') name[i] = c + 32;
-        else if (c >= 0x80) ascii = 0;
-    }
-    PyObject *qname = PyUnicode_DecodeLatin1(name, nlen, NULL);
-    if (qname && !ascii) Py_SETREF(qname, PyObject_CallMethod(qname, "lower", NULL));
-    PyObject *tt = PyTuple_New(ntypes);
-    if (!qname || !tt) { Py_XDECREF(qname); Py_XDECREF(tt); PyBuffer_Release(&b); return NULL; }
-    for (int i = 0; i < ntypes; i++) PyTuple_SET_ITEM(tt, i, PyLong_FromLong(types[i]));
-    out = Py_BuildValue("(iOiiNiiiNO)", ident, flags & 0x8000 ? Py_True : Py_False,
-                        (flags >> 11) & 0xF, flags & 0xF, qname, qtype, qd, an, tt,
-                        truncated ? Py_True : Py_False);
-done:
+    PyObject *r = dns_parse(b.buf, b.len, tcp);
     PyBuffer_Release(&b);
-    if (bad) return PyUnicode_FromString(bad);
-    return out;
+    return r;
 }
 
 /* decode(ts, linktype, wirelen, frame) -> (Packet | None, reason | None, skipped) */
@@ -1874,6 +1890,7 @@ PyMODINIT_FUNC PyInit__engine(void)
     PyModule_AddIntConstant(m, "EV_END", EV_END);
     PyModule_AddIntConstant(m, "EV_PACKET", EV_PACKET);
     PyModule_AddIntConstant(m, "EV_CLOSE", EV_CLOSE);
+    PyModule_AddIntConstant(m, "EV_DNS", EV_DNS);
     PyModule_AddIntConstant(m, "END_ALL", END_ALL);
     PyModule_AddIntConstant(m, "END_UNRESOLVED", END_UNRESOLVED);
     PyModule_AddIntConstant(m, "END_SESSIONS", END_SESSIONS);

@@ -174,6 +174,20 @@ class DeepDecoder:
             self._bad("decoder_error")
             return _EMPTY
 
+    def dns(self, p: Any, flow: Any, read: Any) -> DnsMessage | None:
+        """A DNS message over UDP the engine already read (`parse_dns`'s tuple, or the
+        reason it is malformed): counted as `__call__` counts it."""
+        self.stats.inspected += 1
+        if type(read) is str:
+            self._bad(read)
+            return None
+        msg = DnsMessage(*read, False)
+        msg.ts = p.ts
+        msg.flow = flow
+        decoded = self.stats.decoded
+        decoded["dns"] = decoded.get("dns", 0) + 1
+        return msg
+
     def _emit(self, results: list, p: Any, flow: Any) -> list:
         out = []
         decoded = self.stats.decoded
