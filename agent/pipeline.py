@@ -164,14 +164,15 @@ class Pipeline:
         internal = False
         if watchers:
             # One filter for all: ports every watcher ignores; detectors filter again.
-            ignore = frozenset.intersection(*(d.activity_watch()[0] for d in watchers))
-            internal = any(d.activity_watch()[1] for d in watchers)
+            watches = [d.activity_watch() for d in watchers]
+            ignore = frozenset.intersection(*(w[0] for w in watches))
+            internal = any(w[1] for w in watches)
         deep = self._deep.protocols if self._deep is not None else None
         self.engine.configure(
             pairs=bool(self._on_pairs),
             arp=bool(self._pkt[ARP]),
             icmp=bool(self._pkt[ICMP] or self._pkt[ICMP6]),
-            signatures=[sig for d in self.detectors for sig in getattr(d, "packet_payloads", ())],
+            signatures=[sig for d in self.detectors for sig in d.packet_payloads],
             deep=deep,
             deep_tcp_ports=[p for p, proto in TCP_PORTS.items() if deep and proto in deep],
             http_first=bytes(sorted(HTTP_FIRST)),

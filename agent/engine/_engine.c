@@ -608,13 +608,37 @@ static PyTypeObject FlowType = {
     .tp_getset = flow_getset,
 };
 
-static inline uint32_t key_hash(const fkey_t *k)
+/* FNV-1a, folded to 32 bits: good enough spread for linear probing (flows and pairs). */
+static inline uint32_t fnv1a(const void *data, size_t n)
 {
-    /* FNV-1a over the key bytes that vary; good enough spread for linear probing. */
     uint64_t h = 1469598103934665603ULL;
-    const uint8_t *p = (const uint8_t *)k;
-    for (size_t i = 0; i < sizeof(fkey_t); i++) { h ^= p[i]; h *= 1099511628211ULL; }
+    const uint8_t *p = data;
+    for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 1099511628211ULL; }
     return (uint32_t)(h ^ (h >> 32));
+}
+
+static inline uint32_t key_hash(const fkey_t *k) { return fnv1a(k, sizeof(fkey_t)); }
+
+/* The unordered key of a conversation: lower endpoint first (ports only if `ported`).
+ * Returns whether the sender is that lower endpoint. */
+static int flow_key(fkey_t *key, int proto, int vlan, int alen, const uint8_t *src, int sport,
+                    const uint8_t *dst, int dport, int ported)
+{
+    memset(key, 0, sizeof(*key));
+    int c = memcmp(src, dst, alen), lo;
+    key->proto = proto;
+    key->vlan = vlan;
+    key->alen = alen;
+    if (ported) {
+        lo = c < 0 || (c == 0 && sport <= dport);
+        key->ap = lo ? sport : dport;
+        key->bp = lo ? dport : sport;
+    } else {
+        lo = c <= 0;
+    }
+    memcpy(key->a, lo ? src : dst, alen);
+    memcpy(key->b, lo ? dst : src, alen);
+    return lo;
 }
 
 static uint32_t lookup(EngineObject *e, const fkey_t *k, uint32_t h, uint32_t *pos)
@@ -835,13 +859,7 @@ static inline int is_unicast(const uint8_t *a, int alen)
 #define PAIRS_MAX 65536
 #define PAIR_KEYLEN offsetof(pair_t, dport)
 
-static inline uint32_t pair_hash(const pair_t *q)
-{
-    uint64_t h = 1469598103934665603ULL;
-    const uint8_t *p = (const uint8_t *)q;
-    for (size_t i = 0; i < PAIR_KEYLEN; i++) { h ^= p[i]; h *= 1099511628211ULL; }
-    return (uint32_t)(h ^ (h >> 32));
-}
+static inline uint32_t pair_hash(const pair_t *q) { return fnv1a(q, PAIR_KEYLEN); }
 
 static int pairs_grow(EngineObject *e)
 {
@@ -1072,7 +1090,6 @@ static int icmp_unreachable(EngineObject *e, pkt_t *k)
     const uint8_t *q = k->payload + 4;
     Py_ssize_t n = k->plen - 4;
     fkey_t key;
-    memset(&key, 0, sizeof(key));
     const uint8_t *src, *dst, *l4p;
     int proto, alen;
     Py_ssize_t l4n;
@@ -1085,16 +1102,7 @@ static int icmp_unreachable(EngineObject *e, pkt_t *k)
         l4p = q + 40; l4n = n - 40;
     } else return 0;
     if ((proto != 6 && proto != 17) || l4n < 4) return 0;
-    int sport = u16(l4p), dport = u16(l4p + 2);
-    int c = memcmp(src, dst, alen);
-    int lo = c < 0 || (c == 0 && sport <= dport);
-    key.proto = proto;
-    key.vlan = k->vlan;
-    key.alen = alen;
-    memcpy(key.a, lo ? src : dst, alen);
-    memcpy(key.b, lo ? dst : src, alen);
-    key.ap = lo ? sport : dport;
-    key.bp = lo ? dport : sport;
+    flow_key(&key, proto, k->vlan, alen, src, u16(l4p), dst, u16(l4p + 2), 1);
     uint32_t pos, h = key_hash(&key);
     uint32_t s = lookup(e, &key, h, &pos);
     if (s == NIL) return 0;
@@ -1115,20 +1123,7 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
     if (!tcpudp && !icmp) return want_pkt ? handup(e, k, NULL, 1) : 0;
 
     fkey_t key;
-    memset(&key, 0, sizeof(key));
-    int c = memcmp(k->src, k->dst, k->alen), lo;
-    key.proto = proto;
-    key.vlan = k->vlan;
-    key.alen = k->alen;
-    if (tcpudp) {
-        lo = c < 0 || (c == 0 && k->sport <= k->dport);
-        key.ap = lo ? k->sport : k->dport;
-        key.bp = lo ? k->dport : k->sport;
-    } else {
-        lo = c <= 0;
-    }
-    memcpy(key.a, lo ? k->src : k->dst, k->alen);
-    memcpy(key.b, lo ? k->dst : k->src, k->alen);
+    int lo = flow_key(&key, proto, k->vlan, k->alen, k->src, k->sport, k->dst, k->dport, tcpudp);
     uint32_t pos, h = key_hash(&key);
     uint32_t slot = lookup(e, &key, h, &pos);
     if (slot == NIL) {
