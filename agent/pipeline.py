@@ -172,7 +172,7 @@ class Pipeline:
             pairs=bool(self._on_pairs),
             arp=bool(self._pkt[ARP]),
             icmp=bool(self._pkt[ICMP] or self._pkt[ICMP6]),
-            signatures=[sig for d in self.detectors for sig in d.packet_payloads],
+            signatures=[sig for d in self.detectors for sig in getattr(d, "packet_payloads", ())],
             deep=deep,
             deep_tcp_ports=[p for p, proto in TCP_PORTS.items() if deep and proto in deep],
             http_first=bytes(sorted(HTTP_FIRST)),
