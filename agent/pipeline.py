@@ -23,6 +23,7 @@ from agent.decode.deep import PROTOCOL_OF_KIND, TCP_PORTS, DeepDecoder, DeepStat
 from agent.decode.deep.auth import HTTP_FIRST
 from agent.decode.packet import ARP, ICMP, ICMP6, TCP, UDP
 from agent.detect import registry
+from agent.detect.dnsname import SHORT_SUFFIXES
 from agent.detect.window import KeyedWindow
 from agent.engine import (
     END_ALL,
@@ -30,7 +31,9 @@ from agent.engine import (
     END_SESSIONS,
     END_UNRESOLVED,
     EV_CLOSE,
+    EV_DGA,
     EV_DNS,
+    EV_DNS_TUNNEL,
     EV_END,
     EV_OUTCOME,
     EV_PACKET,
@@ -85,8 +88,10 @@ class Pipeline:
         # Host samples come from the sampler's thread through this bounded queue and are
         # handled in tick(), so detectors, aggregator and anonymiser stay single-threaded.
         self.host_samples: queue.Queue = queue.Queue(maxsize=HOST_QUEUE)
-        self.deep_stats = DeepStats()
+        self._deep_stats = DeepStats()
         self.deep: DeepDecoder | None = None
+        self._counting: dict[str, Any] = {}  # engine-counted detectors, as configured
+        self._dns_up: bool | None = None
         # The intel list (state_dir/intel.json, written by the delivery stream when the
         # collector sends a bundle): detectors that match indicators re-read it on change.
         state_dir = cfg.get("state_dir")
@@ -132,8 +137,14 @@ class Pipeline:
             pr: tuple(d.on_packet for d in wanting if pr in (d.packet_protocols or protos))
             for pr in protos
         }
+        # Detectors the engine counts for (their per-message work is in C): their records
+        # by event code.
+        counted = [d for d in self.detectors if hasattr(d, "engine_counts")]
+        codes = {"tunnel": EV_DNS_TUNNEL, "dga": EV_DGA}
+        self._counted = {codes[d.engine_counts]: d.on_counted for d in counted}
         # Per message kind, only the on_app handlers that want it.
         apps = [d for d in self.detectors if hasattr(d, "on_app")]
+        self._dns_takers = [d for d in apps if d.app_kinds is None or "dns" in d.app_kinds]
         self._app = {
             k: tuple(d.on_app for d in apps if d.app_kinds is None or k in d.app_kinds)
             for k in PROTOCOL_OF_KIND
@@ -141,22 +152,22 @@ class Pipeline:
         self._app_dns = self._app["dns"]
         # The deep decoder decodes only the protocols some detector wants; it is only
         # built when one wants application messages: otherwise no packet pays.
-        if self._on_app:
+        if self._on_app or counted:
             wanted: set[str] | None = set()
-            for d in apps:
+            for d in apps + counted:
                 if d.app_kinds is None:
                     wanted = None
                     break
                 wanted |= {PROTOCOL_OF_KIND[k] for k in d.app_kinds if k in PROTOCOL_OF_KIND}
-            fresh = DeepDecoder(self.deep_stats, protocols=wanted)
+            fresh = DeepDecoder(self._deep_stats, protocols=wanted)
             if self.deep is None or self.deep.protocols != fresh.protocols:
                 self.deep = fresh
-        self._deep = None if self._deep_off or not self._on_app else self.deep
-        self._configure_engine()
+        self._deep = None if self._deep_off or not (self._on_app or counted) else self.deep
         if self.intel is not None:
             for d in self.detectors:
                 if hasattr(d, "use_intel"):
                     d.use_intel(self.intel)
+        self._configure_engine()
 
     def _configure_engine(self) -> None:
         watchers = [d for d in self.detectors if hasattr(d, "on_activity")]
@@ -186,6 +197,32 @@ class Pipeline:
             ends=self._ends(),
             outcomes=bool(self._on_outcome),
         )
+        self._configure_counting()
+
+    def _configure_counting(self) -> None:
+        """The engine's counting for detectors that declared `engine_counts`: a detector
+        new since the last call (enabled, or restarted by new tunables) starts from empty
+        windows; one that stays keeps them (an allow-list change only re-applies)."""
+        eng = self.engine
+        now = {d.engine_counts: d for d in self.detectors if hasattr(d, "engine_counts")}
+        for which in ("tunnel", "dga"):
+            d = now.get(which)
+            eng.configure_dns(
+                **{which: d.engine_config() if d is not None else None},
+                fresh=d is not None and self._counting.get(which) is not d,
+                short_suffixes=sorted(SHORT_SUFFIXES),
+            )
+        self._counting = now
+        self._dns_up = None
+        self._check_dns_up()
+
+    def _check_dns_up(self) -> None:
+        """DNS messages go up to Python only while an on_app handler wants them (net.ioc
+        only while its intel list holds domains)."""
+        up = any(d.wants_dns() if hasattr(d, "wants_dns") else True for d in self._dns_takers)
+        if up != self._dns_up:
+            self.engine.configure_dns(up=up)
+            self._dns_up = up
 
     def _ends(self) -> int:
         """The flow ends the engine reports: what on_flow_end handlers declared, and the
@@ -228,6 +265,19 @@ class Pipeline:
     @property
     def shed_packets(self) -> int:
         return self.engine.shed_packets
+
+    @property
+    def deep_stats(self) -> DeepStats:
+        """Messages decoded and malformed per protocol: the deep decoder's, and DNS over
+        UDP read by the engine."""
+        d, e = self._deep_stats, self.engine.dns_stats()
+        decoded = dict(d.decoded)
+        if e["decoded"]:
+            decoded["dns"] = decoded.get("dns", 0) + e["decoded"]
+        malformed = dict(d.malformed)
+        for reason, n in e["malformed"].items():
+            malformed[reason] = malformed.get(reason, 0) + n
+        return DeepStats(d.inspected + e["inspected"], decoded, malformed)
 
     @property
     def decode_stats(self) -> DecodeStats:
@@ -340,6 +390,8 @@ class Pipeline:
             elif code == EV_CLOSE:
                 for h in self._on_close:
                     h(ev[1], ev[2])
+            else:  # a record the engine counted for a detector
+                self._counted[code](ev[1:])
 
     def feed(self, ts: float, linktype: int, wirelen: int, frame: bytes) -> None:
         """One frame (live capture, pcapng)."""
@@ -412,9 +464,13 @@ class Pipeline:
         if self._on_host:
             self._drain_host()
         self.engine.tick(now)
+        if self._counting:
+            self.engine.dns_tick(now)
         self._counters(now)
         for h in self._on_tick:
             h(now)
+        if self._dns_takers:
+            self._check_dns_up()
         self.aggregator.tick(now)
         # High-water marks of the bounded state, read by stats() (once a tick: free).
         self.flows_peak = max(getattr(self, "flows_peak", 0), len(self.engine))
@@ -439,6 +495,7 @@ class Pipeline:
         windows), for the final `pipeline_stats` log line and bounds tests."""
         from agent.detect.window import KeyedWindow, Suppressor
 
+        dns = self.engine.dns_stats()
         forgotten = keys = 0
         for d in self.detectors:
             for v in getattr(d, "__dict__", {}).values():
@@ -453,8 +510,8 @@ class Pipeline:
             "aggregator_open": len(self.aggregator.open),
             "aggregator_open_peak": max(getattr(self, "open_peak", 0), len(self.aggregator.open)),
             "aggregator_dropped": self.aggregator.dropped,
-            "detector_keys": keys,
-            "detector_keys_forgotten": forgotten,
+            "detector_keys": keys + dns["keys"],
+            "detector_keys_forgotten": forgotten + dns["forgotten"],
             "shed_packets": self.shed_packets,
         }
 
@@ -467,6 +524,10 @@ class Pipeline:
         self._counters(self.last_ts)
         for h in self._on_tick:
             h(self.last_ts)
+        if self._counting:
+            eng.dns_tick(self.last_ts)
+            eng.dns_tick(float("inf"))  # every report paced until now
+            self._dispatch(eng.events())
         for d in self.detectors:
             if hasattr(d, "on_finish"):
                 d.on_finish(self.last_ts)

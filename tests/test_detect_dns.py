@@ -131,3 +131,123 @@ def test_pseudonym_of_internal_domain():
     # the anonymiser, not the detector, decides: an internal suffix is pseudonymised
     d = ANON.decide(alert_pb2.KIND_DOMAIN, "corp.local")
     assert d.pseudonymised
+
+
+# The engine counts DNS for both detectors (agent/engine/dnsstat.c) --------------------
+
+
+def _query(name: str, t: float, qid: int, client: str = CLIENT, qtype: int = 1):
+    q = E / IP(src=client, dst=RESOLVER) / UDP(sport=30000 + qid % 30000, dport=53)
+    q = q / DNS(id=qid % 65536, rd=1, qd=DNSQR(qname=name, qtype=qtype))
+    q.time = t
+    return q
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Mail7.Hopital.EXAMPLE",  # upper case counts as lower
+        "a.b.example.co.uk",  # a listed short public suffix: three labels
+        "x.y.z.gouv.fr",
+        "deep.er.www.example",
+        "Ünïcode-ÀÉ.sub.domaine.fr",  # Latin-1 upper case, lowered as Python lowers it
+        "abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnop.t.example",  # a long label
+    ],
+)
+def test_engine_reads_names_as_the_python_helpers_do(tmp_path, name):
+    """The domain, the longest label and its entropy the alert reports are those
+    dnsname.registered_domain() and entropy() give for the name."""
+    pkts = [_query(name, 10.0, 1)]
+    one = {"unique_subdomains": 1, "query_volume": 1, "long_label_length": 30}
+    found = latest(replay(write(tmp_path, pkts), {"dns_tunnel": one}), "net.dns_tunnel")
+    assert len(found) == 1
+    lowered = name.encode().decode("latin-1").lower()  # the wire's bytes, read as Latin-1
+    reg = registered_domain(lowered)
+    sub = lowered[: -len(reg) - 1]
+    longest = max(sub.split("."), key=len)
+    a = found[0]
+    assert entity(a, alert_pb2.ROLE_INDICATOR, alert_pb2.KIND_DOMAIN) == [reg]
+    assert a.metrics["max_label_length"] == len(longest)
+    expected = round(entropy(longest), 3) if len(longest) >= 30 else 0.0
+    assert a.metrics["max_label_entropy"] == pytest.approx(expected, abs=1e-9)
+
+
+def _tunnel_engine(**settings):
+    from agent.detect.dns_tunnel import DnsTunnel
+    from agent.detect.dnsname import SHORT_SUFFIXES
+    from agent.engine import Engine
+    from common.config import defaults
+
+    e = Engine(max_flows=settings.pop("max_flows", 200_000))
+    e.configure(deep={"dns"}, outcomes=False, ends=0)
+    det = DnsTunnel(defaults(DnsTunnel.schema()) | settings, lambda **kw: None)
+    e.configure_dns(tunnel=det.engine_config(), fresh=True, up=False,
+                    short_suffixes=sorted(SHORT_SUFFIXES))  # fmt: skip
+    return e
+
+
+def _feed(e, pkts) -> None:
+    for p in pkts:
+        raw = bytes(p)
+        e.feed(float(p.time), 1, len(raw), raw)
+
+
+def test_engine_forgets_a_quiet_client_domain_after_the_window():
+    e = _tunnel_engine(window_seconds=60.0)
+    _feed(e, [_query(f"h{i}.hopital.example", 10.0 + i, i) for i in range(3)])
+    assert e.dns_stats()["keys"] == 1
+    e.dns_tick(72.0)  # 60 s after the last query: not yet
+    assert e.dns_stats()["keys"] == 1
+    e.dns_tick(72.5)
+    assert e.dns_stats()["keys"] == 0
+    assert e.events() == []  # nothing went up: no on_app wanted DNS messages
+    assert e.stats()["handed_up"] == 0
+
+
+def test_engine_bounds_its_keys_by_the_flow_limit():
+    e = _tunnel_engine(max_flows=200)
+    clients = [f"10.31.{i // 250}.{i % 250 + 1}" for i in range(300)]
+    _feed(e, [_query("a.hopital.example", 10.0 + i * 0.001, i, c) for i, c in enumerate(clients)])
+    st = e.dns_stats()
+    assert st["keys"] <= 200 and st["forgotten"] >= 100  # oldest first, 1 % at a time
+
+
+def test_engine_refuses_incomplete_settings_naming_the_key_and_keeps_counting():
+    e = _tunnel_engine()
+    _feed(e, [_query("h1.hopital.example", 10.0, 1)])
+    with pytest.raises(ValueError, match="missing setting long_label_length"):
+        e.configure_dns(tunnel={"ports": [53], "window_seconds": 600.0})
+    _feed(e, [_query("h2.hopital.example", 11.0, 2, client="10.30.0.8")])
+    assert e.dns_stats()["keys"] == 2  # the settings in force still count
+
+
+def test_dns_messages_reach_python_only_while_ioc_lists_domains(tmp_path):
+    import json
+    import time as _time
+
+    from agent import settings as agent_settings
+    from agent.pipeline import Pipeline
+    from common import config
+
+    pkts = [_query(f"h{i}.evil.example", 10.0 + i, i) for i in range(5)]
+    pcap = write(tmp_path, pkts)
+    from agent.capture.pcapfile import read_capture
+
+    def run(intel: dict | None) -> tuple[int, list]:
+        state = tmp_path / f"s{intel is not None}"
+        state.mkdir()
+        if intel is not None:
+            (state / "intel.json").write_text(json.dumps(intel))
+        cfg = config.validate({"state_dir": str(state)}, agent_settings.SCHEMA, "test")
+        out: list = []
+        pipe = Pipeline(cfg, ANON, out.append, _time.time)
+        for rec in read_capture(str(pcap)):
+            pipe.feed(*rec)
+        pipe.finish()
+        assert pipe.deep_stats.decoded["dns"] == 5  # counted either way
+        return pipe.engine.stats()["handed_up"], latest(out, "net.ioc")
+
+    up, alerts = run(None)
+    assert up == 0 and not alerts
+    up, alerts = run({"version": 1, "domains": ["evil.example"]})
+    assert up == 5 and len(alerts) == 1

@@ -3,10 +3,14 @@
 Malware with a domain generation algorithm tries dozens of generated names a day until
 one its operator registered answers: from the network, one client gets NXDOMAIN for many
 distinct registered domains whose second-level label looks random (long enough, high
-character entropy). Counted per client on the DNS answers the deep decoder hands over:
+character entropy). Counted per client on the DNS answers over UDP:
 distinct random-looking NXDOMAIN domains in a bounded windowed set, and the client's
 NXDOMAIN rate. Internal suffixes (.local, .lan...), reverse lookups and `allow_domains`
 are never counted. Dictionary-word DGAs (suppobox-like) are out of its reach.
+
+The engine counts every answer (agent/engine/dnsstat.c, where the rules above are code,
+distinct domains remembered as 64-bit hashes); this module declares the tunables and
+words the alert.
 """
 
 from __future__ import annotations
@@ -14,29 +18,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from agent.anonymise.policy import BUILTIN_INTERNAL_SUFFIXES, Entity
-from agent.decode.packet import Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.dns_tunnel import domain_list
-from agent.detect.dnsname import entropy, registered_domain
 from agent.detect.nets import port_list
-from agent.detect.window import Distinct, KeyedWindow, Stamped
 from common.config import Option, between, positive
 from vigie.v1 import alert_pb2
 
 _SKIP = (*BUILTIN_INTERNAL_SUFFIXES, ".arpa")
-MAX_INDICATORS = 5  # sample domains carried as entities
-
-
-class _Client(Stamped):
-    __slots__ = ("answers", "domains", "first", "flagged", "last", "nx", "resolver", "sample")
-
-    def __init__(self, now: float) -> None:
-        self.first = self.last = now
-        self.answers = self.nx = 0
-        self.domains = Distinct(1024)  # random-looking NXDOMAIN registered domains
-        self.sample: list[str] = []
-        self.flagged = False
-        self.resolver = b""
 
 
 class Dga(Detector):
@@ -73,68 +61,41 @@ class Dga(Detector):
         ),
     }
 
-    def __init__(self, settings: dict[str, Any], report) -> None:
-        super().__init__(settings, report)
-        self.ports = frozenset(settings["ports"])
-        self.allow_domains = tuple(d.lower().strip(".") for d in settings["allow_domains"])
-        self.clients: KeyedWindow[_Client] = KeyedWindow(
-            settings["window_seconds"], _Client, 50_000
-        )
+    # The engine counts each answer (agent/engine/dnsstat.c); this class declares and
+    # validates the tunables and turns the engine's records into alerts.
+    engine_counts = "dga"
 
-    def on_app(self, msg: Any, flow: Any, p: Packet | None) -> None:
-        if p is None or msg.kind != "dns" or not msg.qr or msg.opcode != 0:
-            return
-        if p.sport not in self.ports:
-            return
-        client = p.dst
-        if self.allowed(client):
-            return
-        ts = p.ts
-        c = self.clients.get(client, ts)
-        c.answers += 1
-        c.last = ts
-        if msg.rcode != 3 or not msg.qname:
-            return
-        c.nx += 1
-        reg = registered_domain(msg.qname)
-        if ("." + reg).endswith(_SKIP) or any(
-            reg == d or reg.endswith("." + d) for d in self.allow_domains
-        ):
-            return
-        label = reg.split(".", 1)[0]
+    def engine_config(self) -> dict[str, Any]:
+        """The settings the engine counts with."""
         s = self.settings
-        if len(label) < s["min_label_length"] or entropy(label) < s["label_entropy"]:
-            return
-        if not c.domains.add(reg):
-            return
-        c.resolver = p.src
-        if len(c.sample) < MAX_INDICATORS:
-            c.sample.append(reg)
-        n = len(c.domains)
-        if n < s["nx_domains"] or c.nx < s["nxdomain_ratio"] * c.answers:
-            return
-        first = not c.flagged
-        c.flagged = True
+        return {
+            **{k: s[k] for k in self.options if k != "allow_domains"},
+            "allow_domains": [d.lower().strip(".") for d in s["allow_domains"]],
+            "allow": [(n.network_address.packed, n.prefixlen) for n in self._allow],
+            "skip_suffixes": list(_SKIP),
+        }
+
+    def on_counted(self, rec: tuple) -> None:
+        """A client past the thresholds, from the engine: (client, resolver, sample
+        domains, count, random NXDOMAIN domains, NXDOMAIN answers, answers, first, last)."""
+        client, resolver, sample, count, n, nx, answers, first, ts = rec
         entities = [Entity(alert_pb2.ROLE_SOURCE, alert_pb2.KIND_IP, ip_text(client))]
-        entities += [Entity(alert_pb2.ROLE_INDICATOR, alert_pb2.KIND_DOMAIN, d) for d in c.sample]
-        entities.append(Entity(alert_pb2.ROLE_TARGET, alert_pb2.KIND_IP, ip_text(c.resolver)))
+        entities += [Entity(alert_pb2.ROLE_INDICATOR, alert_pb2.KIND_DOMAIN, d) for d in sample]
+        entities.append(Entity(alert_pb2.ROLE_TARGET, alert_pb2.KIND_IP, ip_text(resolver)))
         self.report(
             subject=client.hex(),
             ts=ts,
-            count=n if first else 1,
+            count=count,
             entities=entities,
             summary=(
                 f"domain generation algorithm: {n} random-looking non-existent domains, "
-                f"{c.nx} NXDOMAIN of {c.answers} answers in {ts - c.first:.0f} s"
+                f"{nx} NXDOMAIN of {answers} answers in {ts - first:.0f} s"
             ),
             metrics={
                 "nx_random_domains": n,
-                "nxdomain": c.nx,
-                "answers": c.answers,
-                "nxdomain_ratio": round(c.nx / c.answers, 3),
-                "seconds": round(ts - c.first, 3),
+                "nxdomain": nx,
+                "answers": answers,
+                "nxdomain_ratio": round(nx / answers, 3),
+                "seconds": round(ts - first, 3),
             },
         )
-
-    def on_tick(self, now: float) -> None:
-        self.clients.expire(now)

@@ -79,6 +79,7 @@ class Ioc(Detector):
         """The pipeline's reader of state_dir/intel.json (or any callable snapshot)."""
         self._provider = provider
         self._next_check = float("-inf")
+        self.intel = provider()  # read now: wants_dns() is asked before the first packet
 
     def _refresh(self, now: float) -> Intel:
         if now >= self._next_check or now < self._next_check - 3600:  # clock stepped back
@@ -88,6 +89,11 @@ class Ioc(Detector):
 
     def on_tick(self, now: float) -> None:
         self._refresh(now)
+
+    def wants_dns(self) -> bool:
+        """Whether DNS messages must reach on_app (the pipeline asks at each tick): only
+        while the list holds domains, so that without any the engine hands none up."""
+        return bool(self.intel.domains) and self.settings["match_dns"]
 
     def on_outcome(self, flow: Flow, outcome: str, ts: float) -> None:
         self._flow(flow, ts)

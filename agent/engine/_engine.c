@@ -30,7 +30,8 @@
 enum { S_ATTEMPT, S_PROBE, S_ESTABLISHED, S_REJECTED, S_MIDSTREAM, S_CLOSED };
 enum { O_NONE, O_SUCCESS, O_REJECTED, O_UNANSWERED };
 enum { ST_NONE, ST_NULL, ST_FIN, ST_XMAS, ST_OTHER };
-enum { EV_OUTCOME, EV_END, EV_PACKET, EV_CLOSE, EV_DNS };
+/* 5 is left for a future event; 6 and 7 are records counted in dnsstat.c */
+enum { EV_OUTCOME, EV_END, EV_PACKET, EV_CLOSE, EV_DNS, EV_DNS_TUNNEL = 6, EV_DGA = 7 };
 enum { PAIR_SYN, PAIR_TCP, PAIR_UDP, PAIR_ICMP, PAIR_ICMP_ERROR, PAIR_OTHER };
 /* Which flow ends Python hears of (configure(ends=...)): most flows of a scan or of DNS
  * interest nobody once they end, and an event per flow is a Python call per flow. */
@@ -453,6 +454,7 @@ typedef struct EngineObject {
     uint64_t packets, bytes, decoded, reasons[N_REASONS + 1];
     uint64_t created, evicted, expired, restarted, shed_packets, handed_up;
     double last_ts;
+    struct dnsstat_s *dns; /* DNS counting for net.dns_tunnel and net.dga (dnsstat.c) */
 } EngineObject;
 
 /* Flow objects read the engine's slot while the flow lives and their own copy after. */
@@ -999,63 +1001,83 @@ static const char *dns_skip(const uint8_t *buf, Py_ssize_t n, Py_ssize_t *offp)
     return "dns_bad_label";
 }
 
-/* parse_dns(payload, tcp) -> (id, qr, opcode, rcode, qname, qtype, qdcount, ancount,
- * answer_types, truncated) | reason | None */
-static PyObject *dns_parse(const uint8_t *buf, Py_ssize_t n, int tcp)
+typedef struct {
+    int ident, qr, opcode, rcode, qtype, qd, an, ntypes, truncated, nlen;
+    int types[DNS_MAX_ANSWERS];
+    char name[DNS_MAX_NAME + 64];
+} dnsmsg_t;
+
+/* Reads a message into m: NULL, or the reason it is malformed ("" : too short over TCP
+ * to say). The name is lower-cased as Python's str.lower() lowers its Latin-1 text. */
+static const char *dns_read(const uint8_t *buf, Py_ssize_t n, int tcp, dnsmsg_t *m)
 {
-    const char *bad = NULL;
-    PyObject *out = NULL;
     if (tcp) {
-        if (n < 14) Py_RETURN_NONE;
+        if (n < 14) return "";
         int ln = u16(buf);
-        if (ln < 12) { bad = "dns_bad_length"; goto done; }
+        if (ln < 12) return "dns_bad_length";
         buf += 2;
         n -= 2;
         if (ln < n) n = ln;
     }
-    if (n < 12) { bad = "dns_truncated"; goto done; }
-    int ident = u16(buf), flags = u16(buf + 2), qd = u16(buf + 4), an = u16(buf + 6);
+    if (n < 12) return "dns_truncated";
+    int flags = u16(buf + 2);
+    m->ident = u16(buf);
+    m->qr = (flags & 0x8000) != 0;
+    m->opcode = (flags >> 11) & 0xF;
+    m->rcode = flags & 0xF;
+    m->qd = u16(buf + 4);
+    m->an = u16(buf + 6);
+    m->nlen = m->qtype = m->ntypes = m->truncated = 0;
     Py_ssize_t off = 12;
-    char name[DNS_MAX_NAME + 64];
-    int nlen = 0, qtype = 0;
-    if (qd) {
-        if ((bad = dns_name(buf, n, &off, name, &nlen))) goto done;
-        if (off + 4 > n) { bad = "dns_truncated"; goto done; }
-        qtype = u16(buf + off);
+    const char *bad;
+    if (m->qd) {
+        if ((bad = dns_name(buf, n, &off, m->name, &m->nlen))) return bad;
+        if (off + 4 > n) return "dns_truncated";
+        m->qtype = u16(buf + off);
         off += 4;
-        for (int i = 0; i < (qd < 16 ? qd : 16) - 1; i++) {
-            if ((bad = dns_skip(buf, n, &off))) goto done;
+        for (int i = 0; i < (m->qd < 16 ? m->qd : 16) - 1; i++) {
+            if ((bad = dns_skip(buf, n, &off))) return bad;
             off += 4;
         }
     }
-    int types[DNS_MAX_ANSWERS], ntypes = 0, truncated = 0;
-    if (an) {
-        for (int i = 0; i < (an < DNS_MAX_ANSWERS ? an : DNS_MAX_ANSWERS); i++) {
-            if (dns_skip(buf, n, &off) || off + 10 > n) { truncated = 1; break; }
-            types[ntypes++] = u16(buf + off);
+    if (m->an) {
+        for (int i = 0; i < (m->an < DNS_MAX_ANSWERS ? m->an : DNS_MAX_ANSWERS); i++) {
+            if (dns_skip(buf, n, &off) || off + 10 > n) { m->truncated = 1; break; }
+            m->types[m->ntypes++] = u16(buf + off);
             off += 10 + u16(buf + off + 8);
         }
-        if (off > n) truncated = 1;
+        if (off > n) m->truncated = 1;
     }
-    /* lower-cased as Python's str.lower() of the latin-1 text: ASCII here, the rest there */
-    int ascii = 1;
-    for (int i = 0; i < nlen; i++) {
-        unsigned char c = name[i];
-        if (c >= 'A' && c <= 'Z') name[i] = c + 32;
-        else if (c >= 0x80) ascii = 0;
+    for (int i = 0; i < m->nlen; i++) {
+        unsigned char c = m->name[i];
+        if ((c >= 'A' && c <= 'Z') || (c >= 0xC0 && c <= 0xDE && c != 0xD7)) m->name[i] = c + 32;
     }
-    PyObject *qname = PyUnicode_DecodeLatin1(name, nlen, NULL);
-    if (qname && !ascii) Py_SETREF(qname, PyObject_CallMethod(qname, "lower", NULL));
-    PyObject *tt = PyTuple_New(ntypes);
-    if (!qname || !tt) { Py_XDECREF(qname); Py_XDECREF(tt); return NULL; }
-    for (int i = 0; i < ntypes; i++) PyTuple_SET_ITEM(tt, i, PyLong_FromLong(types[i]));
-    out = Py_BuildValue("(iOiiNiiiNO)", ident, flags & 0x8000 ? Py_True : Py_False,
-                        (flags >> 11) & 0xF, flags & 0xF, qname, qtype, qd, an, tt,
-                        truncated ? Py_True : Py_False);
-done:
-    if (bad) return PyUnicode_FromString(bad);
-    return out;
+    return NULL;
 }
+
+/* (id, qr, opcode, rcode, qname, qtype, qdcount, ancount, answer_types, truncated) */
+static PyObject *dns_tuple(const dnsmsg_t *m)
+{
+    PyObject *qname = PyUnicode_DecodeLatin1(m->name, m->nlen, NULL);
+    PyObject *tt = PyTuple_New(m->ntypes);
+    if (!qname || !tt) { Py_XDECREF(qname); Py_XDECREF(tt); return NULL; }
+    for (int i = 0; i < m->ntypes; i++) PyTuple_SET_ITEM(tt, i, PyLong_FromLong(m->types[i]));
+    return Py_BuildValue("(iOiiNiiiNO)", m->ident, m->qr ? Py_True : Py_False, m->opcode,
+                         m->rcode, qname, m->qtype, m->qd, m->an, tt,
+                         m->truncated ? Py_True : Py_False);
+}
+
+/* parse_dns(payload, tcp) -> the tuple above | reason | None */
+static PyObject *dns_parse(const uint8_t *buf, Py_ssize_t n, int tcp)
+{
+    dnsmsg_t m;
+    const char *bad = dns_read(buf, n, tcp, &m);
+    if (bad && !*bad) Py_RETURN_NONE;
+    return bad ? PyUnicode_FromString(bad) : dns_tuple(&m);
+}
+
+static int portmap(PyObject *ports, uint8_t *map);
+#include "dnsstat.c"
 
 /* ------------------------------------------------------------------------------------ */
 /* One decoded packet through the flow table and the taps                              */
@@ -1249,16 +1271,13 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
         if (proto == 17) {
             if (e->deep_udp_dns && (k->sport == 53 || k->dport == 53 || k->sport == 5353 ||
                                     k->dport == 5353 || k->sport == 5355 || k->dport == 5355)) {
-                /* DNS over UDP, the commonest message: read here, handed up read */
-                PyObject *py = flow_py(e, slot);
-                PyObject *pk = py ? packet_new_from(k) : NULL;
-                PyObject *msg = pk ? dns_parse(k->payload, k->plen, 0) : NULL;
-                if (!msg) { Py_XDECREF(py); Py_XDECREF(pk); return -1; }
-                e->handed_up++;
-                if (emit(e, Py_BuildValue("(iNNNO)", EV_DNS, pk, py, msg,
-                                          want_pkt ? Py_True : Py_False)) < 0)
-                    return -1;
-                want_pkt = 0; /* went up with the message */
+                /* DNS over UDP, the commonest message: read and counted here */
+                int up = dns_udp(e, k, slot, want_pkt);
+                if (up < 0) return -1;
+                /* a packet an on_packet asked for goes up with its message, or else
+                 * without its flow, so that the deep decoder does not read it again */
+                if (!up && want_pkt && handup(e, k, NULL, 1) < 0) return -1;
+                want_pkt = 0;
             }
         } else {
             const uint8_t *pl = k->payload;
@@ -1382,7 +1401,8 @@ static int engine_init(EngineObject *e, PyObject *args, PyObject *kw)
     e->pairs = PyMem_Malloc(e->pairs_cap * sizeof(pair_t));
     e->pidx = PyMem_Calloc(e->pairs_cap * 2, sizeof(uint32_t));
     e->pmask = e->pairs_cap * 2 - 1;
-    if (!e->events || !e->act_done || !e->pairs || !e->pidx) { PyErr_NoMemory(); return -1; }
+    e->dns = dnsstat_new();
+    if (!e->events || !e->act_done || !e->pairs || !e->pidx || !e->dns) { PyErr_NoMemory(); return -1; }
     return grow_table(e, max_flows < 4096 ? max_flows + 1 : 4096);
 }
 
@@ -1411,6 +1431,7 @@ static void engine_dealloc(EngineObject *e)
     PyMem_Free(e->nets);
     Py_XDECREF(e->events);
     Py_XDECREF(e->act_done);
+    dnsstat_free(e->dns);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -1804,6 +1825,15 @@ static PyMethodDef engine_methods[] = {
     {"activity", (PyCFunction)engine_activity, METH_NOARGS,
      "activity() -> [(flow, first_ts, prev_last, bytes)] of watched flows since the last call"},
     {"stats", (PyCFunction)engine_stats, METH_NOARGS, "counters"},
+    {"configure_dns", (PyCFunction)(void (*)(void))engine_configure_dns, METH_VARARGS | METH_KEYWORDS,
+     "configure_dns(*, tunnel=settings|None, dga=settings|None, fresh=False, up=None, "
+     "short_suffixes=None): DNS counting for net.dns_tunnel / net.dga (their "
+     "engine_config()), None: off; fresh: their windows restart; up: DNS messages also "
+     "handed up as events"},
+    {"dns_tick", (PyCFunction)engine_dns_tick, METH_O,
+     "dns_tick(now): paced reports due, quiet keys forgotten; dns_tick(inf): every report held"},
+    {"dns_stats", (PyCFunction)engine_dns_stats, METH_NOARGS,
+     "DNS messages inspected, decoded, malformed by reason; keys counted and forgotten"},
     {"get", (PyCFunction)engine_get, METH_O, "get(key) -> Flow | None"},
     {NULL},
 };
@@ -1886,6 +1916,8 @@ PyMODINIT_FUNC PyInit__engine(void)
     PyModule_AddIntConstant(m, "EV_PACKET", EV_PACKET);
     PyModule_AddIntConstant(m, "EV_CLOSE", EV_CLOSE);
     PyModule_AddIntConstant(m, "EV_DNS", EV_DNS);
+    PyModule_AddIntConstant(m, "EV_DNS_TUNNEL", EV_DNS_TUNNEL);
+    PyModule_AddIntConstant(m, "EV_DGA", EV_DGA);
     PyModule_AddIntConstant(m, "END_ALL", END_ALL);
     PyModule_AddIntConstant(m, "END_UNRESOLVED", END_UNRESOLVED);
     PyModule_AddIntConstant(m, "END_SESSIONS", END_SESSIONS);

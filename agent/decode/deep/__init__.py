@@ -176,16 +176,12 @@ class DeepDecoder:
 
     def dns(self, p: Any, flow: Any, read: Any) -> DnsMessage | None:
         """A DNS message over UDP the engine already read (`parse_dns`'s tuple, or the
-        reason it is malformed): counted as `__call__` counts it."""
-        self.stats.inspected += 1
+        reason it is malformed), as a message; the engine counted it."""
         if type(read) is str:
-            self._bad(read)
             return None
         msg = DnsMessage(*read, False)
         msg.ts = p.ts
         msg.flow = flow
-        decoded = self.stats.decoded
-        decoded["dns"] = decoded.get("dns", 0) + 1
         return msg
 
     def _emit(self, results: list, p: Any, flow: Any) -> list:
