@@ -8,7 +8,7 @@ setup(
         Extension(
             "agent.engine._engine",
             ["agent/engine/_engine.c"],
-            depends=["agent/engine/dnsstat.c"],  # #included by _engine.c
+            depends=["agent/engine/dnsstat.c", "agent/engine/httpfilter.c"],  # #included
             extra_compile_args=["-O2"],
             libraries=["m"],
         )

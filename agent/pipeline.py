@@ -20,7 +20,7 @@ from agent.anonymise.policy import BUILTIN_INTERNAL, Anonymiser, Finding
 from agent.capture.pcapfile import MAX_CAPLEN, PcapLayout
 from agent.decode import DecodeStats
 from agent.decode.deep import PROTOCOL_OF_KIND, TCP_PORTS, DeepDecoder, DeepStats
-from agent.decode.deep.auth import HTTP_FIRST
+from agent.decode.deep.auth import HTTP_FIRST, HTTP_METHODS, MAX_HEADERS
 from agent.decode.packet import ARP, ICMP, ICMP6, TCP, UDP
 from agent.detect import registry
 from agent.detect.dnsname import SHORT_SUFFIXES
@@ -145,6 +145,14 @@ class Pipeline:
         # Per message kind, only the on_app handlers that want it.
         apps = [d for d in self.detectors if hasattr(d, "on_app")]
         self._dns_takers = [d for d in apps if d.app_kinds is None or "dns" in d.app_kinds]
+        http = [d for d in apps if d.app_kinds is None or "http" in d.app_kinds]
+        # HTTP requests go up only with a header some reader needs, when every reader
+        # declared the headers it needs
+        self._http_headers = (
+            sorted({h for d in http for h in d.http_headers})
+            if all(hasattr(d, "http_headers") for d in http)
+            else []
+        )
         self._app = {
             k: tuple(d.on_app for d in apps if d.app_kinds is None or k in d.app_kinds)
             for k in PROTOCOL_OF_KIND
@@ -198,6 +206,11 @@ class Pipeline:
             outcomes=bool(self._on_outcome),
         )
         self._configure_counting()
+        self.engine.configure_http(
+            methods=[m.decode() for m in HTTP_METHODS],
+            headers=self._http_headers,
+            max_headers=MAX_HEADERS,
+        )
 
     def _configure_counting(self) -> None:
         """The engine's counting for detectors that declared `engine_counts`: a detector
@@ -268,12 +281,13 @@ class Pipeline:
 
     @property
     def deep_stats(self) -> DeepStats:
-        """Messages decoded and malformed per protocol: the deep decoder's, and DNS over
-        UDP read by the engine."""
-        d, e = self._deep_stats, self.engine.dns_stats()
+        """Messages decoded and malformed per protocol: the deep decoder's, and those the
+        engine read itself (DNS over UDP, HTTP requests no reader needed)."""
+        d, e = self._deep_stats, self.engine.read_stats()
         decoded = dict(d.decoded)
-        if e["decoded"]:
-            decoded["dns"] = decoded.get("dns", 0) + e["decoded"]
+        for proto, n in e["decoded"].items():
+            if n:
+                decoded[proto] = decoded.get(proto, 0) + n
         malformed = dict(d.malformed)
         for reason, n in e["malformed"].items():
             malformed[reason] = malformed.get(reason, 0) + n
@@ -495,7 +509,7 @@ class Pipeline:
         windows), for the final `pipeline_stats` log line and bounds tests."""
         from agent.detect.window import KeyedWindow, Suppressor
 
-        dns = self.engine.dns_stats()
+        dns = self.engine.read_stats()
         forgotten = keys = 0
         for d in self.detectors:
             for v in getattr(d, "__dict__", {}).values():

@@ -32,6 +32,30 @@ def test_ftp_logins_in_clear_are_reported_not_copied():
             assert b"bro" not in b.SerializeToString()
 
 
+def test_http_basic_credentials_reported_among_many_plain_requests(tmp_path):
+    """The engine keeps back HTTP requests without credentials; the one with them still
+    reaches the detector, wherever its Authorization header sits."""
+    e = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    pkts = []
+    for i in range(50):
+        req = b"GET /page%d HTTP/1.1\r\nHost: intranet\r\n\r\n" % i
+        if i == 37:
+            req = b"GET /admin HTTP/1.1\r\nHost: intranet\r\nAccept: */*\r\n"
+            req += b"authorization: Basic YWRtaW46c2VjcmV0\r\n\r\n"  # admin:secret
+        p = e / IP(src="10.40.0.5", dst="10.40.0.80") / TCP(sport=50000 + i, dport=80, flags="PA")
+        p = p / req
+        p.time = 10.0 + i * 0.1
+        pkts.append(p)
+    alerts = replay(write(tmp_path, pkts))
+    found = latest(alerts, "net.cleartext_credentials")
+    assert len(found) == 1
+    a = found[0]
+    assert entity(a, alert_pb2.ROLE_CONTEXT, alert_pb2.KIND_PROTOCOL) == ["http"]
+    assert entity(a, alert_pb2.ROLE_CONTEXT, alert_pb2.KIND_USER) == [_user("admin")]
+    assert a.metrics["logins_sent"] == 1
+    assert b"secret" not in a.SerializeToString()
+
+
 def test_accepted_login_in_benign_mix_is_a_true_finding():
     a = latest(replay(data("benign_mixed_ssh_http_ftp_dns_ntp.pcap")), "net.cleartext_credentials")
     assert len(a) == 1

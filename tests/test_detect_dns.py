@@ -195,11 +195,11 @@ def _feed(e, pkts) -> None:
 def test_engine_forgets_a_quiet_client_domain_after_the_window():
     e = _tunnel_engine(window_seconds=60.0)
     _feed(e, [_query(f"h{i}.hopital.example", 10.0 + i, i) for i in range(3)])
-    assert e.dns_stats()["keys"] == 1
+    assert e.read_stats()["keys"] == 1
     e.dns_tick(72.0)  # 60 s after the last query: not yet
-    assert e.dns_stats()["keys"] == 1
+    assert e.read_stats()["keys"] == 1
     e.dns_tick(72.5)
-    assert e.dns_stats()["keys"] == 0
+    assert e.read_stats()["keys"] == 0
     assert e.events() == []  # nothing went up: no on_app wanted DNS messages
     assert e.stats()["handed_up"] == 0
 
@@ -208,7 +208,7 @@ def test_engine_bounds_its_keys_by_the_flow_limit():
     e = _tunnel_engine(max_flows=200)
     clients = [f"10.31.{i // 250}.{i % 250 + 1}" for i in range(300)]
     _feed(e, [_query("a.hopital.example", 10.0 + i * 0.001, i, c) for i, c in enumerate(clients)])
-    st = e.dns_stats()
+    st = e.read_stats()
     assert st["keys"] <= 200 and st["forgotten"] >= 100  # oldest first, 1 % at a time
 
 
@@ -218,7 +218,7 @@ def test_engine_refuses_incomplete_settings_naming_the_key_and_keeps_counting():
     with pytest.raises(ValueError, match="missing setting long_label_length"):
         e.configure_dns(tunnel={"ports": [53], "window_seconds": 600.0})
     _feed(e, [_query("h2.hopital.example", 11.0, 2, client="10.30.0.8")])
-    assert e.dns_stats()["keys"] == 2  # the settings in force still count
+    assert e.read_stats()["keys"] == 2  # the settings in force still count
 
 
 def test_dns_messages_reach_python_only_while_ioc_lists_domains(tmp_path):

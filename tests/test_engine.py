@@ -194,3 +194,24 @@ def test_outcomes_without_listeners_are_kept_on_the_flow_only() -> None:
     assert e.events() == []
     f = e.get((6, 0, A, 40000, B, 22))
     assert f is not None and f.outcome == "success"
+
+
+def test_http_requests_no_reader_needs_are_counted_not_handed_up() -> None:
+    e = Engine()
+    e.configure(deep={"http"}, http_first=b"GP", ends=0, outcomes=False)
+    e.configure_http(methods=["GET", "POST"], headers=["Authorization"], max_headers=8192)
+    plain = b"GET /index.html HTTP/1.1\r\nHost: intranet\r\nAccept: */*\r\n\r\n"
+    auth = b"GET /admin HTTP/1.1\r\nHost: intranet\r\n  AUTHORIZATION : Basic dTpw\r\n\r\n"
+    late = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nAuthorization: Basic dTpw\r\n"  # in the body
+    bad = b"GET /a b c HTTP/1.1\r\n\r\n"
+    for i, payload in enumerate((plain, auth, late, bad, b"POST /form\n\n", b"GETX / HTTP/1.1")):
+        e.packet(tcp(1.0 + i, A, 40000 + i, X, 80, 0x18, payload))
+    evs = e.events()
+    # the request with the header, and what is not a request (the deep decoder says so)
+    assert [ev[1].payload for ev in evs] == [auth, b"GETX / HTTP/1.1"]
+    st = e.read_stats()
+    assert st["decoded"]["http"] == 3  # plain, late, and an HTTP/0.9-style POST
+    assert st["malformed"] == {"http_bad_request_line": 1}
+    e.configure_http(methods=["GET", "POST"], headers=[])  # a reader that wants them all
+    e.packet(tcp(9.0, A, 41000, X, 80, 0x18, plain))
+    assert [ev[1].payload for ev in e.events()] == [plain]

@@ -44,6 +44,9 @@ class CleartextCredentials(Detector):
     severity = alert_pb2.SEVERITY_LOW
     help = "Credentials sent in clear: FTP USER/PASS, Telnet logins, HTTP Basic authentication."
     app_kinds = frozenset(("ftp", "telnet", "http"))
+    # Of HTTP, only requests with these headers matter (Basic credentials): the engine
+    # counts the others without handing them up.
+    http_headers = ("authorization", "proxy-authorization")
     options: ClassVar[dict[str, Option]] = {
         "protocols": Option(
             list,

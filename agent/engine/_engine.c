@@ -455,6 +455,7 @@ typedef struct EngineObject {
     uint64_t created, evicted, expired, restarted, shed_packets, handed_up;
     double last_ts;
     struct dnsstat_s *dns; /* DNS counting for net.dns_tunnel and net.dga (dnsstat.c) */
+    struct httpf_s *http;  /* HTTP requests no reader needs (httpfilter.c) */
 } EngineObject;
 
 /* Flow objects read the engine's slot while the flow lives and their own copy after. */
@@ -1078,6 +1079,7 @@ static PyObject *dns_parse(const uint8_t *buf, Py_ssize_t n, int tcp)
 
 static int portmap(PyObject *ports, uint8_t *map);
 #include "dnsstat.c"
+#include "httpfilter.c"
 
 /* ------------------------------------------------------------------------------------ */
 /* One decoded packet through the flow table and the taps                              */
@@ -1290,7 +1292,8 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
             } else if (b0 == 0x0B && e->hl7_on) deep = 1;
             else if (b0 == 5 && e->rpc_on) deep = 1;
             else if (b0 == 1 && e->dicom_on) { deep = 1; f->credit[dir] = 16; }
-            else if (e->http_on && (e->http_first[b0 >> 3] & (1 << (b0 & 7)))) deep = 1;
+            else if (e->http_on && (e->http_first[b0 >> 3] & (1 << (b0 & 7))))
+                deep = http_wanted(e, pl, k->plen);
         }
     }
     if (deep && proto == 6) f->deep_seen = 1;
@@ -1402,7 +1405,11 @@ static int engine_init(EngineObject *e, PyObject *args, PyObject *kw)
     e->pidx = PyMem_Calloc(e->pairs_cap * 2, sizeof(uint32_t));
     e->pmask = e->pairs_cap * 2 - 1;
     e->dns = dnsstat_new();
-    if (!e->events || !e->act_done || !e->pairs || !e->pidx || !e->dns) { PyErr_NoMemory(); return -1; }
+    e->http = PyMem_Calloc(1, sizeof(httpf_t));
+    if (!e->events || !e->act_done || !e->pairs || !e->pidx || !e->dns || !e->http) {
+        PyErr_NoMemory();
+        return -1;
+    }
     return grow_table(e, max_flows < 4096 ? max_flows + 1 : 4096);
 }
 
@@ -1432,6 +1439,11 @@ static void engine_dealloc(EngineObject *e)
     Py_XDECREF(e->events);
     Py_XDECREF(e->act_done);
     dnsstat_free(e->dns);
+    if (e->http) {
+        strs_free(&e->http->methods);
+        strs_free(&e->http->headers);
+        PyMem_Free(e->http);
+    }
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -1832,8 +1844,13 @@ static PyMethodDef engine_methods[] = {
      "handed up as events"},
     {"dns_tick", (PyCFunction)engine_dns_tick, METH_O,
      "dns_tick(now): paced reports due, quiet keys forgotten; dns_tick(inf): every report held"},
-    {"dns_stats", (PyCFunction)engine_dns_stats, METH_NOARGS,
-     "DNS messages inspected, decoded, malformed by reason; keys counted and forgotten"},
+    {"read_stats", (PyCFunction)engine_read_stats, METH_NOARGS,
+     "messages the engine read itself: {inspected, decoded: {protocol: n}, malformed: "
+     "{reason: n}, keys, forgotten} (keys: what dnsstat.c counts for)"},
+    {"configure_http", (PyCFunction)(void (*)(void))engine_configure_http, METH_VARARGS | METH_KEYWORDS,
+     "configure_http(*, methods, headers, max_headers=8192): HTTP requests (a method of "
+     "`methods`) without any of `headers` in their header block are counted, not handed "
+     "up; headers empty: every request goes up"},
     {"get", (PyCFunction)engine_get, METH_O, "get(key) -> Flow | None"},
     {NULL},
 };

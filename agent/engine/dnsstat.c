@@ -724,12 +724,3 @@ static PyObject *engine_dns_tick(EngineObject *e, PyObject *arg)
     if (!isinf(now)) dnsstat_expire(s, now);
     Py_RETURN_NONE;
 }
-
-static PyObject *engine_dns_stats(EngineObject *e, PyObject *unused)
-{
-    dnsstat_t *s = e->dns;
-    return Py_BuildValue("{sKsKsOsIsK}", "inspected", (unsigned long long)s->inspected,
-                         "decoded", (unsigned long long)s->decoded, "malformed", s->malformed,
-                         "keys", s->tunnel.tab.n + s->dga.tab.n, "forgotten",
-                         (unsigned long long)(s->tunnel.tab.forgotten + s->dga.tab.forgotten));
-}
