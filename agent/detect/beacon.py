@@ -8,7 +8,8 @@ one after more than `idle_gap_seconds` of silence (QUIC and other long-lived UDP
 check in that way), dated by its first packet. A burst's size is the bytes (both ways) of
 the ticks from its start to the next burst's start or until the flow has been silent long
 enough to be forgotten. Per (source, destination, port) the agent keeps the last start
-times and burst sizes, and scores:
+times and burst sizes (a series of one connection with no size yet: its time alone), and
+scores:
   interval regularity  mean(1 - |Bowley skewness|, 1 - MAD/median) of the intervals
                        (skewness damped when the IQR is under a tenth of the median)
   size regularity      mean(1 - |Bowley skewness|, 1 - MAD/max(32, median/10), smallness)
@@ -27,6 +28,7 @@ from agent.detect.window import (
     Series,
     Stamped,
     bowley_skewness,
+    key_of,
     median_abs_deviation,
 )
 from common.config import Option, at_least, between, positive
@@ -35,13 +37,14 @@ from vigie.v1 import alert_pb2
 
 class _Burst(Stamped):
     """One flow's current burst; `seen` (kept by the window) is the time of its last
-    packet, `triplet` empty when the flow is not scored."""
+    packet, `series` the key of its (source, destination, port) series, None when the
+    flow is not scored."""
 
-    __slots__ = ("bytes", "triplet")
+    __slots__ = ("bytes", "series")
 
     def __init__(self, now: float) -> None:
         self.bytes = 0
-        self.triplet: tuple = ()
+        self.series: int | None = None
 
 
 def score(series: Series) -> dict[str, float]:
@@ -123,9 +126,11 @@ class Beacon(Detector):
         self.bursts: KeyedWindow[_Burst] = KeyedWindow(
             max(self.gap, 300.0), _Burst, 200_000, on_forget=self._burst_end
         )
-        cap = s["max_samples"]
-        self.series: KeyedWindow[Series] = KeyedWindow(
-            s["series_idle_seconds"], lambda now: Series(cap), 100_000
+        self.cap = s["max_samples"]
+        # By key_of(source, destination, port): a float, the time of the one connection
+        # so far (most series never get a second), or a Series.
+        self.series: KeyedWindow[float | Series] = KeyedWindow(
+            s["series_idle_seconds"], float, 100_000
         )
 
     def activity_watch(self) -> tuple[frozenset[int], bool]:
@@ -137,7 +142,7 @@ class Beacon(Detector):
         bursts, gap = self.bursts, self.gap
         starts = []
         for flow, first_ts, prev_last, nbytes in records:
-            key = flow.key
+            key = key_of(flow.key)
             b = bursts.peek(key)
             if prev_last == 0.0 and b is not None:
                 # A "new" flow whose 5-tuple we heard from lately: a record carried on
@@ -148,9 +153,9 @@ class Beacon(Detector):
                     b = bursts.get(key, first_ts)
                 else:
                     self._burst_end(key, b)
-                b.triplet = (flow.src, flow.dst, flow.dport) if self._watched(flow) else ()
-                if b.triplet:
-                    starts.append((first_ts, b.triplet))
+                b.series = key_of(flow.src, flow.dst, flow.dport) if self._watched(flow) else None
+                if b.series is not None:
+                    starts.append((first_ts, b.series, flow))
                 b.bytes = 0
             elif b is None:
                 # mid-burst, its start forgotten (state bound): a partial size would skew
@@ -160,8 +165,8 @@ class Beacon(Detector):
             bursts.get(key, max(first_ts, flow.last))  # refresh: its last packet so far
         # A series' intervals need its connections in time order; records come in none.
         starts.sort(key=lambda st: st[0])
-        for ts, triplet in starts:
-            self._connection(triplet, ts)
+        for ts, series, flow in starts:
+            self._connection(series, ts, flow)
 
     def _watched(self, flow: Any) -> bool:
         # The engine reports only such flows; checked again for callers that do not
@@ -176,14 +181,30 @@ class Beacon(Detector):
         return is_internal(flow.src)
 
     def _burst_end(self, key: object, b: _Burst) -> None:
-        if b.triplet and b.bytes:
-            st = self.series.peek(b.triplet)
+        if b.series is not None and b.bytes:
+            st = self.series.peek(b.series)
+            if st.__class__ is float:
+                st = self._grown(b.series, st)
             if st is not None:
                 st.add_size(b.bytes)
         b.bytes = 0
 
-    def _connection(self, triplet: tuple, ts: float) -> None:
-        st = self.series.get(triplet, ts)
+    def _grown(self, key: int, first: float) -> Series:
+        """The Series of a series that was one connection's time, in its place."""
+        st = Series(self.cap)
+        st.add(first)
+        st.seen = first
+        self.series.put(key, st)
+        return st
+
+    def _connection(self, key: int, ts: float, flow: Any) -> None:
+        st = self.series.peek(key)
+        if st is None:
+            self.series.get(key, ts)  # one connection: too few to score (4 at least)
+            return
+        if st.__class__ is float:
+            st = self._grown(key, st)
+        self.series.get(key, ts)
         st.add(ts)
         s = self.settings
         if len(st) < s["min_connections"]:
@@ -193,7 +214,7 @@ class Beacon(Detector):
             return
         if m["score"] < s["score_threshold"]:
             return
-        src, dst, port = triplet
+        src, dst, port = flow.src, flow.dst, flow.dport
         m["connections"] = len(st)
         self.report(
             subject=f"{src.hex()}>{dst.hex()}:{port}",

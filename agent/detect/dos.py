@@ -9,6 +9,13 @@ distinct sources feeding it tell a single flooder from a spoofed (or distributed
 packets the engine could only count under "other sources" (its table for one tick is
 bounded) make the flood spoofed. Reports are suppressed to one per target and kind every
 `report_interval_seconds`, with the packets since counted.
+
+A bucket that has leaked empty (by the latest packet delivered) is forgotten at the next
+tick: poured into again it overflows exactly as it would have, so what it still held was
+only what a report says. A report's packets, rate, duration and sources therefore count
+from when the bucket last started filling from empty, and so does the packet count of the
+first report after that — most targets only ever get a packet now and then, and their
+buckets need not outlive it.
 """
 
 from __future__ import annotations
@@ -83,6 +90,10 @@ class Dos(Detector):
         self.suppress = Suppressor(s["report_interval_seconds"])
         self._kind = ""
         self._delivered: float | None = None  # `now` of the previous on_pairs
+        # the latest packet delivered: later packets pour no earlier than this, so a bucket
+        # empty by then stays empty until its next pour (the tick's `now` is the wall clock
+        # live, which packets still in the capture buffer may predate)
+        self._latest = 0.0
 
     def _new(self, now: float) -> _Target:
         cap, leak = self.params[self._kind]
@@ -108,6 +119,7 @@ class Dos(Detector):
         # packets arrived is the closest the counters allow to pouring packet by packet
         # (a bucket only leaks when time moves forward), whatever the delivery order.
         kept.sort(key=lambda rk: rk[0][5])
+        self._latest = max(self._latest, kept[-1][0][5])
         targets, suppress = self.targets, self.suppress
         for (src, dst, _cls, packets, _nbytes, ts, dport), kind in kept:
             self._kind = kind
@@ -159,5 +171,6 @@ class Dos(Detector):
         st.since_report = 0
 
     def on_tick(self, now: float) -> None:
-        self.targets.expire(now)
+        latest = self._latest
+        self.targets.expire(now, lambda st: st.empty_at(latest))
         self.suppress.expire(now)

@@ -20,27 +20,19 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import Entity
 from agent.detect.base import Detector, ip_text
 from agent.detect.nets import is_internal, is_unicast
-from agent.detect.window import Ewma, KeyedWindow, Stamped
+from agent.detect.window import Ewma, KeyedWindow, Stamped, key_of
 from common.config import Option, at_least, between, positive
 from vigie.v1 import alert_pb2
 
 
 class _Host(Stamped):
-    __slots__ = ("baseline", "first", "flagged_interval", "interval", "volume")
+    __slots__ = ("baseline", "flagged_interval", "interval", "volume")
 
     def __init__(self, now: float) -> None:
-        self.first = now
         self.interval = -1  # index of the interval being summed
         self.volume = 0
         self.baseline: Ewma | None = None
         self.flagged_interval = -1
-
-
-class _Known(Stamped):
-    """A destination first contacted while its host was still learning: it is never new,
-    so there is nothing to count, only to remember (one per pair: keep it small)."""
-
-    __slots__ = ()
 
 
 class _Dest(Stamped):
@@ -95,13 +87,18 @@ class Exfil(Detector):
         super().__init__(settings, report)
         s = settings
         self.hosts: KeyedWindow[_Host] = KeyedWindow(s["memory_seconds"], _Host, 50_000)
-        self.dests: KeyedWindow[_Known | _Dest] = KeyedWindow(
+        # By key_of(host, destination). A destination first contacted while its host was
+        # still learning is never new: nothing to count, only to remember until it has
+        # been idle long enough, so its state is the time it was last sent to (one per
+        # pair: kept small).
+        self.dests: KeyedWindow[float | _Dest] = KeyedWindow(
             s["memory_seconds"], self._dest, 200_000
         )
         self._learned = False  # whether the destination _dest() makes is new
+        self._idx = -1  # the latest interval index, one int shared by the hosts in it
 
-    def _dest(self, now: float) -> _Known | _Dest:
-        return _Dest(now) if self._learned else _Known()
+    def _dest(self, now: float) -> float | _Dest:
+        return _Dest(now) if self._learned else now
 
     def on_pairs(self, records: list[tuple], now: float) -> None:
         allowed = self.allowed
@@ -125,12 +122,16 @@ class Exfil(Detector):
         s = self.settings
         h = self.hosts.get(src, ts)
         idx = int(ts // s["interval_seconds"])
+        if idx == self._idx:
+            idx = self._idx  # the same object: a host holds no int of its own (32 B)
+        else:
+            self._idx = idx
         if idx != h.interval:
             self._roll(h, idx)
         h.volume += nbytes
         learned = h.baseline is not None and h.baseline.samples >= s["learning_intervals"]
         self._learned = learned
-        d = self.dests.get((src, dst), ts)
+        d = self.dests.get(key_of(src, dst), ts)
         if type(d) is _Dest:  # only new destinations' bytes count
             d.bytes += nbytes
             if not d.flagged and d.bytes >= s["large_transfer_bytes"]:

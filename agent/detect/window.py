@@ -7,7 +7,10 @@ first, and counts what it forgot, so an attacker spoofing sources cannot grow it
 Memory: with 100k active flows a detector may hold 100k keys, so every per-key byte counts
 (a dict entry is ~50 B, an empty set 216 B, an object header 32 B). States are `__slots__`
 classes deriving from `Stamped` (the last-seen time lives in the state, not in a second
-dict), and `Distinct` holds one item as is and a few in a tuple before it makes a set.
+dict), a key with nothing to remember but when it was seen holds that time alone (a float
+is its own last-seen time), and `Distinct` holds one item as is and a few in a tuple
+before it makes a set. Keys are best small ints (`key_of`): a 60-bit int is 32 B where a
+tuple of two addresses is 64 B plus the addresses.
 """
 
 from __future__ import annotations
@@ -18,6 +21,16 @@ from typing import Generic, TypeVar
 
 S = TypeVar("S")
 
+_KEY_BITS = (1 << 60) - 1
+
+
+def key_of(*parts: object) -> int:
+    """A compact key for a tuple of addresses and ports: its hash cut to 60 bits, so the
+    int takes two 30-bit digits (32 B). Two tuples that collide would share one state:
+    Python salts the hashes of bytes per process, so no one can craft such a pair, and by
+    chance one pair among 100k keys collides with odds of about one in 200 million."""
+    return hash(parts) & _KEY_BITS
+
 
 class Stamped:
     """Base of per-key states that carry their own last-seen time, so that a KeyedWindow
@@ -27,6 +40,11 @@ class Stamped:
 
 
 class KeyedWindow(Generic[S]):
+    """Per-key states, forgotten after `window` seconds unseen. A state is a `Stamped`
+    object, a float (a key with nothing to remember but when it was last seen: the float
+    is that time, and `get` replaces it with `now`), or anything else (its times are then
+    kept in a second dict)."""
+
     # Set by the pipeline from [flows] max_flows before it builds detectors: no detector
     # keeps state for more keys than the flow table keeps flows, so a flood of spoofed
     # sources is bounded everywhere by the one setting an operator knows.
@@ -57,11 +75,14 @@ class KeyedWindow(Generic[S]):
                 self._forget_oldest()
             st = self._state[key] = self.factory(now)
             if self._stamped is None:
-                self._stamped = isinstance(st, Stamped)
+                self._stamped = isinstance(st, Stamped | float)
                 if self._stamped:
                     self._seen = None
         if self._stamped:
-            st.seen = now
+            if st.__class__ is float:
+                st = self._state[key] = now
+            else:
+                st.seen = now
         else:
             self._seen[key] = now
         return st
@@ -69,19 +90,41 @@ class KeyedWindow(Generic[S]):
     def peek(self, key: object) -> S | None:
         return self._state.get(key)
 
+    def put(self, key: object, state: S) -> None:
+        """Replace the state of a key held (one float by an object, as a key comes to need
+        more): its place in the forgetting order stays; the new state's time is the
+        caller's to set."""
+        self._state[key] = state
+
     def items(self):
         return self._state.items()
 
     def seen(self) -> list[tuple[object, float]]:
         """(key, last seen) of every key, oldest first: what a detector saves to disk."""
         if self._stamped:
-            return [(k, st.seen) for k, st in self._state.items()]
+            return [(k, _time(st)) for k, st in self._state.items()]
         return list((self._seen or {}).items())
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float, done: Callable[[S], bool] | None = None) -> None:
+        """Forget the keys unseen for longer than the window, and with `done` those whose
+        state it says has nothing more to tell (Stamped states only)."""
         window = self.window
         if self._stamped:
-            old = [k for k, st in self._state.items() if now - st.seen > window]
+            items = self._state.items()
+            if done is None:
+                # inline, not _time(): this runs over every key every tick
+                old = [
+                    k
+                    for k, st in items
+                    if now - (st if st.__class__ is float else st.seen) > window
+                ]
+            else:
+                old = [
+                    k
+                    for k, st in items
+                    if now - (st if st.__class__ is float else st.seen) > window
+                    or (st.__class__ is not float and done(st))
+                ]
         else:
             old = [k for k, t in self._seen.items() if now - t > window]
         for k in old:
@@ -103,6 +146,10 @@ class KeyedWindow(Generic[S]):
 
     def __len__(self) -> int:
         return len(self._state)
+
+
+def _time(st: object) -> float:
+    return st if st.__class__ is float else st.seen  # type: ignore[attr-defined]
 
 
 _NONE = object()  # what a Distinct holds before its first item
@@ -199,6 +246,11 @@ class LeakyBucket(Stamped):
         self.level += n
         self.poured += n
         return self.level > self.capacity
+
+    def empty_at(self, now: float) -> bool:
+        """Whether the bucket has leaked empty by `now`: poured into at `now` or later, it
+        behaves as a new one would."""
+        return self.level <= (now - self.last) * self.leak
 
 
 class Suppressor:
