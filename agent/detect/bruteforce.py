@@ -18,7 +18,7 @@ from agent.anonymise.policy import Entity
 from agent.decode.packet import TCP, Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.nets import port_list
-from agent.detect.window import Distinct, KeyedWindow, Stamped
+from agent.detect.window import Distinct, KeyedWindow, Stamped, key_of
 from agent.flows.table import REJECTED, SUCCESS, Flow
 from common.config import Option, positive
 from vigie.v1 import alert_pb2
@@ -106,8 +106,10 @@ class BruteForce(Detector):
         self.ports = frozenset(s["ports"])
         self.close_ports = self.ports  # on_close for the sessions followed, no others
         self.sources: KeyedWindow[_Guesses] = KeyedWindow(s["window_seconds"], _Guesses)
-        # established sessions on watched ports, by (src, sport, dst, dport): [flow, app fails]
-        self.open: dict[tuple, list] = {}
+        # Established sessions on watched ports: their first packet's time, by
+        # key_of(src, sport, dst, dport) (their end brings the flow and its counters).
+        self.open: dict[int, float] = {}
+        self.app_failed: set[int] = set()  # of those, sessions with protocol failures
         self.dropped_sessions = 0
 
     # events -------------------------------------------------------------------------------
@@ -119,21 +121,23 @@ class BruteForce(Detector):
             self._count(flow, ts, "rejected")
         elif outcome == SUCCESS:
             if len(self.open) >= self.settings["max_open_sessions"]:
-                del self.open[next(iter(self.open))]
+                oldest = next(iter(self.open))
+                del self.open[oldest]
+                self.app_failed.discard(oldest)
                 self.dropped_sessions += 1
-            self.open[(flow.src, flow.sport, flow.dst, flow.dport)] = [flow, 0]
+            self.open[key_of(flow.src, flow.sport, flow.dst, flow.dport)] = flow.first
 
     def on_close(self, flow: Flow, ts: float) -> None:
         if not self.open:
             return
-        entry = self.open.pop((flow.src, flow.sport, flow.dst, flow.dport), None)
-        if entry is not None:
-            self._ended(entry, ts)
+        key = key_of(flow.src, flow.sport, flow.dst, flow.dport)
+        if self.open.pop(key, None) is not None:
+            self._ended(flow, key, ts)
 
     def on_flow_end(self, flow: Flow) -> None:
-        entry = self.open.pop((flow.src, flow.sport, flow.dst, flow.dport), None)
-        if entry is not None:
-            self._ended(entry, flow.last)
+        key = key_of(flow.src, flow.sport, flow.dst, flow.dport)
+        if self.open.pop(key, None) is not None:
+            self._ended(flow, key, flow.last)
 
     def on_app(self, msg: Any, flow: Flow | None, packet: Packet | None) -> None:
         """Protocol-level logon failures from the deep decoders, duck-typed (no import):
@@ -157,24 +161,25 @@ class BruteForce(Detector):
             return
         if not failed or self.allowed(flow.src):
             return
-        entry = self.open.get((flow.src, flow.sport, flow.dst, flow.dport))
-        if entry is not None:
-            entry[1] += 1  # the session is counted through its protocol failures instead
+        key = key_of(flow.src, flow.sport, flow.dst, flow.dport)
+        if key in self.open:
+            self.app_failed.add(key)  # the session is counted through its failures instead
         ts = packet.ts if packet is not None else flow.last
         self._count(flow, ts, "app")
 
     def on_tick(self, now: float) -> None:
         self.sources.expire(now)
         limit = self.settings["short_seconds"]
-        long = [k for k, (f, _) in self.open.items() if now - f.first > limit]
+        long = [k for k, first in self.open.items() if now - first > limit]
         for k in long:
             del self.open[k]  # no longer short: an ordinary session
+            self.app_failed.discard(k)
 
     # counting -----------------------------------------------------------------------------
 
-    def _ended(self, entry: list, ts: float) -> None:
-        flow, app_failures = entry
-        if app_failures:
+    def _ended(self, flow: Flow, key: int, ts: float) -> None:
+        if key in self.app_failed:
+            self.app_failed.discard(key)
             return
         s = self.settings
         if (
