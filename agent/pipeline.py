@@ -181,11 +181,13 @@ class Pipeline:
         watchers = [d for d in self.detectors if hasattr(d, "on_activity")]
         ignore: frozenset[int] = frozenset()
         internal = False
+        gap = 5.0
         if watchers:
             # One filter for all: ports every watcher ignores; detectors filter again.
             watches = [d.activity_watch() for d in watchers]
             ignore = frozenset.intersection(*(w[0] for w in watches))
             internal = any(w[1] for w in watches)
+            gap = min(w[2] for w in watches)
         deep = self._deep.protocols if self._deep is not None else None
         self.engine.configure(
             pairs=bool(self._on_pairs),
@@ -204,6 +206,7 @@ class Pipeline:
             internal_nets=_INTERNAL_NETS,
             ends=self._ends(),
             outcomes=bool(self._on_outcome),
+            activity_gap=gap,
         )
         self._configure_counting()
         self.engine.configure_http(

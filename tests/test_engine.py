@@ -3,6 +3,8 @@ per-tick counters detectors read instead of packets."""
 
 from __future__ import annotations
 
+import pytest
+
 from agent.detect.base import PAIR_ICMP, PAIR_SYN, PAIR_TCP, PAIR_UDP
 from agent.engine import (
     END_SESSIONS,
@@ -96,22 +98,30 @@ def test_pairs_past_the_table_count_under_other_sources() -> None:
     assert sum(r[3] for r in recs) == n  # no packet lost from the counts
 
 
-def test_activity_of_watched_flows_and_silences() -> None:
+def test_bursts_of_watched_flows_start_with_the_flow_and_after_a_silence() -> None:
     e = Engine()
-    e.configure(activity=True, activity_ignore={53}, internal_nets=NETS)
-    f = e.packet(udp(10.0, A, 5000, X, 443))
+    e.configure(activity=True, activity_ignore={53}, internal_nets=NETS, activity_gap=5.0)
+    e.packet(udp(10.0, A, 5000, X, 443))
     e.packet(udp(10.2, X, 443, A, 5000))
     e.packet(udp(10.5, A, 5001, X, 53))  # ignored port
     e.packet(udp(10.6, X, 5002, A, 443))  # external originator
     e.packet(udp(10.7, A, 5003, B, 443))  # internal responder
-    # a check-in 15 s later, before any tick drained the first record
+    e.packet(udp(14.0, A, 5000, X, 443, n=70))  # 3.8 s of silence: the same burst
+    # a check-in 11 s later: the burst ends with its bytes, the next starts
     e.packet(udp(25.0, A, 5000, X, 443, n=100))
-    recs = [(r[0] is f, r[1], r[2], r[3]) for r in e.activity()]
-    assert sorted(recs, key=lambda r: r[1]) == [(True, 10.0, 0.0, 160), (True, 25.0, 10.2, 100)]
+    assert e.activity() == [
+        (10.0, A, X, 443, None),
+        (14.0, A, X, 443, 80 + 80 + 70),
+        (25.0, A, X, 443, None),
+    ]
     assert e.activity() == []
+    e.flush()  # the flow ends: so does its burst
+    assert e.activity() == [(25.0, A, X, 443, 100)]
     e.configure(activity=True, activity_ignore={53}, activity_internal=True, internal_nets=NETS)
     e.packet(udp(30.0, A, 5004, B, 443))
-    assert [r[0].dst for r in e.activity()] == [B]
+    assert [r[2] for r in e.activity()] == [B]
+    with pytest.raises(ValueError, match="activity_gap"):
+        e.configure(activity=True, activity_gap=-1.0)
 
 
 def test_close_event_for_established_sessions_on_watched_ports() -> None:

@@ -18,12 +18,13 @@ the events it needs, each a tiny handler:
                                   (65,536 pairs a tick): past it, packets towards a
                                   destination count under src b"" ("other sources", never
                                   allowed, many sources). ARP is not counted.
-    on_activity(records)          once per tick, one (flow, first_ts, prev_last, nbytes)
-                                  per watched TCP/UDP flow that had packets since the last
-                                  tick: time of its first packet in the tick, of its last
-                                  packet before it (0.0 for a flow new in the tick), bytes
-                                  both ways (wire lengths); a record never spans a
-                                  silence of 1 s or more. Watched: originator internal,
+    on_activity(records)          once per tick, the bursts of watched TCP/UDP flows since
+                                  the last tick, in the order they happened: (ts, src, dst,
+                                  dport, None) when one starts (with its flow, or at a
+                                  packet after a silence over the declared gap), (ts, src,
+                                  dst, dport, nbytes) when one ends (the next one starts,
+                                  or the flow ends): its bytes both ways (wire lengths).
+                                  src is the originator. Watched: originator internal,
                                   responder unicast and external (or internal, if asked),
                                   responder port not ignored — see `activity_watch()`.
     on_close(flow, ts)            the first FIN or RST of a TCP flow whose handshake
@@ -49,7 +50,8 @@ detector would throw away at once:
     close_ports       the responder ports on_close wants (the engine watches the union);
                       set in __init__ when it depends on the settings.
 A detector with on_activity defines `activity_watch()` returning (responder ports to
-ignore, whether internal responders are wanted); the pipeline passes it to the engine.
+ignore, whether internal responders are wanted, the silence in seconds that ends a burst);
+the pipeline passes it to the engine.
 A detector that matches against the intel list (state_dir/intel.json) defines
 `use_intel(provider)`: the pipeline hands it a callable returning the current snapshot.
 """

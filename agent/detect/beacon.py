@@ -1,13 +1,11 @@
 """net.beacon — command-and-control check-ins: regular connections from one host to one
 external service (same destination address and port), scored in the manner of RITA.
 
-The native engine reports, once per tick (1 s), each watched TCP/UDP flow that had
-packets (`on_activity`): when its first packet in the tick came, when its previous packet
-came, and its bytes in the tick. A "connection" is a new flow, or a new burst on a known
-one after more than `idle_gap_seconds` of silence (QUIC and other long-lived UDP sessions
-check in that way), dated by its first packet. A burst's size is the bytes (both ways) of
-the ticks from its start to the next burst's start or until the flow has been silent long
-enough to be forgotten. Per (source, destination, port) the agent keeps the last start
+The engine follows the bursts of each watched TCP/UDP flow (`on_activity`): a
+"connection" is a new flow, or a new burst on a known one after more than
+`idle_gap_seconds` of silence (QUIC and other long-lived UDP sessions check in that way),
+dated by its first packet; a burst's size is its bytes (both ways) until the next burst
+starts or the flow ends. Per (source, destination, port) the agent keeps the last start
 times and burst sizes (a series of one connection with no size yet: its time alone), and
 scores:
   interval regularity  mean(1 - |Bowley skewness|, 1 - MAD/median) of the intervals
@@ -26,25 +24,12 @@ from agent.detect.nets import is_internal, is_unicast, port_list
 from agent.detect.window import (
     KeyedWindow,
     Series,
-    Stamped,
     bowley_skewness,
     key_of,
     median_abs_deviation,
 )
 from common.config import Option, at_least, between, positive
 from vigie.v1 import alert_pb2
-
-
-class _Burst(Stamped):
-    """One flow's current burst; `seen` (kept by the window) is the time of its last
-    packet, `series` the key of its (source, destination, port) series, None when the
-    flow is not scored."""
-
-    __slots__ = ("bytes", "series")
-
-    def __init__(self, now: float) -> None:
-        self.bytes = 0
-        self.series: int | None = None
 
 
 def score(series: Series) -> dict[str, float]:
@@ -123,9 +108,6 @@ class Beacon(Detector):
         s = settings
         self.gap = s["idle_gap_seconds"]
         self.ignore = frozenset(s["ignore_ports"])
-        self.bursts: KeyedWindow[_Burst] = KeyedWindow(
-            max(self.gap, 300.0), _Burst, 200_000, on_forget=self._burst_end
-        )
         self.cap = s["max_samples"]
         # By key_of(source, destination, port): a float, the time of the one connection
         # so far (most series never get a second), or a Series.
@@ -133,61 +115,34 @@ class Beacon(Detector):
             s["series_idle_seconds"], float, 100_000
         )
 
-    def activity_watch(self) -> tuple[frozenset[int], bool]:
-        """(responder ports to ignore, whether internal responders are wanted): what the
-        engine reports to on_activity."""
-        return self.ignore, self.settings["internal_destinations"]
+    def activity_watch(self) -> tuple[frozenset[int], bool, float]:
+        """(responder ports to ignore, whether internal responders are wanted, the silence
+        that ends a burst): what the engine reports to on_activity."""
+        return self.ignore, self.settings["internal_destinations"], self.gap
 
     def on_activity(self, records: list[tuple]) -> None:
-        bursts, gap = self.bursts, self.gap
-        starts = []
-        for flow, first_ts, prev_last, nbytes in records:
-            key = key_of(flow.key)
-            b = bursts.peek(key)
-            if prev_last == 0.0 and b is not None:
-                # A "new" flow whose 5-tuple we heard from lately: a record carried on
-                # past the active timeout (or a reused port), one session as before.
-                prev_last = b.seen
-            if prev_last == 0.0 or first_ts - prev_last > gap:
-                if b is None:
-                    b = bursts.get(key, first_ts)
-                else:
-                    self._burst_end(key, b)
-                b.series = key_of(flow.src, flow.dst, flow.dport) if self._watched(flow) else None
-                if b.series is not None:
-                    starts.append((first_ts, b.series, flow))
-                b.bytes = 0
-            elif b is None:
-                # mid-burst, its start forgotten (state bound): a partial size would skew
-                # the series, so the flow waits for its next burst
+        series = self.series
+        for ts, src, dst, dport, nbytes in records:
+            if nbytes is None:
+                if self._watched(src, dst, dport):
+                    self._connection(key_of(src, dst, dport), ts, src, dst, dport)
                 continue
-            b.bytes += nbytes
-            bursts.get(key, max(first_ts, flow.last))  # refresh: its last packet so far
-        # A series' intervals need its connections in time order; records come in none.
-        starts.sort(key=lambda st: st[0])
-        for ts, series, flow in starts:
-            self._connection(series, ts, flow)
+            key = key_of(src, dst, dport)
+            st = series.peek(key)
+            if st is None:
+                continue  # not scored, or forgotten
+            if st.__class__ is float:
+                st = self._grown(key, st)
+            st.add_size(nbytes)
 
-    def _watched(self, flow: Any) -> bool:
+    def _watched(self, src: bytes, dst: bytes, dport: int) -> bool:
         # The engine reports only such flows; checked again for callers that do not
-        # filter. 6, 17: TCP, UDP.
-        dst = flow.dst
-        if flow.proto not in (6, 17) or flow.dport in self.ignore or not is_unicast(dst):
-            return False
-        if self.allowed(flow.src):
+        # filter, and for the allow-list.
+        if dport in self.ignore or not is_unicast(dst) or self.allowed(src):
             return False
         if not self.settings["internal_destinations"] and is_internal(dst):
             return False
-        return is_internal(flow.src)
-
-    def _burst_end(self, key: object, b: _Burst) -> None:
-        if b.series is not None and b.bytes:
-            st = self.series.peek(b.series)
-            if st.__class__ is float:
-                st = self._grown(b.series, st)
-            if st is not None:
-                st.add_size(b.bytes)
-        b.bytes = 0
+        return is_internal(src)
 
     def _grown(self, key: int, first: float) -> Series:
         """The Series of a series that was one connection's time, in its place."""
@@ -197,7 +152,7 @@ class Beacon(Detector):
         self.series.put(key, st)
         return st
 
-    def _connection(self, key: int, ts: float, flow: Any) -> None:
+    def _connection(self, key: int, ts: float, src: bytes, dst: bytes, port: int) -> None:
         st = self.series.peek(key)
         if st is None:
             self.series.get(key, ts)  # one connection: too few to score (4 at least)
@@ -214,7 +169,6 @@ class Beacon(Detector):
             return
         if m["score"] < s["score_threshold"]:
             return
-        src, dst, port = flow.src, flow.dst, flow.dport
         m["connections"] = len(st)
         self.report(
             subject=f"{src.hex()}>{dst.hex()}:{port}",
@@ -232,5 +186,4 @@ class Beacon(Detector):
         )
 
     def on_tick(self, now: float) -> None:
-        self.bursts.expire(now)
         self.series.expire(now)

@@ -6,7 +6,7 @@
  * detector declared it wants that packet (ARP, ICMP, payloads of the application
  * protocols it decodes, payloads with a declared signature). Everything else reaches
  * Python as events (attempt outcomes, flow ends, sessions closing) and counters
- * (packets per source/destination pair, activity of watched flows), once per tick.
+ * (packets per source/destination pair, bursts of watched flows), once per tick.
  *
  * Semantics follow the pure-Python reference this replaced (git history:
  * agent/decode/fast.py and agent/flows/table.py), and the tests that pinned it.
@@ -25,7 +25,6 @@
 #define URG 0x20
 #define P_ARP 0x0806
 #define NIL UINT32_MAX
-#define ACT_SPLIT 1.0 /* seconds of silence that end an activity record (the tick) */
 
 enum { S_ATTEMPT, S_PROBE, S_ESTABLISHED, S_REJECTED, S_MIDSTREAM, S_CLOSED };
 enum { O_NONE, O_SUCCESS, O_REJECTED, O_UNANSWERED };
@@ -397,11 +396,10 @@ typedef struct {
     double first, last;
     uint64_t pkts_o, pkts_r, bytes_o, bytes_r;
     uint32_t older, newer, gen, hash;
-    uint8_t used, rev, state, outcome, stealth, itype, icode, closed, watch, act_in;
+    uint8_t used, rev, state, outcome, stealth, itype, icode, closed, watch;
     uint8_t credit[2]; /* payload packets still handed up per direction (reassembly) */
     uint8_t deep_seen; /* a TCP payload went up to the deep decoder (it may keep state) */
-    double act_first, act_prev;
-    uint64_t act_bytes;
+    uint64_t burst_bytes; /* watched flows: bytes since the current burst started */
     PyObject *py; /* borrowed: the Flow object while Python holds one, else NULL */
 } flow_t;
 
@@ -447,9 +445,8 @@ typedef struct EngineObject {
     pair_t *pairs;
     uint32_t *pidx, pmask, npairs, pairs_cap;
     uint64_t pairs_overflow;
-    uint32_t *act, nact, act_cap; /* slots with activity this tick (gen in act_gen) */
-    uint32_t *act_gen;
-    PyObject *act_done; /* records of flows that ended before the tick drained them */
+    double burst_gap;           /* silence that ends a watched flow's burst */
+    PyObject *bursts;           /* bursts started and ended since activity() */
     /* counters */
     uint64_t packets, bytes, decoded, reasons[N_REASONS + 1];
     uint64_t created, evicted, expired, restarted, shed_packets, handed_up;
@@ -674,7 +671,7 @@ static void index_remove(EngineObject *e, uint32_t slot)
     }
 }
 
-/* Slots grow as flows come (doubling), up to max_flows: an agent on a quiet server does
+/* Slots grow as flows come (by a quarter), up to max_flows: an agent on a quiet server does
  * not hold the memory of a busy one. */
 static int grow_table(EngineObject *e, uint32_t want)
 {
@@ -731,16 +728,17 @@ static int emit_outcome(EngineObject *e, uint32_t slot, int outcome, double ts)
     return emit(e, Py_BuildValue("(iNOd)", EV_OUTCOME, py, OUTCOME_STR[outcome], ts));
 }
 
-static int activity_record(EngineObject *e, uint32_t slot, PyObject *into)
+/* A watched flow's burst starts, (ts, src, dst, dport, None), or ends, (ts, src, dst,
+ * dport, bytes), with the originator as src: one list, in the order they happened. */
+static int burst_record(EngineObject *e, flow_t *f, double ts, int start)
 {
-    flow_t *f = &e->slots[slot];
-    f->act_in = 0;
-    PyObject *py = flow_py(e, slot);
-    if (!py) return -1;
-    PyObject *t = Py_BuildValue("(NddK)", py, f->act_first, f->act_prev,
-                                (unsigned long long)f->act_bytes);
+    const uint8_t *src = f->rev ? f->k.b : f->k.a, *dst = f->rev ? f->k.a : f->k.b;
+    int dport = f->rev ? f->k.ap : f->k.bp;
+    Py_ssize_t n = f->k.alen;
+    PyObject *size = start ? Py_NewRef(Py_None) : PyLong_FromUnsignedLongLong(f->burst_bytes);
+    PyObject *t = size ? Py_BuildValue("(dy#y#iN)", ts, src, n, dst, n, dport, size) : NULL;
     if (!t) return -1;
-    int r = PyList_Append(into, t);
+    int r = PyList_Append(e->bursts, t);
     Py_DECREF(t);
     return r;
 }
@@ -761,7 +759,6 @@ static int end_wanted(EngineObject *e, flow_t *f)
 static int end_record(EngineObject *e, uint32_t slot)
 {
     flow_t *f = &e->slots[slot];
-    if (f->act_in && activity_record(e, slot, e->act_done) < 0) return -1;
     if (end_wanted(e, f) && emit_flow(e, EV_END, slot) < 0) return -1;
     if (f->py) { /* the event, or whoever kept it, holds it: it keeps the final values */
         flow_detach((FlowObject *)f->py);
@@ -772,6 +769,10 @@ static int end_record(EngineObject *e, uint32_t slot)
 
 static int free_flow(EngineObject *e, uint32_t slot)
 {
+    /* a burst ends with its flow (not at the active timeout: the session goes on) */
+    if (e->slots[slot].watch && e->slots[slot].burst_bytes &&
+        burst_record(e, &e->slots[slot], e->slots[slot].last, 0) < 0)
+        return -1;
     if (end_record(e, slot) < 0) return -1;
     flow_t *f = &e->slots[slot];
     index_remove(e, slot);
@@ -1161,7 +1162,8 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
             lookup(e, &key, h, &pos); /* eviction moved entries */
         }
         if (e->free_head == NIL) {
-            uint32_t want = e->nslots * 2;
+            /* by a quarter: at 100k flows doubling left up to 5 MB of slots unused */
+            uint32_t want = e->nslots + (e->nslots / 4 > 4096 ? e->nslots / 4 : 4096);
             if (want > e->max_flows + 1) want = e->max_flows + 1;
             if (grow_table(e, want) < 0) return -1;
             lookup(e, &key, h, &pos); /* a bigger index moved entries */
@@ -1203,35 +1205,17 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
                 if (pend_push(e, k->ts + e->attempt_timeout, slot) < 0) return -1;
             }
         }
-        f->act_prev = 0.0;
-    } else if (e->slots[slot].watch) {
+        if (f->watch && burst_record(e, f, k->ts, 1) < 0) return -1;
+    } else if (e->slots[slot].watch && k->ts - e->slots[slot].last > e->burst_gap) {
+        /* a silence: the burst ends and this packet starts the next (a check-in on a
+         * long-lived session) */
         flow_t *w = &e->slots[slot];
-        /* A record never spans a silence of ACT_SPLIT or more: the packet after one
-         * starts a new record, whether or not the tick drained the last one yet. */
-        if (w->act_in && k->ts - w->last >= ACT_SPLIT && activity_record(e, slot, e->act_done) < 0)
-            return -1;
-        if (!w->act_in) w->act_prev = w->last;
+        if (w->burst_bytes && burst_record(e, w, w->last, 0) < 0) return -1;
+        w->burst_bytes = 0;
+        if (burst_record(e, w, k->ts, 1) < 0) return -1;
     }
     flow_t *f = &e->slots[slot];
-    if (f->watch) {
-        if (!f->act_in) {
-            if (e->nact == e->act_cap) {
-                uint32_t nc = e->act_cap ? e->act_cap * 2 : 1024;
-                uint32_t *na = PyMem_Realloc(e->act, nc * sizeof(uint32_t));
-                uint32_t *ng = PyMem_Realloc(e->act_gen, nc * sizeof(uint32_t));
-                if (na) e->act = na;
-                if (ng) e->act_gen = ng;
-                if (!na || !ng) { PyErr_NoMemory(); return -1; }
-                e->act_cap = nc;
-            }
-            e->act[e->nact] = slot;
-            e->act_gen[e->nact++] = f->gen;
-            f->act_in = 1;
-            f->act_first = k->ts;
-            f->act_bytes = 0;
-        }
-        f->act_bytes += k->wirelen;
-    }
+    if (f->watch) f->burst_bytes += k->wirelen;
     f->last = k->ts;
     /* From the originator: sent from the originator's end of the key (and, for ICMP,
      * with the type the flow began with). */
@@ -1399,14 +1383,15 @@ static int engine_init(EngineObject *e, PyObject *args, PyObject *kw)
     e->ends = END_ALL;
     e->outcomes_on = 1;
     e->events = PyList_New(0);
-    e->act_done = PyList_New(0);
+    e->bursts = PyList_New(0);
+    e->burst_gap = 5.0;
     e->pairs_cap = 1024;
     e->pairs = PyMem_Malloc(e->pairs_cap * sizeof(pair_t));
     e->pidx = PyMem_Calloc(e->pairs_cap * 2, sizeof(uint32_t));
     e->pmask = e->pairs_cap * 2 - 1;
     e->dns = dnsstat_new();
     e->http = PyMem_Calloc(1, sizeof(httpf_t));
-    if (!e->events || !e->act_done || !e->pairs || !e->pidx || !e->dns || !e->http) {
+    if (!e->events || !e->bursts || !e->pairs || !e->pidx || !e->dns || !e->http) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1433,11 +1418,9 @@ static void engine_dealloc(EngineObject *e)
     PyMem_Free(e->pend);
     PyMem_Free(e->pairs);
     PyMem_Free(e->pidx);
-    PyMem_Free(e->act);
-    PyMem_Free(e->act_gen);
     PyMem_Free(e->nets);
     Py_XDECREF(e->events);
-    Py_XDECREF(e->act_done);
+    Py_XDECREF(e->bursts);
     dnsstat_free(e->dns);
     if (e->http) {
         strs_free(&e->http->methods);
@@ -1471,7 +1454,8 @@ static int portmap(PyObject *ports, uint8_t *map)
 
 PyDoc_STRVAR(configure_doc,
 "configure(*, pairs, arp, icmp, signatures, deep, deep_tcp_ports, http_first, close_ports,\n"
-"          activity, activity_ignore, activity_internal, internal_nets)\n\n"
+"          activity, activity_ignore, activity_internal, internal_nets, ends, outcomes,\n"
+"          activity_gap)\n\n"
 "What reaches Python. pairs: count packets per (source, destination, class) for pairs();\n"
 "arp/icmp: hand up every ARP / ICMP packet; signatures: [(protos, dports, prefix)] TCP/UDP\n"
 "payloads handed up (protos a set of 6/17); deep: set of protocol names decoded by the\n"
@@ -1479,7 +1463,8 @@ PyDoc_STRVAR(configure_doc,
 "TCP ports whose payloads always go up; http_first: bytes that may start an HTTP request;\n"
 "close_ports: responder ports of established TCP flows whose first FIN/RST is an event;\n"
 "activity: report activity() of flows from internal_nets, towards unicast external\n"
-"(or internal, activity_internal) responders whose port is not in activity_ignore.\n"
+"(or internal, activity_internal) responders whose port is not in activity_ignore: their\n"
+"bursts, each starting with the flow or after a silence over activity_gap seconds.\n"
 "ends: which flow ends are events, bits: 1 all (the default), 2 those without an outcome,\n"
 "4 established sessions on close_ports, 8 TCP flows whose payloads went to the deep decoder;\n"
 "outcomes: whether attempt outcomes are events (the default) or only set on the flow.");
@@ -1488,14 +1473,16 @@ static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
 {
     static char *kwl[] = {"pairs", "arp", "icmp", "signatures", "deep", "deep_tcp_ports",
                           "http_first", "close_ports", "activity", "activity_ignore",
-                          "activity_internal", "internal_nets", "ends", "outcomes", NULL};
+                          "activity_internal", "internal_nets", "ends", "outcomes", "activity_gap",
+                          NULL};
     int pairs = 0, arpu = 0, icmpu = 0, activity = 0, act_int = 0, ends = END_ALL, outcomes = 1;
+    double gap = e->burst_gap;
     PyObject *sigs = Py_None, *deep = Py_None, *tcp_ports = Py_None, *close_ports = Py_None,
              *act_ignore = Py_None, *nets = Py_None;
     Py_buffer http = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pppOOOy*OpOpOip", kwl, &pairs, &arpu, &icmpu,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pppOOOy*OpOpOipd", kwl, &pairs, &arpu, &icmpu,
                                      &sigs, &deep, &tcp_ports, &http, &close_ports, &activity,
-                                     &act_ignore, &act_int, &nets, &ends, &outcomes))
+                                     &act_ignore, &act_int, &nets, &ends, &outcomes, &gap))
         return NULL;
     int ok = -1;
     memset(e->http_first, 0, sizeof(e->http_first));
@@ -1572,7 +1559,9 @@ static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
     e->pairs_on = pairs;
     e->arp_up = arpu;
     e->icmp_up = icmpu;
+    if (gap < 0) { PyErr_SetString(PyExc_ValueError, "activity_gap must not be negative"); goto done; }
     e->activity_on = activity;
+    e->burst_gap = gap;
     e->act_internal_dests = act_int;
     e->ends = ends;
     e->outcomes_on = outcomes;
@@ -1728,18 +1717,10 @@ static PyObject *engine_pairs(EngineObject *e, PyObject *unused)
 
 static PyObject *engine_activity(EngineObject *e, PyObject *unused)
 {
-    PyObject *out = e->act_done;
-    e->act_done = PyList_New(0);
-    if (!e->act_done) { e->act_done = out; return NULL; }
-    for (uint32_t i = 0; i < e->nact; i++) {
-        flow_t *f = &e->slots[e->act[i]];
-        if (f->used && f->gen == e->act_gen[i] && f->act_in &&
-            activity_record(e, e->act[i], out) < 0) {
-            Py_DECREF(out);
-            return NULL;
-        }
-    }
-    e->nact = 0;
+    PyObject *fresh = PyList_New(0);
+    if (!fresh) return NULL;
+    PyObject *out = e->bursts;
+    e->bursts = fresh;
     return out;
 }
 
@@ -1835,7 +1816,9 @@ static PyMethodDef engine_methods[] = {
      "pairs() -> [(src, dst, cls, packets, bytes, last_ts, dport)] since the last call "
      "(src b'' : other sources, once the tick's table is full)"},
     {"activity", (PyCFunction)engine_activity, METH_NOARGS,
-     "activity() -> [(flow, first_ts, prev_last, bytes)] of watched flows since the last call"},
+     "activity() -> [(ts, src, dst, dport, bytes | None)]: watched flows' bursts started "
+     "(None) and ended (their bytes, both ways) since the last call, in order; src: the "
+     "originator"},
     {"stats", (PyCFunction)engine_stats, METH_NOARGS, "counters"},
     {"configure_dns", (PyCFunction)(void (*)(void))engine_configure_dns, METH_VARARGS | METH_KEYWORDS,
      "configure_dns(*, tunnel=settings|None, dga=settings|None, fresh=False, up=None, "
