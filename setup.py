@@ -8,7 +8,8 @@ setup(
         Extension(
             "agent.engine._engine",
             ["agent/engine/_engine.c"],
-            depends=["agent/engine/dnsstat.c", "agent/engine/httpfilter.c"],  # #included
+            # #included by _engine.c
+            depends=[f"agent/engine/{n}.c" for n in ("dnsstat", "httpfilter", "table")],
             extra_compile_args=["-O2"],
             libraries=["m"],
         )

@@ -511,12 +511,13 @@ class Pipeline:
         """Sizes and evictions of the bounded state (flow table, aggregator, detector
         windows), for the final `pipeline_stats` log line and bounds tests."""
         from agent.detect.window import KeyedWindow, Suppressor
+        from agent.engine import Table
 
         dns = self.engine.read_stats()
         forgotten = keys = 0
         for d in self.detectors:
             for v in getattr(d, "__dict__", {}).values():
-                if isinstance(v, KeyedWindow | Suppressor):
+                if isinstance(v, KeyedWindow | Suppressor | Table):
                     forgotten += v.forgotten
                     keys += len(v)
         return {

@@ -6,7 +6,6 @@ import pytest
 
 from agent.detect.window import (
     Distinct,
-    Ewma,
     KeyedWindow,
     LeakyBucket,
     Series,
@@ -15,6 +14,7 @@ from agent.detect.window import (
     median_abs_deviation,
     quartiles,
 )
+from agent.engine import Table
 
 
 def test_leaky_bucket_overflows_on_bursts_not_on_a_sustained_low_rate():
@@ -75,8 +75,20 @@ def test_interval_statistics():
     assert median_abs_deviation([15, 15, 16, 14, 15, 100]) == (15, 0.5)
 
 
-def test_ewma():
-    e = Ewma(0.5)
-    e.update(10)
-    e.update(20)
-    assert e.value == 15 and e.samples == 2
+def test_table_keeps_numbers_per_key_windowed_and_bounded():
+    t = Table(2, 60.0, 1000)
+    assert t.get(0, 1.0) == (0.0, 0.0)  # key 0 is a key like any other
+    t.set(0, (3, 4.5))
+    assert t.peek(0) == (3.0, 4.5) and 0 in t and 1 not in t
+    assert not t.touch(1, 2.0) and 1 not in t  # touch makes nothing
+    with pytest.raises(KeyError):
+        t.set(1, (1, 1))
+    with pytest.raises(ValueError, match="2 values"):
+        t.set(0, (1,))
+    assert t.pop(0) == (1.0, (3.0, 4.5)) and t.pop(0) is None and len(t) == 0
+    for i in range(5000):  # past max_keys: the keys seen longest ago go, counted
+        t.get(i * 7919 + (1 << 62), float(i))
+    assert len(t) == 1000 and t.forgotten == 4000
+    assert all(t.peek(i * 7919 + (1 << 62)) is not None for i in range(4000, 5000))
+    assert t.touch(4000 * 7919 + (1 << 62), 5000.0)  # seen again: stays
+    assert t.expire(5059.5) == 999 and len(t) == 1  # unseen for over 60 s

@@ -28,6 +28,7 @@ from agent.detect.window import (
     key_of,
     median_abs_deviation,
 )
+from agent.engine import Table
 from common.config import Option, at_least, between, positive
 from vigie.v1 import alert_pb2
 
@@ -108,11 +109,14 @@ class Beacon(Detector):
         s = settings
         self.gap = s["idle_gap_seconds"]
         self.ignore = frozenset(s["ignore_ports"])
-        self.cap = s["max_samples"]
-        # By key_of(source, destination, port): a float, the time of the one connection
-        # so far (most series never get a second), or a Series.
-        self.series: KeyedWindow[float | Series] = KeyedWindow(
-            s["series_idle_seconds"], float, 100_000
+        cap = s["max_samples"]
+        limit = min(KeyedWindow.limit, 100_000)
+        # Series by key_of(source, destination, port). Most never get a second connection:
+        # until then a series is its one connection's time, a key in `singles` (a Table,
+        # agent/engine/table.c: ~40 B where a Series object costs ~300 B).
+        self.singles = Table(0, s["series_idle_seconds"], limit)
+        self.series: KeyedWindow[Series] = KeyedWindow(
+            s["series_idle_seconds"], lambda now: Series(cap), limit
         )
 
     def activity_watch(self) -> tuple[frozenset[int], bool, float]:
@@ -128,12 +132,9 @@ class Beacon(Detector):
                     self._connection(key_of(src, dst, dport), ts, src, dst, dport)
                 continue
             key = key_of(src, dst, dport)
-            st = series.peek(key)
-            if st is None:
-                continue  # not scored, or forgotten
-            if st.__class__ is float:
-                st = self._grown(key, st)
-            st.add_size(nbytes)
+            st = series.peek(key) or self._second(key)
+            if st is not None:  # else not scored, or forgotten
+                st.add_size(nbytes)
 
     def _watched(self, src: bytes, dst: bytes, dport: int) -> bool:
         # The engine reports only such flows; checked again for callers that do not
@@ -144,21 +145,20 @@ class Beacon(Detector):
             return False
         return is_internal(src)
 
-    def _grown(self, key: int, first: float) -> Series:
-        """The Series of a series that was one connection's time, in its place."""
-        st = Series(self.cap)
-        st.add(first)
-        st.seen = first
-        self.series.put(key, st)
+    def _second(self, key: int) -> Series | None:
+        """The Series of a series that was one connection's time, made in its place."""
+        single = self.singles.pop(key)
+        if single is None:
+            return None
+        st = self.series.get(key, single[0])
+        st.add(single[0])
         return st
 
     def _connection(self, key: int, ts: float, src: bytes, dst: bytes, port: int) -> None:
-        st = self.series.peek(key)
+        st = self.series.peek(key) or self._second(key)
         if st is None:
-            self.series.get(key, ts)  # one connection: too few to score (4 at least)
+            self.singles.get(key, ts)  # one connection: too few to score (4 at least)
             return
-        if st.__class__ is float:
-            st = self._grown(key, st)
         self.series.get(key, ts)
         st.add(ts)
         s = self.settings
@@ -186,4 +186,5 @@ class Beacon(Detector):
         )
 
     def on_tick(self, now: float) -> None:
+        self.singles.expire(now)
         self.series.expire(now)

@@ -20,19 +20,10 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import Entity
 from agent.detect.base import Detector, ip_text
 from agent.detect.nets import is_internal, is_unicast
-from agent.detect.window import Ewma, KeyedWindow, Stamped, key_of
+from agent.detect.window import KeyedWindow, Stamped, key_of
+from agent.engine import Table
 from common.config import Option, at_least, between, positive
 from vigie.v1 import alert_pb2
-
-
-class _Host(Stamped):
-    __slots__ = ("baseline", "flagged_interval", "interval", "volume")
-
-    def __init__(self, now: float) -> None:
-        self.interval = -1  # index of the interval being summed
-        self.volume = 0
-        self.baseline: Ewma | None = None
-        self.flagged_interval = -1
 
 
 class _Dest(Stamped):
@@ -86,19 +77,16 @@ class Exfil(Detector):
     def __init__(self, settings: dict[str, Any], report) -> None:
         super().__init__(settings, report)
         s = settings
-        self.hosts: KeyedWindow[_Host] = KeyedWindow(s["memory_seconds"], _Host, 50_000)
-        # By key_of(host, destination). A destination first contacted while its host was
-        # still learning is never new: nothing to count, only to remember until it has
-        # been idle long enough, so its state is the time it was last sent to (one per
-        # pair: kept small).
-        self.dests: KeyedWindow[float | _Dest] = KeyedWindow(
-            s["memory_seconds"], self._dest, 200_000
-        )
-        self._learned = False  # whether the destination _dest() makes is new
-        self._idx = -1  # the latest interval index, one int shared by the hosts in it
-
-    def _dest(self, now: float) -> float | _Dest:
-        return _Dest(now) if self._learned else now
+        # Per host (key_of(host)), in a Table (agent/engine/table.c; one host is 56 B
+        # there, ~200 B as an object): interval index + 1 (0: none yet), volume of that
+        # interval, EWMA baseline, intervals in the baseline, flagged interval index + 1.
+        limit = min(KeyedWindow.limit, 50_000)
+        self.hosts = Table(5, s["memory_seconds"], limit)
+        # Destinations by key_of(host, destination): one first contacted while its host
+        # was learning is never new, so it is only remembered (a key, in `known`); one
+        # contacted later counts its bytes (`new`, rare).
+        self.known = Table(0, s["memory_seconds"], min(KeyedWindow.limit, 200_000))
+        self.new: KeyedWindow[_Dest] = KeyedWindow(s["memory_seconds"], _Dest, 50_000)
 
     def on_pairs(self, records: list[tuple], now: float) -> None:
         allowed = self.allowed
@@ -120,45 +108,38 @@ class Exfil(Detector):
 
     def _sent(self, src: bytes, dst: bytes, nbytes: int, ts: float) -> None:
         s = self.settings
-        h = self.hosts.get(src, ts)
-        idx = int(ts // s["interval_seconds"])
-        if idx == self._idx:
-            idx = self._idx  # the same object: a host holds no int of its own (32 B)
-        else:
-            self._idx = idx
-        if idx != h.interval:
-            self._roll(h, idx)
-        h.volume += nbytes
-        learned = h.baseline is not None and h.baseline.samples >= s["learning_intervals"]
-        self._learned = learned
-        d = self.dests.get(key_of(src, dst), ts)
-        if type(d) is _Dest:  # only new destinations' bytes count
-            d.bytes += nbytes
-            if not d.flagged and d.bytes >= s["large_transfer_bytes"]:
-                d.flagged = True
-                self._emit_large(src, dst, d, ts)
-        if learned and h.flagged_interval != idx and h.volume >= s["min_bytes"]:
-            base = h.baseline.value
-            if h.volume > s["factor"] * base:
-                h.flagged_interval = idx
-                self._emit_volume(src, dst, h, base, ts)
+        hkey = key_of(src)
+        interval, volume, base, samples, flagged = self.hosts.get(hkey, ts)
+        idx = ts // s["interval_seconds"] + 1  # + 1: 0 is "none yet"
+        if idx != interval:
+            if interval:  # the interval summed so far ends: into the baseline
+                cap = max(s["min_bytes"], s["factor"] * base)
+                vol = min(volume, cap) if samples else volume
+                # idle intervals in between count as empty ones
+                for x in (vol, *([0.0] * int(min(idx - interval - 1, 1000)))):
+                    base = x if samples == 0 else base + s["alpha"] * (x - base)
+                    samples += 1
+            interval, volume = idx, 0.0
+        volume += nbytes
+        learned = samples >= s["learning_intervals"]
+        dkey = key_of(src, dst)
+        if not self.known.touch(dkey, ts):
+            d = self.new.peek(dkey)
+            if d is None and not learned:
+                self.known.get(dkey, ts)
+            else:  # only new destinations' bytes count
+                d = self.new.get(dkey, ts)
+                d.bytes += nbytes
+                if not d.flagged and d.bytes >= s["large_transfer_bytes"]:
+                    d.flagged = True
+                    self._emit_large(src, dst, d, ts)
+        if learned and flagged != idx and volume >= s["min_bytes"] and volume > s["factor"] * base:
+            flagged = idx
+            self._emit_volume(src, dst, volume, base, ts)
+        self.hosts.set(hkey, (interval, volume, base, samples, flagged))
 
-    def _roll(self, h: _Host, idx: int) -> None:
-        s = self.settings
-        if h.interval >= 0:
-            if h.baseline is None:
-                h.baseline = Ewma(s["alpha"])
-            cap = max(s["min_bytes"], s["factor"] * h.baseline.value)
-            vol = min(h.volume, cap) if h.baseline.samples else h.volume
-            h.baseline.update(vol)
-            # idle intervals in between count as empty ones
-            for _ in range(min(idx - h.interval - 1, 1000)):
-                h.baseline.update(0.0)
-        h.interval = idx
-        h.volume = 0
-
-    def _emit_volume(self, src: bytes, dst: bytes, h: _Host, base: float, ts: float) -> None:
-        mb = h.volume / 1e6
+    def _emit_volume(self, src: bytes, dst: bytes, volume: float, base: float, ts: float) -> None:
+        mb = volume / 1e6
         self.report(
             subject=f"{src.hex()}:volume",
             ts=ts,
@@ -168,12 +149,12 @@ class Exfil(Detector):
             ],
             summary=(
                 f"outbound volume {mb:.1f} MB in one {self.settings['interval_seconds']:.0f} s "
-                f"interval, {h.volume / max(base, 1.0):.0f}x the host's baseline"
+                f"interval, {volume / max(base, 1.0):.0f}x the host's baseline"
             ),
             metrics={
-                "interval_bytes": h.volume,
+                "interval_bytes": volume,
                 "baseline_bytes": round(base, 1),
-                "ratio": round(h.volume / max(base, 1.0), 2),
+                "ratio": round(volume / max(base, 1.0), 2),
             },
         )
 
@@ -194,4 +175,5 @@ class Exfil(Detector):
 
     def on_tick(self, now: float) -> None:
         self.hosts.expire(now)
-        self.dests.expire(now)
+        self.known.expire(now)
+        self.new.expire(now)

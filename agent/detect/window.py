@@ -7,9 +7,9 @@ first, and counts what it forgot, so an attacker spoofing sources cannot grow it
 Memory: with 100k active flows a detector may hold 100k keys, so every per-key byte counts
 (a dict entry is ~50 B, an empty set 216 B, an object header 32 B). States are `__slots__`
 classes deriving from `Stamped` (the last-seen time lives in the state, not in a second
-dict), a key with nothing to remember but when it was seen holds that time alone (a float
-is its own last-seen time), and `Distinct` holds one item as is and a few in a tuple
-before it makes a set. Keys are best small ints (`key_of`): a 60-bit int is 32 B where a
+dict), and `Distinct` holds one item as is and a few in a tuple before it makes a set.
+Many keys with a few numbers each are cheaper still in an engine `Table` (~40 B a key,
+agent/engine/table.c). Keys are best small ints (`key_of`): a 60-bit int is 32 B where a
 tuple of two addresses is 64 B plus the addresses.
 """
 
@@ -41,9 +41,7 @@ class Stamped:
 
 class KeyedWindow(Generic[S]):
     """Per-key states, forgotten after `window` seconds unseen. A state is a `Stamped`
-    object, a float (a key with nothing to remember but when it was last seen: the float
-    is that time, and `get` replaces it with `now`), or anything else (its times are then
-    kept in a second dict)."""
+    object, or anything else (its times are then kept in a second dict)."""
 
     # Set by the pipeline from [flows] max_flows before it builds detectors: no detector
     # keeps state for more keys than the flow table keeps flows, so a flood of spoofed
@@ -75,14 +73,11 @@ class KeyedWindow(Generic[S]):
                 self._forget_oldest()
             st = self._state[key] = self.factory(now)
             if self._stamped is None:
-                self._stamped = isinstance(st, Stamped | float)
+                self._stamped = isinstance(st, Stamped)
                 if self._stamped:
                     self._seen = None
         if self._stamped:
-            if st.__class__ is float:
-                st = self._state[key] = now
-            else:
-                st.seen = now
+            st.seen = now
         else:
             self._seen[key] = now
         return st
@@ -90,19 +85,13 @@ class KeyedWindow(Generic[S]):
     def peek(self, key: object) -> S | None:
         return self._state.get(key)
 
-    def put(self, key: object, state: S) -> None:
-        """Replace the state of a key held (one float by an object, as a key comes to need
-        more): its place in the forgetting order stays; the new state's time is the
-        caller's to set."""
-        self._state[key] = state
-
     def items(self):
         return self._state.items()
 
     def seen(self) -> list[tuple[object, float]]:
         """(key, last seen) of every key, oldest first: what a detector saves to disk."""
         if self._stamped:
-            return [(k, _time(st)) for k, st in self._state.items()]
+            return [(k, st.seen) for k, st in self._state.items()]
         return list((self._seen or {}).items())
 
     def expire(self, now: float, done: Callable[[S], bool] | None = None) -> None:
@@ -110,21 +99,11 @@ class KeyedWindow(Generic[S]):
         state it says has nothing more to tell (Stamped states only)."""
         window = self.window
         if self._stamped:
-            items = self._state.items()
-            if done is None:
-                # inline, not _time(): this runs over every key every tick
-                old = [
-                    k
-                    for k, st in items
-                    if now - (st if st.__class__ is float else st.seen) > window
-                ]
-            else:
-                old = [
-                    k
-                    for k, st in items
-                    if now - (st if st.__class__ is float else st.seen) > window
-                    or (st.__class__ is not float and done(st))
-                ]
+            old = [
+                k
+                for k, st in self._state.items()
+                if now - st.seen > window or (done is not None and done(st))
+            ]
         else:
             old = [k for k, t in self._seen.items() if now - t > window]
         for k in old:
@@ -146,10 +125,6 @@ class KeyedWindow(Generic[S]):
 
     def __len__(self) -> int:
         return len(self._state)
-
-
-def _time(st: object) -> float:
-    return st if st.__class__ is float else st.seen  # type: ignore[attr-defined]
 
 
 _NONE = object()  # what a Distinct holds before its first item
@@ -363,18 +338,3 @@ def median_abs_deviation(values: list[float]) -> tuple[float, float]:
     """(median, median absolute deviation)."""
     med = quartiles(values)[1]
     return med, quartiles([abs(x - med) for x in values])[1]
-
-
-class Ewma:
-    """Exponentially weighted moving average of a per-interval quantity."""
-
-    __slots__ = ("alpha", "samples", "value")
-
-    def __init__(self, alpha: float) -> None:
-        self.alpha = alpha
-        self.value = 0.0
-        self.samples = 0
-
-    def update(self, x: float) -> None:
-        self.value = x if self.samples == 0 else self.value + self.alpha * (x - self.value)
-        self.samples += 1

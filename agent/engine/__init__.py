@@ -21,6 +21,7 @@ from agent.engine._engine import (
     Engine,
     Flow,
     Packet,
+    Table,
     decode,
     parse_dns,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "Engine",
     "Flow",
     "Packet",
+    "Table",
     "decode",
     "parse_dns",
 ]

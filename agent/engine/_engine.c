@@ -16,6 +16,9 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #define FIN 0x01
 #define SYN 0x02
@@ -1081,6 +1084,7 @@ static PyObject *dns_parse(const uint8_t *buf, Py_ssize_t n, int tcp)
 static int portmap(PyObject *ports, uint8_t *map);
 #include "dnsstat.c"
 #include "httpfilter.c"
+#include "table.c"
 
 /* ------------------------------------------------------------------------------------ */
 /* One decoded packet through the flow table and the taps                              */
@@ -1899,18 +1903,27 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, 
 
 PyMODINIT_FUNC PyInit__engine(void)
 {
-    if (PyType_Ready(&PacketType) < 0 || PyType_Ready(&FlowType) < 0 || PyType_Ready(&EngineType) < 0)
+    if (PyType_Ready(&PacketType) < 0 || PyType_Ready(&FlowType) < 0 ||
+        PyType_Ready(&EngineType) < 0 || PyType_Ready(&TableType) < 0)
         return NULL;
     EMPTY_BYTES = PyBytes_FromStringAndSize(NULL, 0);
     const char *outs[] = {"", "success", "rejected", "unanswered"};
     const char *sts[] = {"", "null", "fin", "xmas", "other"};
     for (int i = 0; i < 4; i++) OUTCOME_STR[i] = PyUnicode_InternFromString(outs[i]);
     for (int i = 0; i < 5; i++) STEALTH_STR[i] = PyUnicode_InternFromString(sts[i]);
+#ifdef M_MMAP_THRESHOLD
+    /* The flow table and detector tables grow by reallocation: glibc would raise its
+     * mmap threshold after the first big free and serve the next ones from the heap,
+     * where freed blocks stay resident (11 MB at 100k flows). A fixed threshold keeps
+     * big blocks mapped, so that what is freed goes back to the system. */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+#endif
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
     PyModule_AddObjectRef(m, "Packet", (PyObject *)&PacketType);
     PyModule_AddObjectRef(m, "Flow", (PyObject *)&FlowType);
     PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType);
+    PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType);
     PyModule_AddIntConstant(m, "EV_OUTCOME", EV_OUTCOME);
     PyModule_AddIntConstant(m, "EV_END", EV_END);
     PyModule_AddIntConstant(m, "EV_PACKET", EV_PACKET);
