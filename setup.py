@@ -5,6 +5,11 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("agent.engine._engine", ["agent/engine/_engine.c"], extra_compile_args=["-O2"])
+        Extension(
+            "agent.engine._engine",
+            ["agent/engine/_engine.c"],
+            depends=["agent/engine/scan.c"],  # #included by _engine.c
+            extra_compile_args=["-O2"],
+        )
     ]
 )

@@ -89,6 +89,13 @@ class Ioc(Detector):
     def on_tick(self, now: float) -> None:
         self._refresh(now)
 
+    @property
+    def outcome_ports(self) -> frozenset[int] | None:
+        """Every outcome while the list holds addresses to match flows against, else none
+        (the pipeline reads this every tick, after on_tick looked at the file)."""
+        intel = self.intel
+        return None if (intel.ips or intel.nets) and self.settings["match_flows"] else frozenset()
+
     def on_outcome(self, flow: Flow, outcome: str, ts: float) -> None:
         self._flow(flow, ts)
 
