@@ -9,7 +9,7 @@ setup(
             "agent.engine._engine",
             ["agent/engine/_engine.c"],
             # #included by _engine.c
-            depends=[f"agent/engine/{n}.c" for n in ("dnsstat", "httpfilter", "table")],
+            depends=[f"agent/engine/{n}.c" for n in ("dnsstat", "httpfilter", "scan", "table")],
             extra_compile_args=["-O2"],
             libraries=["m"],
         )

@@ -37,7 +37,9 @@ from agent.engine import (
     EV_END,
     EV_OUTCOME,
     EV_PACKET,
+    EV_SCAN,
     Engine,
+    Scan,
 )
 from agent.host.intel import IntelFile
 from common import logs
@@ -121,6 +123,7 @@ class Pipeline:
     def _handlers(self) -> None:
         on = lambda event: [getattr(d, event) for d in self.detectors if hasattr(d, event)]  # noqa: E731
         self._on_outcome = on("on_outcome")
+        self._on_scan = on("on_scan")
         self._on_flow_end = on("on_flow_end")
         self._on_close = on("on_close")
         self._on_pairs = on("on_pairs")
@@ -189,6 +192,9 @@ class Pipeline:
             internal = any(w[1] for w in watches)
             gap = min(w[2] for w in watches)
         deep = self._deep.protocols if self._deep is not None else None
+        # net.portscan scores attempts in the engine, into the detector's own state.
+        scanners = [d for d in self.detectors if hasattr(d, "engine_state")]
+        self._outcomes = self._outcome_wants()
         self.engine.configure(
             pairs=bool(self._on_pairs),
             arp=bool(self._pkt[ARP]),
@@ -205,7 +211,9 @@ class Pipeline:
             activity_internal=internal,
             internal_nets=_INTERNAL_NETS,
             ends=self._ends(),
-            outcomes=bool(self._on_outcome),
+            outcomes=self._outcomes[0],
+            outcome_ports=self._outcomes[1],
+            scan=scanners[0].engine_state() if scanners else None,
             activity_gap=gap,
         )
         self._configure_counting()
@@ -239,6 +247,18 @@ class Pipeline:
         if up != self._dns_up:
             self.engine.configure_dns(up=up)
             self._dns_up = up
+
+    def _outcome_wants(self) -> tuple[bool, frozenset[int]]:
+        """The attempt outcomes on_outcome handlers want: (all of them, else the TCP ones
+        on these responder ports). Handlers still filter: this only spares the others."""
+        ports: set[int] = set()
+        for d in self.detectors:
+            if hasattr(d, "on_outcome"):
+                want = d.outcome_ports
+                if want is None:
+                    return True, frozenset()
+                ports |= want
+        return False, frozenset(ports)
 
     def _ends(self) -> int:
         """The flow ends the engine reports: what on_flow_end handlers declared, and the
@@ -407,6 +427,9 @@ class Pipeline:
             elif code == EV_CLOSE:
                 for h in self._on_close:
                     h(ev[1], ev[2])
+            elif code == EV_SCAN:
+                for h in self._on_scan:
+                    h(ev[1])
             else:  # a record the engine counted for a detector
                 self._counted[code](ev[1:])
 
@@ -488,6 +511,10 @@ class Pipeline:
             h(now)
         if self._dns_takers:
             self._check_dns_up()
+        # net.ioc wants every outcome only while its intel list holds addresses, which
+        # its on_tick may just have read.
+        if self._on_outcome and self._outcome_wants() != self._outcomes:
+            self._configure_engine()
         self.aggregator.tick(now)
         # High-water marks of the bounded state, read by stats() (once a tick: free).
         self.flows_peak = max(getattr(self, "flows_peak", 0), len(self.engine))
@@ -517,7 +544,7 @@ class Pipeline:
         forgotten = keys = 0
         for d in self.detectors:
             for v in getattr(d, "__dict__", {}).values():
-                if isinstance(v, KeyedWindow | Suppressor | Table):
+                if isinstance(v, KeyedWindow | Suppressor | Table | Scan):
                     forgotten += v.forgotten
                     keys += len(v)
         return {

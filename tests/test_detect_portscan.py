@@ -1,5 +1,6 @@
 """net.portscan on nmap captures: the alert, and the once-a-second reporting of a
-flagged source (probes in between are summed, none lost)."""
+flagged source (probes in between are summed, none lost); the engine's scoring of it
+(agent/engine/scan.c): first contacts, pacing, window, bound, allow-list."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import time
 
 from agent import settings
 from agent.capture.pcapfile import read_capture
+from agent.detect.portscan import PortScan
+from agent.detect.window import KeyedWindow
+from agent.engine import EV_SCAN, Engine, Packet
 from agent.pipeline import Pipeline
 from common import config
+from common.config import defaults
 from tests.detect_support import ANON, data, entity, latest, pseudonym
 from vigie.v1 import alert_pb2
 
@@ -31,3 +36,121 @@ def test_syn_scan_reported_at_most_once_a_second_without_losing_probes():
     # every failed probe is counted once, though reports came at most once a second
     assert a.occurrences == a.metrics["failed_probes"] >= 900
     assert pipe.aggregator.reports <= (last - first) + 3
+
+
+# The engine's scoring (agent/engine/scan.c), driven with packets ----------------------
+
+SCANNER, OTHER = b"\x0a\x00\x00\x08", b"\x0a\x00\x01\x08"
+TARGET = b"\x0a\x00\x00\x63"
+SYN, RST_ACK, FIN = 0x02, 0x14, 0x01
+
+
+class _Rig:
+    """An engine scoring into a PortScan detector's state, reports collected."""
+
+    def __init__(self, **settings) -> None:
+        self.reports: list[dict] = []
+        self.d = PortScan(defaults(PortScan.schema()) | settings, self._got)
+        self.e = Engine()
+        self.e.configure(scan=self.d.engine_state())
+        self.sport = 40000
+
+    def _got(self, **kw) -> None:
+        self.reports.append(kw)
+
+    def probe(self, ts: float, dport: int, src: bytes = SCANNER, dst: bytes = TARGET,
+              flags: int = SYN) -> None:  # fmt: skip
+        """A probe to a closed port: refused at once."""
+        self.sport += 1
+        self.e.packet(Packet(ts, 60, 4, src, dst, 6, self.sport, dport, flags))
+        self.e.packet(Packet(ts, 60, 4, dst, src, 6, dport, self.sport, RST_ACK))
+        self.drain()
+
+    def drain(self) -> None:
+        for ev in self.e.events():
+            if ev[0] == EV_SCAN:
+                self.d.on_scan(ev[1])
+
+    def counts(self) -> list[tuple[float, int]]:
+        return [(r["ts"], r["count"]) for r in self.reports]
+
+
+def test_flagged_source_reported_at_most_once_per_interval_probes_summed():
+    rig = _Rig()
+    for i in range(10):
+        rig.probe(i / 10, 1000 + i)
+    # the 4th failure crosses the TRW bound: reported at once, with the failures so far
+    assert rig.counts() == [(0.3, 4)]
+    rig.probe(1.3, 2000)  # due again: the 6 probes since, and this one
+    rig.probe(1.5, 2001)
+    assert rig.counts() == [(0.3, 4), (1.3, 7)]
+    rig.d.on_tick(2.0)  # reported 0.7 s ago: not yet
+    assert len(rig.reports) == 2
+    rig.d.on_tick(2.4)  # as of its last probe
+    assert rig.counts() == [(0.3, 4), (1.3, 7), (1.5, 1)]
+    rig.d.on_finish(2.4)  # nothing left
+    assert len(rig.reports) == 3
+    last = rig.reports[-1]
+    assert last["metrics"]["failed_probes"] == 12 == sum(c for _, c in rig.counts())
+    assert last["metrics"]["distinct_ports"] == 12 and last["metrics"]["distinct_hosts"] == 1
+    assert last["summary"] == "vertical port scan: 12 failed probes, 12 ports on 1 host(s) (syn)"
+    assert [e.value for e in last["entities"]] == ["10.0.0.8", "10.0.0.99"]
+
+
+def test_only_first_contacts_count_and_multicast_is_ignored():
+    rig = _Rig()
+    for i in range(10):
+        rig.probe(i / 10, 445)  # the same service again and again: one first contact
+        rig.probe(i / 10, 1000 + i, dst=b"\xe0\x00\x00\xfb")  # 224.0.0.251
+    assert rig.reports == [] and len(rig.d.scan) == 1
+    for i in range(3):
+        rig.probe(1.0, 446 + i)
+    assert rig.counts() == [(1.0, 4)]
+
+
+def test_stealth_probes_flag_on_their_own():
+    rig = _Rig()
+    for i in range(3):  # 3 failures: under the TRW bound, at the stealth count
+        rig.probe(1.0 + i, 20 + i, flags=FIN)
+    (r,) = rig.reports
+    assert r["metrics"]["stealth_probes"] == 3 and r["summary"].endswith("(fin)")
+
+
+def test_source_forgotten_after_window_of_silence():
+    for last_tick, flagged in ((9.0, True), (10.5, False)):
+        rig = _Rig(window_seconds=10.0)
+        for i in range(3):
+            rig.probe(0.0, 1000 + i)
+        rig.d.on_tick(5.0)
+        rig.d.on_tick(last_tick)
+        assert len(rig.d.scan) == (1 if flagged else 0)
+        rig.probe(last_tick + 0.1, 2000)  # a 4th failure flags only a remembered source
+        assert bool(rig.reports) is flagged
+
+
+def test_sources_bounded_oldest_forgotten_and_counted(monkeypatch):
+    monkeypatch.setattr(KeyedWindow, "limit", 200)  # as [flows] max_flows = 200
+    rig = _Rig()
+    for i in range(250):
+        rig.probe(1.0, 80, src=bytes((10, 9, i >> 8, i & 255)))
+    # a hundredth (2) forgotten whenever full
+    assert len(rig.d.scan) == 200 and rig.d.scan.forgotten == 50
+    for src in (bytes((10, 9, 0, 0)), bytes((10, 9, 0, 100))):
+        for port in (81, 82, 83):
+            rig.probe(2.0, port, src=src)
+    # the first source started afresh (3 failures), the 101st kept its first one (4)
+    assert [r["subject"] for r in rig.reports] == ["0a090064"]
+
+
+def test_allowed_sources_are_not_scored():
+    rig = _Rig(allow=["10.0.0.0/24"])
+    for i in range(10):
+        rig.probe(1.0, 1000 + i)
+        rig.probe(1.0, 1000 + i, src=OTHER)
+    assert [r["subject"] for r in rig.reports] == [OTHER.hex()]
+    assert len(rig.d.scan) == 1  # no state at all for the allowed one
+    rig.d._allow = []  # as a reload that empties the allow-list: the pipeline re-reads it
+    rig.e.configure(scan=rig.d.engine_state())
+    for i in range(4):
+        rig.probe(2.0, 2000 + i)
+    assert [r["subject"] for r in rig.reports] == [OTHER.hex(), SCANNER.hex()]

@@ -225,3 +225,19 @@ def test_http_requests_no_reader_needs_are_counted_not_handed_up() -> None:
     e.configure_http(methods=["GET", "POST"], headers=[])  # a reader that wants them all
     e.packet(tcp(9.0, A, 41000, X, 80, 0x18, plain))
     assert [ev[1].payload for ev in e.events()] == [plain]
+
+
+def test_outcomes_handed_up_only_for_the_declared_tcp_ports() -> None:
+    e = Engine()
+    e.configure(outcomes=False, outcome_ports={22})
+    e.packet(tcp(1.0, A, 40000, B, 22, 0x02))
+    e.packet(tcp(1.1, B, 22, A, 40000, 0x12))  # success on 22
+    e.packet(tcp(1.2, A, 40001, B, 22, 0x02))
+    e.packet(tcp(1.3, B, 22, A, 40001, 0x14))  # rejected on 22
+    e.packet(tcp(1.4, A, 40002, B, 80, 0x02))
+    e.packet(tcp(1.5, B, 80, A, 40002, 0x12))  # not a declared port
+    e.packet(udp(1.6, A, 5000, B, 22))
+    e.packet(udp(1.7, B, 22, A, 5000))  # UDP: not TCP
+    evs = [ev for ev in e.events() if ev[0] == EV_OUTCOME]
+    assert [(ev[1].dport, ev[2]) for ev in evs] == [(22, "success"), (22, "rejected")]
+    assert e.get((17, 0, A, 5000, B, 22)).outcome == "success"  # still set on the flow

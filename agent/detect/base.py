@@ -29,7 +29,10 @@ the events it needs, each a tiny handler:
                                   responder port not ignored — see `activity_watch()`.
     on_close(flow, ts)            the first FIN or RST of a TCP flow whose handshake
                                   succeeded, for responder ports in `close_ports`
-    on_outcome(flow, outcome, ts) how a connection attempt ended (success/rejected/unanswered)
+    on_outcome(flow, outcome, ts) how a connection attempt ended (success/rejected/unanswered),
+                                  for the attempts `outcome_ports` asks for
+    on_scan(record)               net.portscan only: a report the engine's scan scoring
+                                  queued (agent/engine/scan.c)
     on_flow_end(flow)             a flow expired or was evicted
     on_tick(now)                  time passed (capture time in replay, wall clock live)
     on_finish(now)                end of input (replay): report what is still held back
@@ -49,6 +52,10 @@ detector would throw away at once:
                       sessions on `close_ports`); the engine reports no other
     close_ports       the responder ports on_close wants (the engine watches the union);
                       set in __init__ when it depends on the settings.
+    outcome_ports     the TCP responder ports whose outcomes on_outcome wants, or None for
+                      every outcome (the default); the engine hands up the outcomes some
+                      detector wants, and the pipeline reads it again every tick (it may
+                      follow the detector's state, as net.ioc's follows its intel list).
 A detector with on_activity defines `activity_watch()` returning (responder ports to
 ignore, whether internal responders are wanted, the silence in seconds that ends a burst);
 the pipeline passes it to the engine.
@@ -110,6 +117,7 @@ class Detector:
     app_kinds: ClassVar[frozenset[str] | None] = None
     # Not a ClassVar: detectors whose ports are a setting set it per instance.
     close_ports: frozenset[int] = frozenset()
+    outcome_ports: frozenset[int] | None = None
     flow_end: ClassVar[str] = "all"
     packet_payloads: tuple[tuple[frozenset[int], frozenset[int], bytes], ...] = ()
 

@@ -105,6 +105,7 @@ class BruteForce(Detector):
         s = settings
         self.ports = frozenset(s["ports"])
         self.close_ports = self.ports  # on_close for the sessions followed, no others
+        self.outcome_ports = self.ports  # on_outcome only counts TCP to these
         self.sources: KeyedWindow[_Guesses] = KeyedWindow(s["window_seconds"], _Guesses)
         # Established sessions on watched ports: their first packet's time, by
         # key_of(src, sport, dst, dport) (their end brings the flow and its counters).

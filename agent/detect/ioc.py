@@ -95,6 +95,13 @@ class Ioc(Detector):
         while the list holds domains, so that without any the engine hands none up."""
         return bool(self.intel.domains) and self.settings["match_dns"]
 
+    @property
+    def outcome_ports(self) -> frozenset[int] | None:
+        """Every outcome while the list holds addresses to match flows against, else none
+        (the pipeline reads this every tick, after on_tick looked at the file)."""
+        intel = self.intel
+        return None if (intel.ips or intel.nets) and self.settings["match_flows"] else frozenset()
+
     def on_outcome(self, flow: Flow, outcome: str, ts: float) -> None:
         self._flow(flow, ts)
 

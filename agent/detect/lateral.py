@@ -104,6 +104,7 @@ class Lateral(Detector):
     def __init__(self, settings: dict[str, Any], report) -> None:
         super().__init__(settings, report)
         self.ports = frozenset(settings["ports"])
+        self.outcome_ports = self.ports  # on_outcome only counts TCP to these
         self.sources: KeyedWindow[_Spread] = KeyedWindow(settings["window_seconds"], _Spread)
         self.rpc_actions = frozenset(settings["rpc_actions"])
         self.exts = tuple(str(e).lower() for e in settings["exec_extensions"])

@@ -1,5 +1,6 @@
 """The per-packet path, in C (`_engine.c`): capture-file walking, frame decoding, the
-flow table, and the counters detectors read instead of packets.
+flow table, and the counters detectors read instead of packets; `Scan` is net.portscan's
+per-source state, scored by the engine (scan.c).
 
 Python sees a packet only when a detector declared that it wants it; everything else
 arrives as events and per-tick counters. `Engine`'s docstrings list them.
@@ -17,10 +18,12 @@ from agent.engine._engine import (
     EV_END,
     EV_OUTCOME,
     EV_PACKET,
+    EV_SCAN,
     REASONS,
     Engine,
     Flow,
     Packet,
+    Scan,
     Table,
     decode,
     parse_dns,
@@ -38,10 +41,12 @@ __all__ = [
     "EV_END",
     "EV_OUTCOME",
     "EV_PACKET",
+    "EV_SCAN",
     "REASONS",
     "Engine",
     "Flow",
     "Packet",
+    "Scan",
     "Table",
     "decode",
     "parse_dns",

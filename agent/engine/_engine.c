@@ -32,8 +32,8 @@
 enum { S_ATTEMPT, S_PROBE, S_ESTABLISHED, S_REJECTED, S_MIDSTREAM, S_CLOSED };
 enum { O_NONE, O_SUCCESS, O_REJECTED, O_UNANSWERED };
 enum { ST_NONE, ST_NULL, ST_FIN, ST_XMAS, ST_OTHER };
-/* 5 is left for a future event; 6 and 7 are records counted in dnsstat.c */
-enum { EV_OUTCOME, EV_END, EV_PACKET, EV_CLOSE, EV_DNS, EV_DNS_TUNNEL = 6, EV_DGA = 7 };
+/* 5: portscan reports (scan.c); 6 and 7: records counted in dnsstat.c */
+enum { EV_OUTCOME, EV_END, EV_PACKET, EV_CLOSE, EV_DNS, EV_SCAN, EV_DNS_TUNNEL, EV_DGA };
 enum { PAIR_SYN, PAIR_TCP, PAIR_UDP, PAIR_ICMP, PAIR_ICMP_ERROR, PAIR_OTHER };
 /* Which flow ends Python hears of (configure(ends=...)): most flows of a scan or of DNS
  * interest nobody once they end, and an event per flow is a Python call per flow. */
@@ -436,6 +436,8 @@ typedef struct EngineObject {
     uint32_t max_flows, sample_n;
     /* events for Python */
     PyObject *events;
+    struct ScanObject *scan; /* net.portscan's state (scan.c), or NULL */
+    uint8_t outcome_ports[8192]; /* TCP responder ports whose outcomes are events anyway */
     /* taps */
     int pairs_on, activity_on, arp_up, icmp_up, deep_on, ends, outcomes_on;
     int deep_udp_dns, tls_on, hl7_on, rpc_on, dicom_on, http_on;
@@ -721,11 +723,19 @@ static int emit_flow(EngineObject *e, int code, uint32_t slot)
     return emit(e, Py_BuildValue("(iN)", code, py));
 }
 
+#include "scan.c"
+
 static int emit_outcome(EngineObject *e, uint32_t slot, int outcome, double ts)
 {
     flow_t *f = &e->slots[slot];
     f->outcome = outcome;
-    if (!e->outcomes_on) return 0; /* nobody listens: no event, no Flow object */
+    int icmp = f->k.proto == 1 || f->k.proto == 58;
+    int rport = icmp ? f->icode : f->rev ? f->k.ap : f->k.bp;
+    if (e->scan && scan_outcome(e->scan, e->events, f->rev ? f->k.b : f->k.a, f->rev ? f->k.a : f->k.b,
+                                f->k.alen, f->k.proto, rport, f->stealth, outcome == O_SUCCESS, ts) < 0)
+        return -1;
+    /* Python hears only of the outcomes some detector wants: no event, no Flow object */
+    if (!e->outcomes_on && !(f->k.proto == 6 && bit(e->outcome_ports, rport))) return 0;
     PyObject *py = flow_py(e, slot);
     if (!py) return -1;
     return emit(e, Py_BuildValue("(iNOd)", EV_OUTCOME, py, OUTCOME_STR[outcome], ts));
@@ -1425,6 +1435,7 @@ static void engine_dealloc(EngineObject *e)
     PyMem_Free(e->nets);
     Py_XDECREF(e->events);
     Py_XDECREF(e->bursts);
+    Py_XDECREF(e->scan);
     dnsstat_free(e->dns);
     if (e->http) {
         strs_free(&e->http->methods);
@@ -1471,31 +1482,38 @@ PyDoc_STRVAR(configure_doc,
 "bursts, each starting with the flow or after a silence over activity_gap seconds.\n"
 "ends: which flow ends are events, bits: 1 all (the default), 2 those without an outcome,\n"
 "4 established sessions on close_ports, 8 TCP flows whose payloads went to the deep decoder;\n"
-"outcomes: whether attempt outcomes are events (the default) or only set on the flow.");
+"outcomes: whether attempt outcomes are events (the default) or only set on the flow;\n"
+"outcome_ports: TCP responder ports whose outcomes are events even without `outcomes`;\n"
+"scan: a Scan (net.portscan's state) every outcome is scored into, or None.");
 
 static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
 {
     static char *kwl[] = {"pairs", "arp", "icmp", "signatures", "deep", "deep_tcp_ports",
                           "http_first", "close_ports", "activity", "activity_ignore",
                           "activity_internal", "internal_nets", "ends", "outcomes", "activity_gap",
-                          NULL};
+                          "outcome_ports", "scan", NULL};
     int pairs = 0, arpu = 0, icmpu = 0, activity = 0, act_int = 0, ends = END_ALL, outcomes = 1;
     double gap = e->burst_gap;
     PyObject *sigs = Py_None, *deep = Py_None, *tcp_ports = Py_None, *close_ports = Py_None,
-             *act_ignore = Py_None, *nets = Py_None;
+             *act_ignore = Py_None, *nets = Py_None, *outcome_ports = Py_None, *scan = Py_None;
     Py_buffer http = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pppOOOy*OpOpOipd", kwl, &pairs, &arpu, &icmpu,
-                                     &sigs, &deep, &tcp_ports, &http, &close_ports, &activity,
-                                     &act_ignore, &act_int, &nets, &ends, &outcomes, &gap))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pppOOOy*OpOpOipdOO", kwl, &pairs, &arpu,
+                                     &icmpu, &sigs, &deep, &tcp_ports, &http, &close_ports,
+                                     &activity, &act_ignore, &act_int, &nets, &ends, &outcomes,
+                                     &gap, &outcome_ports, &scan))
         return NULL;
     int ok = -1;
+    if (scan != Py_None && (!PyObject_TypeCheck(scan, &ScanType) || !((struct ScanObject *)scan)->index)) {
+        PyErr_SetString(PyExc_TypeError, "scan must be an initialised Scan or None");
+        goto done;
+    }
     memset(e->http_first, 0, sizeof(e->http_first));
     for (Py_ssize_t i = 0; http.buf && i < http.len; i++) {
         uint8_t b = ((uint8_t *)http.buf)[i];
         e->http_first[b >> 3] |= 1 << (b & 7);
     }
     if (portmap(tcp_ports, e->deep_tcp_ports) < 0 || portmap(close_ports, e->close_ports) < 0 ||
-        portmap(act_ignore, e->act_ignore) < 0)
+        portmap(act_ignore, e->act_ignore) < 0 || portmap(outcome_ports, e->outcome_ports) < 0)
         goto done;
     e->deep_on = deep != Py_None;
     e->deep_udp_dns = e->tls_on = e->hl7_on = e->rpc_on = e->dicom_on = e->http_on = 0;
@@ -1569,6 +1587,7 @@ static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
     e->act_internal_dests = act_int;
     e->ends = ends;
     e->outcomes_on = outcomes;
+    Py_XSETREF(e->scan, scan == Py_None ? NULL : (struct ScanObject *)Py_NewRef(scan));
     ok = 0;
 done:
     if (http.buf) PyBuffer_Release(&http);
@@ -1813,9 +1832,10 @@ static PyMethodDef engine_methods[] = {
     {"flush", (PyCFunction)engine_flush, METH_NOARGS, "flush(): end of input, every flow ends"},
     {"events", (PyCFunction)engine_events, METH_NOARGS,
      "events() -> [(0, flow, outcome, ts) | (1, flow) | (2, packet, flow|None, asked) | "
-     "(3, flow, ts) | (4, packet, flow, dns, asked)]: outcome, end, packet handed up "
-     "(asked: for on_packet, not only the deep decoder), close, a DNS message over UDP "
-     "(dns: what parse_dns returns); taken (the engine starts a new list)"},
+     "(3, flow, ts) | (4, packet, flow, dns, asked) | (5, scan record)]: outcome, end, packet "
+     "handed up (asked: for on_packet, not only the deep decoder), close, a DNS message over "
+     "UDP (dns: what parse_dns returns), a port scan report (see Scan); taken (the engine "
+     "starts a new list)"},
     {"pairs", (PyCFunction)engine_pairs, METH_NOARGS,
      "pairs() -> [(src, dst, cls, packets, bytes, last_ts, dport)] since the last call "
      "(src b'' : other sources, once the tick's table is full)"},
@@ -1904,7 +1924,8 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, 
 PyMODINIT_FUNC PyInit__engine(void)
 {
     if (PyType_Ready(&PacketType) < 0 || PyType_Ready(&FlowType) < 0 ||
-        PyType_Ready(&EngineType) < 0 || PyType_Ready(&TableType) < 0)
+        PyType_Ready(&EngineType) < 0 || PyType_Ready(&TableType) < 0 ||
+        PyType_Ready(&ScanType) < 0)
         return NULL;
     EMPTY_BYTES = PyBytes_FromStringAndSize(NULL, 0);
     const char *outs[] = {"", "success", "rejected", "unanswered"};
@@ -1924,11 +1945,13 @@ PyMODINIT_FUNC PyInit__engine(void)
     PyModule_AddObjectRef(m, "Flow", (PyObject *)&FlowType);
     PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType);
     PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType);
+    PyModule_AddObjectRef(m, "Scan", (PyObject *)&ScanType);
     PyModule_AddIntConstant(m, "EV_OUTCOME", EV_OUTCOME);
     PyModule_AddIntConstant(m, "EV_END", EV_END);
     PyModule_AddIntConstant(m, "EV_PACKET", EV_PACKET);
     PyModule_AddIntConstant(m, "EV_CLOSE", EV_CLOSE);
     PyModule_AddIntConstant(m, "EV_DNS", EV_DNS);
+    PyModule_AddIntConstant(m, "EV_SCAN", EV_SCAN);
     PyModule_AddIntConstant(m, "EV_DNS_TUNNEL", EV_DNS_TUNNEL);
     PyModule_AddIntConstant(m, "EV_DGA", EV_DGA);
     PyModule_AddIntConstant(m, "END_ALL", END_ALL);
