@@ -1,5 +1,8 @@
-"""The C part of the agent (agent/engine/_engine.c), built at install with the machine's
-compiler; everything else about the package is in pyproject.toml."""
+"""The C part of the agent (agent/engine/_engine.c and the files it #includes), built at
+install with the machine's compiler; everything else about the package is in
+pyproject.toml."""
+
+from pathlib import Path
 
 from setuptools import Extension, setup
 
@@ -8,8 +11,7 @@ setup(
         Extension(
             "agent.engine._engine",
             ["agent/engine/_engine.c"],
-            # #included by _engine.c
-            depends=[f"agent/engine/{n}.c" for n in ("dnsstat", "httpfilter", "scan", "table")],
+            depends=sorted(str(p) for p in Path("agent/engine").glob("*.c")),
             extra_compile_args=["-O2"],
             libraries=["m"],
         )

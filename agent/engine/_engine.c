@@ -723,6 +723,7 @@ static int emit_flow(EngineObject *e, int code, uint32_t slot)
     return emit(e, Py_BuildValue("(iN)", code, py));
 }
 
+#include "distinct.c"
 #include "scan.c"
 
 static int emit_outcome(EngineObject *e, uint32_t slot, int outcome, double ts)

@@ -19,51 +19,6 @@
 
 #define DNS_NAME_BUF (DNS_MAX_NAME + 64)
 
-/* ---- distinct 64-bit hashes, bounded: past `limit` items new ones are only counted ---- */
-
-typedef struct { uint64_t *h; uint32_t n, cap, limit, overflow; } hset_t;
-
-static int hset_add(hset_t *s, uint64_t h)
-{
-    if (!h) h = 1; /* 0 marks an empty slot */
-    if (s->cap) {
-        for (uint32_t i = (uint32_t)h & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
-            if (!s->h[i]) break;
-            if (s->h[i] == h) return 0;
-        }
-    }
-    if (s->n >= s->limit) { s->overflow++; return 1; }
-    if ((s->n + 1) * 2 > s->cap) {
-        uint32_t cap = s->cap ? s->cap * 2 : 4;
-        uint64_t *t = PyMem_Calloc(cap, sizeof(uint64_t));
-        if (!t) return -1;
-        for (uint32_t j = 0; j < s->cap; j++) {
-            if (!s->h[j]) continue;
-            uint32_t i = (uint32_t)s->h[j] & (cap - 1);
-            while (t[i]) i = (i + 1) & (cap - 1);
-            t[i] = s->h[j];
-        }
-        PyMem_Free(s->h);
-        s->h = t;
-        s->cap = cap;
-    }
-    uint32_t i = (uint32_t)h & (s->cap - 1);
-    while (s->h[i]) i = (i + 1) & (s->cap - 1);
-    s->h[i] = h;
-    s->n++;
-    return 1;
-}
-
-static inline uint64_t hset_len(const hset_t *s) { return (uint64_t)s->n + s->overflow; }
-
-static inline uint64_t fnv64(const void *data, size_t n, uint64_t h)
-{
-    const uint8_t *p = data;
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
-    return h;
-}
-#define FNV64_INIT 0xcbf29ce484222325ULL
-
 /* ---- keyed window: states by key, forgotten after `window` s without a touch, bounded
  * in keys with the oldest made forgotten first (as agent/detect/window.py KeyedWindow) */
 
@@ -307,7 +262,7 @@ typedef struct {
 
 static void zone_drop(kent_t *x)
 {
-    PyMem_Free(((zone_t *)x)->subs.h);
+    PyMem_Free(((zone_t *)x)->subs.items);
     PyMem_Free(x->str);
     PyMem_Free(x);
 }
@@ -315,7 +270,7 @@ static void zone_drop(kent_t *x)
 static void dclient_drop(kent_t *x)
 {
     dclient_t *c = (dclient_t *)x;
-    PyMem_Free(c->domains.h);
+    PyMem_Free(c->domains.items);
     for (int i = 0; i < c->nsample; i++) PyMem_Free(c->sample[i]);
     PyMem_Free(x->str);
     PyMem_Free(x);

@@ -13,7 +13,7 @@
  *   (src, ts, count, failed, succeeded, hosts, ports, stealth, styles, llr, last_dst)
  * with `styles` the STYLE_* bits below (the ones portscan.py names).
  *
- * Distinct sets hold 64-bit hashes of their items (host addresses; (host, port)
+ * Distinct sets (distinct.c) hold 64-bit hashes of their items (host addresses; (host, port)
  * targets), not the items: two different items count as one only if their hashes
  * collide, about n^2 / 2^65 for n items (1e-10 for a full set of 65,536). Ports are held
  * as is. Hashes are not keyed: a scanner that found a collision between two of its own
@@ -30,16 +30,11 @@
 #define STYLE_XMAS 32
 static const uint8_t STEALTH_STYLE[] = {0, STYLE_NULL, STYLE_FIN, STYLE_XMAS, STYLE_OTHER};
 
-typedef struct {
-    uint64_t *items;   /* open addressing, 0 = empty */
-    uint32_t n, cap;   /* cap: slots, a power of two (0 until the first item) */
-    uint64_t overflow; /* new items past SCAN_CAP */
-} dset_t;
 
 /* Made at a source's second target, or when it is flagged: most sources only ever
  * contact one service and never need it. */
 typedef struct {
-    dset_t targets, hosts, ports; /* (host, port) first contacts; hosts; ports */
+    hset_t targets, hosts, ports; /* (host, port) first contacts; hosts; ports */
     double last_report, last_probe;
     uint64_t pending; /* failed probes not reported yet */
     uint8_t last_dst[16];
@@ -69,49 +64,10 @@ typedef struct ScanObject {
 
 static PyTypeObject ScanType;
 
-static inline uint64_t fnv1a64(const uint8_t *p, size_t n)
+static inline uint64_t host_hash(const uint8_t *p, size_t n)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 1099511628211ULL; }
-    return h ? h : 1; /* 0 marks an empty slot */
-}
-
-static inline uint32_t dset_home(uint64_t x, uint32_t mask)
-{
-    return (uint32_t)((x * 0x9E3779B97F4A7C15ULL) >> 32) & mask;
-}
-
-static inline uint64_t dset_len(const dset_t *s) { return s->n + s->overflow; }
-
-/* 1 if new (remembered, or counted past the cap), 0 if seen, -1 out of memory. */
-static int dset_add(dset_t *s, uint64_t x)
-{
-    if (s->cap) {
-        uint32_t m = s->cap - 1;
-        for (uint32_t i = dset_home(x, m); s->items[i]; i = (i + 1) & m)
-            if (s->items[i] == x) return 0;
-    }
-    if (s->n >= SCAN_CAP) { s->overflow++; return 1; }
-    if (2 * (s->n + 1) > s->cap) {
-        uint32_t nc = s->cap ? s->cap * 2 : 4, m = nc - 1;
-        uint64_t *ni = PyMem_Calloc(nc, sizeof(uint64_t));
-        if (!ni) { PyErr_NoMemory(); return -1; }
-        for (uint32_t j = 0; j < s->cap; j++) {
-            uint64_t y = s->items[j];
-            if (!y) continue;
-            uint32_t i = dset_home(y, m);
-            while (ni[i]) i = (i + 1) & m;
-            ni[i] = y;
-        }
-        PyMem_Free(s->items);
-        s->items = ni;
-        s->cap = nc;
-    }
-    uint32_t m = s->cap - 1, i = dset_home(x, m);
-    while (s->items[i]) i = (i + 1) & m;
-    s->items[i] = x;
-    s->n++;
-    return 1;
+    uint64_t h = fnv64(p, n, FNV64_INIT);
+    return h ? h : 1; /* 0: no host yet */
 }
 
 static inline uint64_t target_of(uint64_t host, uint32_t port)
@@ -124,9 +80,10 @@ static int ext_make(scan_src_t *x)
     scan_ext_t *ext = PyMem_Calloc(1, sizeof(scan_ext_t));
     if (!ext) { PyErr_NoMemory(); return -1; }
     ext->last_report = -INFINITY;
+    ext->targets.limit = ext->hosts.limit = ext->ports.limit = SCAN_CAP;
     x->ext = ext;
-    if (dset_add(&ext->targets, target_of(x->first_host, x->first_port)) < 0 ||
-        dset_add(&ext->hosts, x->first_host) < 0 || dset_add(&ext->ports, x->first_port + 1ULL) < 0)
+    if (hset_add(&ext->targets, target_of(x->first_host, x->first_port)) < 0 ||
+        hset_add(&ext->hosts, x->first_host) < 0 || hset_add(&ext->ports, x->first_port + 1ULL) < 0)
         return -1;
     return 0;
 }
@@ -149,14 +106,14 @@ static int scan_contact(scan_src_t *x, uint64_t host, uint32_t port)
         if (ext_make(x) < 0) return -1;
     }
     scan_ext_t *ext = x->ext;
-    int r = dset_add(&ext->targets, target_of(host, port));
+    int r = hset_add(&ext->targets, target_of(host, port));
     if (r <= 0) return r;
-    if (dset_add(&ext->hosts, host) < 0 || dset_add(&ext->ports, port + 1ULL) < 0) return -1;
+    if (hset_add(&ext->hosts, host) < 0 || hset_add(&ext->ports, port + 1ULL) < 0) return -1;
     return 1;
 }
 
-static inline uint64_t src_hosts(const scan_src_t *x) { return x->ext ? dset_len(&x->ext->hosts) : 1; }
-static inline uint64_t src_ports(const scan_src_t *x) { return x->ext ? dset_len(&x->ext->ports) : 1; }
+static inline uint64_t src_hosts(const scan_src_t *x) { return x->ext ? hset_len(&x->ext->hosts) : 1; }
+static inline uint64_t src_ports(const scan_src_t *x) { return x->ext ? hset_len(&x->ext->ports) : 1; }
 
 /* The source table: open addressing over slots, like the flow table. */
 
@@ -304,7 +261,7 @@ static int scan_outcome(ScanObject *s, PyObject *events, const uint8_t *src, con
     scan_src_t *x = &s->slots[k];
     /* a TCP port as is, other protocols above 65535 */
     uint32_t port = proto == 6 ? (uint32_t)dport : (uint32_t)proto << 16 | (uint32_t)dport;
-    int r = scan_contact(x, fnv1a64(dst, alen), port);
+    int r = scan_contact(x, host_hash(dst, alen), port);
     if (r <= 0) return r; /* only first contacts count */
     if (success) {
         x->succeeded++;
