@@ -38,6 +38,8 @@ from agent.engine import (
     EV_OUTCOME,
     EV_PACKET,
     EV_SCAN,
+    PAIRS_FLOODS,
+    PAIRS_OUTBOUND,
     Engine,
     Scan,
 )
@@ -215,6 +217,7 @@ class Pipeline:
             outcome_ports=self._outcomes[1],
             scan=scanners[0].engine_state() if scanners else None,
             activity_gap=gap,
+            pairs_want=self._pairs_want(),
         )
         self._configure_counting()
         self.engine.configure_http(
@@ -247,6 +250,19 @@ class Pipeline:
         if up != self._dns_up:
             self.engine.configure_dns(up=up)
             self._dns_up = up
+
+    def _pairs_want(self) -> int:
+        """The pairs on_pairs handlers read (`pairs_want`: "floods", "outbound"), as the
+        engine's PAIRS_* bits; 0 (all) when one did not say."""
+        bits = {"floods": PAIRS_FLOODS, "outbound": PAIRS_OUTBOUND}
+        want = 0
+        for d in self.detectors:
+            if hasattr(d, "on_pairs"):
+                w = getattr(d, "pairs_want", None)
+                if w is None:
+                    return 0
+                want |= bits[w]
+        return want
 
     def _outcome_wants(self) -> tuple[bool, frozenset[int]]:
         """The attempt outcomes on_outcome handlers want: (all of them, else the TCP ones

@@ -60,3 +60,25 @@ def test_busy_but_normal_server_is_not_a_flood(tmp_path):
         p.time = 10.0 + i / 50
         pkts.append(p)
     assert not latest(replay(write(tmp_path, pkts)), "net.dos")
+
+
+def test_quiet_targets_get_no_bucket_and_a_flood_among_them_still_fires():
+    from agent.detect.base import PAIR_SYN
+    from agent.detect.dos import Dos
+    from common.config import defaults
+
+    reports: list = []
+    d = Dos(defaults(Dos.schema()), lambda **k: reports.append(k))
+    victim = bytes((10, 9, 0, 1))
+    for tick in range(3):
+        now = 100.0 + tick
+        # 5,000 servers getting a SYN each, and one getting 2,500 SYN in the tick
+        records = [
+            (bytes((10, 8, i >> 8, i & 255)), bytes((93, 184, i >> 8, i & 255)), PAIR_SYN,
+             1, 60, now - 0.5, 443)
+            for i in range(5000)
+        ] + [(bytes((10, 8, 99, 99)), victim, PAIR_SYN, 2500, 150_000, now - 0.1, 443)]  # fmt: skip
+        d.on_pairs(records, now)
+        d.on_tick(now)
+    assert len(d.targets) == 1  # the victim's bucket alone
+    assert len(reports) == 1 and reports[0]["subject"] == victim.hex() + ":syn"

@@ -241,3 +241,27 @@ def test_outcomes_handed_up_only_for_the_declared_tcp_ports() -> None:
     evs = [ev for ev in e.events() if ev[0] == EV_OUTCOME]
     assert [(ev[1].dport, ev[2]) for ev in evs] == [(22, "success"), (22, "rejected")]
     assert e.get((17, 0, A, 5000, B, 22)).outcome == "success"  # still set on the flow
+
+
+def test_pairs_counted_only_for_what_readers_want() -> None:
+    from agent.engine import PAIRS_FLOODS, PAIRS_OUTBOUND
+
+    def counted(want: int) -> set:
+        e = Engine()
+        e.configure(pairs=True, internal_nets=NETS, pairs_want=want)
+        e.packet(tcp(1.0, A, 40000, X, 443, 0x02))  # SYN, internal -> external
+        e.packet(tcp(1.1, X, 443, A, 40000, 0x12))  # SYN-ACK, external -> internal
+        e.packet(tcp(1.2, A, 40000, X, 443, 0x18, b"x" * 100))  # data out
+        e.packet(udp(1.3, X, 5000, A, 53))  # UDP in
+        e.packet(udp(1.4, A, 5001, B, 53))  # UDP, internal -> internal
+        return {(r[0], r[1], r[2]) for r in e.pairs()}
+
+    every = counted(0)
+    assert len(every) == 5
+    assert counted(PAIRS_FLOODS) == {
+        (A, X, PAIR_SYN), (X, A, PAIR_UDP), (A, B, PAIR_UDP)
+    }  # fmt: skip
+    assert counted(PAIRS_OUTBOUND) == {(A, X, PAIR_SYN), (A, X, PAIR_TCP)}
+    assert counted(PAIRS_FLOODS | PAIRS_OUTBOUND) == {
+        (A, X, PAIR_SYN), (A, X, PAIR_TCP), (X, A, PAIR_UDP), (A, B, PAIR_UDP)
+    }  # fmt: skip

@@ -50,6 +50,9 @@ detector would throw away at once:
     flow_end          which ends on_flow_end wants: "all" (the default), "unresolved"
                       (flows that never had an outcome), "sessions" (established TCP
                       sessions on `close_ports`); the engine reports no other
+    pairs_want        which pairs on_pairs reads: "floods" (SYN, UDP, ICMP towards a
+                      unicast address), "outbound" (internal towards external unicast);
+                      the engine counts no other (unset: every pair)
     close_ports       the responder ports on_close wants (the engine watches the union);
                       set in __init__ when it depends on the settings.
     outcome_ports     the TCP responder ports whose outcomes on_outcome wants, or None for

@@ -10,7 +10,8 @@ packets the engine could only count under "other sources" (its table for one tic
 bounded) make the flood spoofed. Reports are suppressed to one per target and kind every
 `report_interval_seconds`, with the packets since counted.
 
-A bucket that has leaked empty (by the latest packet delivered) is forgotten at the next
+A target gets a bucket only once a delivery (a tick) brings it more than its leak rate,
+and a bucket that has leaked empty (by the latest packet delivered) is forgotten at the next
 tick: poured into again it overflows exactly as it would have, so what it still held was
 only what a report says. A report's packets, rate, duration and sources therefore count
 from when the bucket last started filling from empty, and so does the packet count of the
@@ -56,6 +57,7 @@ class Dos(Detector):
     technique = "T1498"
     severity = alert_pb2.SEVERITY_HIGH
     help = "Floods towards one target: SYN (half-open), UDP, ICMP; spoofed sources told apart."
+    pairs_want = "floods"  # the engine counts only SYN, UDP, ICMP towards unicast addresses
     options: ClassVar[dict[str, Option]] = {
         "syn_capacity": Option(
             float, 2000.0, "Half-open attempts a target may get in a burst.", positive
@@ -115,6 +117,19 @@ class Dos(Detector):
             kept.append((rec, kind))
         if not kept:
             return
+        # A target with no bucket that gets at most its leak rate (and capacity) in this
+        # delivery cannot overflow and would be empty again a second later: no bucket is
+        # made for it. At a busy site most targets are such.
+        totals: dict[tuple, int] = {}
+        for rec, kind in kept:
+            key = (rec[1], kind)
+            totals[key] = totals.get(key, 0) + rec[3]
+        peek, params = self.targets.peek, self.params
+        small = {k for k, n in totals.items() if n <= min(params[k[1]]) and peek(k) is None}
+        if small:
+            kept = [(rec, kind) for rec, kind in kept if (rec[1], kind) not in small]
+            if not kept:
+                return
         # Records come in no particular order: pouring them in the order their last
         # packets arrived is the closest the counters allow to pouring packet by packet
         # (a bucket only leaks when time moves forward), whatever the delivery order.

@@ -43,6 +43,7 @@ class Exfil(Detector):
     severity = alert_pb2.SEVERITY_HIGH
     help = "Exfiltration: outbound volume far above a host's baseline, or a large upload "
     "to a new destination."
+    pairs_want = "outbound"  # the engine counts only internal -> external unicast pairs
     options: ClassVar[dict[str, Option]] = {
         "interval_seconds": Option(
             float,

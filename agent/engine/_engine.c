@@ -38,6 +38,9 @@ enum { PAIR_SYN, PAIR_TCP, PAIR_UDP, PAIR_ICMP, PAIR_ICMP_ERROR, PAIR_OTHER };
 /* Which flow ends Python hears of (configure(ends=...)): most flows of a scan or of DNS
  * interest nobody once they end, and an event per flow is a Python call per flow. */
 enum { END_ALL = 1, END_UNRESOLVED = 2, END_SESSIONS = 4, END_DEEP = 8 };
+/* Which pairs are counted (configure(pairs_want=...)): floods (SYN, UDP, ICMP towards a
+ * unicast address: net.dos) and outbound (internal towards external unicast: net.exfil). */
+enum { PAIRS_FLOODS = 1, PAIRS_OUTBOUND = 2 };
 
 /* Why a frame was not decoded: malformed (counted as damage) or skipped (not ours). */
 static const char *REASONS[] = {
@@ -440,6 +443,7 @@ typedef struct EngineObject {
     uint8_t outcome_ports[8192]; /* TCP responder ports whose outcomes are events anyway */
     /* taps */
     int pairs_on, activity_on, arp_up, icmp_up, deep_on, ends, outcomes_on;
+    int pairs_want; /* PAIRS_* bits: the pairs some on_pairs reads; 0: all */
     int deep_udp_dns, tls_on, hl7_on, rpc_on, dicom_on, http_on;
     uint8_t deep_tcp_ports[8192], close_ports[8192], act_ignore[8192], http_first[32];
     int act_internal_dests;
@@ -947,6 +951,14 @@ static int pair_add(EngineObject *e, pkt_t *k)
         int t = k->sport;
         cls = (t >= 1 && t <= 4) || t >= 133 ? PAIR_ICMP_ERROR : PAIR_ICMP;
     } else cls = PAIR_OTHER;
+    if (e->pairs_want) {
+        int uni = is_unicast(k->dst, k->alen);
+        int keep = (e->pairs_want & PAIRS_FLOODS) && uni &&
+                   (cls == PAIR_SYN || cls == PAIR_UDP || cls == PAIR_ICMP);
+        if (!keep && (e->pairs_want & PAIRS_OUTBOUND) && uni)
+            keep = in_nets(e, k->src, k->alen) && !in_nets(e, k->dst, k->alen);
+        if (!keep) return 0; /* nobody reads it: not counted, no record */
+    }
     pair_t key;
     memset(&key, 0, sizeof(key));
     memcpy(key.src, k->src, k->alen);
@@ -1492,16 +1504,17 @@ static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
     static char *kwl[] = {"pairs", "arp", "icmp", "signatures", "deep", "deep_tcp_ports",
                           "http_first", "close_ports", "activity", "activity_ignore",
                           "activity_internal", "internal_nets", "ends", "outcomes", "activity_gap",
-                          "outcome_ports", "scan", NULL};
+                          "outcome_ports", "scan", "pairs_want", NULL};
     int pairs = 0, arpu = 0, icmpu = 0, activity = 0, act_int = 0, ends = END_ALL, outcomes = 1;
+    int pairs_want = 0;
     double gap = e->burst_gap;
     PyObject *sigs = Py_None, *deep = Py_None, *tcp_ports = Py_None, *close_ports = Py_None,
              *act_ignore = Py_None, *nets = Py_None, *outcome_ports = Py_None, *scan = Py_None;
     Py_buffer http = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pppOOOy*OpOpOipdOO", kwl, &pairs, &arpu,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pppOOOy*OpOpOipdOOi", kwl, &pairs, &arpu,
                                      &icmpu, &sigs, &deep, &tcp_ports, &http, &close_ports,
                                      &activity, &act_ignore, &act_int, &nets, &ends, &outcomes,
-                                     &gap, &outcome_ports, &scan))
+                                     &gap, &outcome_ports, &scan, &pairs_want))
         return NULL;
     int ok = -1;
     if (scan != Py_None && (!PyObject_TypeCheck(scan, &ScanType) || !((struct ScanObject *)scan)->index)) {
@@ -1580,6 +1593,7 @@ static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
         Py_DECREF(seq);
     }
     e->pairs_on = pairs;
+    e->pairs_want = pairs_want;
     e->arp_up = arpu;
     e->icmp_up = icmpu;
     if (gap < 0) { PyErr_SetString(PyExc_ValueError, "activity_gap must not be negative"); goto done; }
@@ -1959,6 +1973,8 @@ PyMODINIT_FUNC PyInit__engine(void)
     PyModule_AddIntConstant(m, "END_UNRESOLVED", END_UNRESOLVED);
     PyModule_AddIntConstant(m, "END_SESSIONS", END_SESSIONS);
     PyModule_AddIntConstant(m, "END_DEEP", END_DEEP);
+    PyModule_AddIntConstant(m, "PAIRS_FLOODS", PAIRS_FLOODS);
+    PyModule_AddIntConstant(m, "PAIRS_OUTBOUND", PAIRS_OUTBOUND);
     PyObject *reasons = PyTuple_New(N_REASONS);
     for (size_t i = 0; i < N_REASONS; i++) PyTuple_SET_ITEM(reasons, i, PyUnicode_FromString(REASONS[i]));
     PyModule_AddObject(m, "REASONS", reasons);
