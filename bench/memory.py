@@ -121,12 +121,12 @@ def _frames(flows: int) -> list[tuple[float, bytes]]:
 
 
 def _rss(pid: int) -> dict[str, int]:
-    """VmRSS and its parts (RssAnon: the heap; RssFile, RssShmem: mapped files, and the
-    capture ring shared with the kernel), in bytes."""
+    """VmRSS and its parts (RssAnon: the heap; RssFile: mapped libraries, and the pages of
+    the capture ring the kernel wrote to, "socket:[...]" in smaps; in bytes)."""
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+        if key in ("VmRSS", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0]) * 1024
     return out
 
@@ -223,8 +223,7 @@ def live(flows: int, config: str | None = None) -> int:
     for part, label in (
         ("VmRSS", "running agent"),
         ("RssAnon", "  of which heap (anon)"),
-        ("RssFile", "  mapped files"),
-        ("RssShmem", "  shared (capture ring)"),
+        ("RssFile", "  mapped: libraries, ring"),
     ):
         print(_row(label, {"active": active, "before": before[part], "after": after[part]}))
     print("\nlargest mappings, resident:")
