@@ -29,11 +29,13 @@ from netns import NetnsPair, available  # noqa: E402
 AGENT = ROOT / ".venv" / "bin" / "vigie-agent"
 
 
-def config(tmp: Path, profile: str, ring: bool) -> Path:
+def config(tmp: Path, profile: str, ring: bool, ring_mb: int | None = None) -> Path:
     sys.path.insert(0, str(ROOT))
     from agent.settings import SCHEMA
 
     lines = ["[capture]", f"ring = {'true' if ring else 'false'}"]
+    if ring_mb:
+        lines.append(f"ring_megabytes = {ring_mb}")
     if profile == "core":
         for key in SCHEMA["detectors"]:
             lines += [f"[detectors.{key}]", "enabled = false"]
@@ -96,6 +98,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--profile", choices=("core", "all"), action="append")
     ap.add_argument("--no-ring", action="store_true", help="use the recv() fallback path")
+    ap.add_argument("--ring-megabytes", type=int, help="ring size (default: the agent's)")
     args = ap.parse_args()
     if reason := available():
         print(f"live bench: {reason}", file=sys.stderr)
@@ -108,7 +111,7 @@ def main() -> int:
     mode = "recv" if args.no_ring else "ring"
     with NetnsPair("lv") as ns:
         for profile in args.profile or ["all", "core"]:
-            cfg = config(tmp, profile, not args.no_ring)
+            cfg = config(tmp, profile, not args.no_ring, args.ring_megabytes)
             print(f"\nagent on one core (taskset -c 1), detectors: {profile}, capture: {mode}")
             print(f"{'offered pps':>12} {'sent':>9} {'received':>9} {'kernel drops':>12} "
                   f"{'loss %':>7}")  # fmt: skip
