@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -617,5 +618,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The `vigie-agent` command. Once a command that streamed to the collector is done
+    (its outbox closed, its output flushed), the process leaves without the interpreter's
+    exit handlers: gRPC's can deadlock at exit now and then (grpc/grpc#20026), and an
+    agent that never exits is worse than one that skips a cleanup it does not need."""
+    rc = main()
+    if "grpc" in sys.modules:
+        for f in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to keep
+                f.flush()
+        os._exit(rc if isinstance(rc, int) else 0)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
