@@ -387,3 +387,21 @@ def test_rollover_finishes_with_a_server_certificate_from_the_new_ca(tmp_path: P
         assert kit.outbox_depth(state) == 0
     finally:
         kit.stop(c)
+
+
+def test_a_certificate_issued_in_the_rollover_second_counts_as_not_renewed(tmp_path: Path) -> None:
+    """The rollover's time is kept to the second: an agent enrolled in that same second,
+    just before it, must still be asked to renew before the server certificate moves
+    (a clean-clone CI run once met this race)."""
+    import datetime as dt
+
+    from collector.pki.ca import last_rollover
+
+    (tmp_path / "trusted").mkdir()
+    (tmp_path / "trusted" / "ca-20261129T100847-0123456789ab.crt").write_bytes(b"")
+    second = dt.datetime(2026, 11, 29, 10, 8, 47, tzinfo=dt.UTC).timestamp()
+    since = last_rollover(tmp_path)
+    assert since is not None
+    assert second + 0.3 < since  # issued 0.3 s into the rollover's second: before it
+    assert since <= second + 1.0  # a renewal in the next second is after it
+    assert last_rollover(tmp_path / "none") is None

@@ -307,12 +307,14 @@ def rollover(directory: str | Path) -> Authority:
 
 def last_rollover(directory: str | Path) -> float | None:
     """When the newest rollover happened (Unix time), from the name it gave the CA it kept
-    in trusted/; None if there never was one."""
+    in trusted/; None if there never was one. The name holds whole seconds: the end of
+    that second is returned, so that a certificate issued in the same second as the
+    rollover counts as older (asking for one renewal too many, never one too few)."""
     stamps = [
         dt.datetime.strptime(f.name.split("-")[1], "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
         for f in (Path(directory) / "trusted").glob("ca-*.crt")
     ]
-    return max(stamps).timestamp() if stamps else None
+    return max(stamps).timestamp() + 1.0 if stamps else None
 
 
 def reissue_server(directory: str | Path) -> x509.Certificate:
