@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -76,6 +77,22 @@ def frame(src: bytes, dst: bytes, sport: int, dport: int, flags: int, payload: b
     )
 
 
+def _frames(flows: int) -> Iterator[tuple[float, bytes]]:
+    """One handshake and one request per flow, each between its own internal client and
+    external server, 0.5 ms apart: 100k flows in 50 s, all still active (idle timeouts
+    60/300 s). Made one at a time, so that they weigh nothing in the RSS measured."""
+    ts = 1_700_000_000.0
+    payload = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"
+    for i in range(flows):
+        client = bytes((10, 1 + (i >> 16) % 200, (i >> 8) & 255, i & 255))
+        server = bytes((93, 184, (i >> 8) & 255, 1 + i % 250))
+        sport, dport = 1024 + i % 60000, (443, 80, 22, 8080)[i % 4]
+        ts += 0.0005
+        yield ts, frame(client, server, sport, dport, 0x02, b"")
+        yield ts, frame(server, client, dport, sport, 0x12, b"")
+        yield ts, frame(client, server, sport, dport, 0x18, payload)
+
+
 def measure(flows: int, detectors: str) -> dict[str, float]:
     """Feed `flows` flows to a fresh Pipeline with `detectors` enabled ("all", "none" or
     one detector's config key); RSS before and after, in bytes."""
@@ -89,35 +106,11 @@ def measure(flows: int, detectors: str) -> dict[str, float]:
     gc.collect()
     before = me.memory_info().rss
     feed = pipe.feed
-    ts = 1_700_000_000.0
-    payload = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"
-    for i in range(flows):
-        client = bytes((10, 1 + (i >> 16) % 200, (i >> 8) & 255, i & 255))
-        server = bytes((93, 184, (i >> 8) & 255, 1 + i % 250))
-        sport, dport = 1024 + i % 60000, (443, 80, 22, 8080)[i % 4]
-        ts += 0.0005  # 100k flows in 50 s: all still active (idle timeouts 60/300 s)
-        feed(ts, 1, 54, frame(client, server, sport, dport, 0x02, b""))
-        feed(ts, 1, 54, frame(server, client, dport, sport, 0x12, b""))
-        feed(ts, 1, 54 + len(payload), frame(client, server, sport, dport, 0x18, payload))
+    for ts, fr in _frames(flows):
+        feed(ts, 1, len(fr), fr)
     gc.collect()
     after = me.memory_info().rss
     return {"active": len(pipe.engine), "before": before, "after": after}
-
-
-def _frames(flows: int) -> list[tuple[float, bytes]]:
-    """The flows measure() feeds: one handshake and one request each, 0.5 ms apart."""
-    out = []
-    ts = 1_700_000_000.0
-    payload = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"
-    for i in range(flows):
-        client = bytes((10, 1 + (i >> 16) % 200, (i >> 8) & 255, i & 255))
-        server = bytes((93, 184, (i >> 8) & 255, 1 + i % 250))
-        sport, dport = 1024 + i % 60000, (443, 80, 22, 8080)[i % 4]
-        ts += 0.0005
-        out.append((ts, frame(client, server, sport, dport, 0x02, b"")))
-        out.append((ts, frame(server, client, dport, sport, 0x12, b"")))
-        out.append((ts, frame(client, server, sport, dport, 0x18, payload)))
-    return out
 
 
 def _rss(pid: int) -> dict[str, int]:

@@ -423,6 +423,60 @@ typedef struct {
 
 typedef struct { uint8_t net[16]; int alen, prefix; } cidr_t;
 
+/* Whether `a` is in one of the networks, of its own family only (as ipaddress: an
+ * IPv4-mapped IPv6 address is IPv6). */
+static int cidr_any(const cidr_t *nets, int n, const uint8_t *a, int alen)
+{
+    for (int i = 0; i < n; i++) {
+        const cidr_t *c = &nets[i];
+        if (c->alen != alen) continue;
+        int bits = c->prefix, j = 0;
+        for (; bits >= 8; bits -= 8, j++)
+            if (a[j] != c->net[j]) goto next;
+        if (bits && ((a[j] ^ c->net[j]) & (0xFF00 >> bits) & 0xFF)) goto next;
+        return 1;
+    next:;
+    }
+    return 0;
+}
+
+/* A list of (packed network, prefix length) read in full, or not at all (the error set,
+ * `*out` untouched); `what` names the setting in the error. */
+static int cidrs_parse(PyObject *list, const char *what, cidr_t **out, int *nout)
+{
+    PyObject *seq = PySequence_Fast(list, what);
+    if (!seq) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    cidr_t *c = PyMem_Calloc(n ? n : 1, sizeof(cidr_t));
+    if (!c) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_buffer net;
+        int prefix;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "y*i", &net, &prefix)) goto bad;
+        int okay = (net.len == 4 || net.len == 16) && prefix >= 0 && prefix <= net.len * 8;
+        if (okay) {
+            memcpy(c[i].net, net.buf, net.len);
+            c[i].alen = (int)net.len;
+            c[i].prefix = prefix;
+        }
+        PyBuffer_Release(&net);
+        if (!okay) {
+            PyErr_Format(PyExc_ValueError, "%s: (packed network, prefix length)", what);
+            goto bad;
+        }
+    }
+    Py_DECREF(seq);
+    PyMem_Free(*out);
+    *out = c;
+    *nout = (int)n;
+    return 0;
+bad:
+    Py_DECREF(seq);
+    PyMem_Free(c);
+    return -1;
+}
+
+
 #define MAX_SIGS 8
 typedef struct { uint8_t protos; uint8_t ports[8192]; uint8_t prefix[16]; int plen; } sig_t;
 
@@ -847,6 +901,7 @@ static int stealth_kind(int flags)
     return ST_NONE;
 }
 
+/* Internal addresses, IPv4-mapped IPv6 read as IPv4 (as nets.is_internal does). */
 static int in_nets(EngineObject *e, const uint8_t *a, int alen)
 {
     uint8_t v4[4];
@@ -854,17 +909,7 @@ static int in_nets(EngineObject *e, const uint8_t *a, int alen)
         static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
         if (memcmp(a, mapped, 12) == 0) { memcpy(v4, a + 12, 4); a = v4; alen = 4; }
     }
-    for (int i = 0; i < e->nnets; i++) {
-        cidr_t *c = &e->nets[i];
-        if (c->alen != alen) continue;
-        int bits = c->prefix, j = 0;
-        for (; bits >= 8; bits -= 8, j++)
-            if (a[j] != c->net[j]) goto next;
-        if (bits && ((a[j] ^ c->net[j]) & (0xFF00 >> bits) & 0xFF)) goto next;
-        return 1;
-    next:;
-    }
-    return 0;
+    return cidr_any(e->nets, e->nnets, a, alen);
 }
 
 static inline int is_unicast(const uint8_t *a, int alen)
@@ -1566,32 +1611,12 @@ static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
         }
         Py_DECREF(seq);
     }
-    PyMem_Free(e->nets);
-    e->nets = NULL;
-    e->nnets = 0;
-    if (nets != Py_None) {
-        PyObject *seq = PySequence_Fast(nets, "internal_nets must be a sequence");
-        if (!seq) goto done;
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-        e->nets = PyMem_Calloc(n ? n : 1, sizeof(cidr_t));
-        for (Py_ssize_t i = 0; i < n; i++) {
-            Py_buffer net;
-            int prefix;
-            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "y*i", &net, &prefix)) { Py_DECREF(seq); goto done; }
-            if ((net.len != 4 && net.len != 16) || prefix < 0 || prefix > net.len * 8) {
-                PyBuffer_Release(&net);
-                PyErr_SetString(PyExc_ValueError, "internal_nets: (packed network, prefix length)");
-                Py_DECREF(seq);
-                goto done;
-            }
-            memcpy(e->nets[i].net, net.buf, net.len);
-            e->nets[i].alen = (int)net.len;
-            e->nets[i].prefix = prefix;
-            PyBuffer_Release(&net);
-            e->nnets++;
-        }
-        Py_DECREF(seq);
-    }
+    if (nets == Py_None) {
+        PyMem_Free(e->nets);
+        e->nets = NULL;
+        e->nnets = 0;
+    } else if (cidrs_parse(nets, "internal_nets", &e->nets, &e->nnets) < 0)
+        goto done;
     e->pairs_on = pairs;
     e->pairs_want = pairs_want;
     e->arp_up = arpu;

@@ -300,20 +300,9 @@ typedef struct dnsstat_s {
     PyObject *malformed; /* reason -> count */
 } dnsstat_t;
 
-static int allowed(const dnsdet_t *d, const uint8_t *a, int alen)
+static inline int allowed(const dnsdet_t *d, const uint8_t *a, int alen)
 {
-    /* as ipaddress does: an address matches networks of its own family only */
-    for (int i = 0; i < d->nallow; i++) {
-        const cidr_t *c = &d->allow[i];
-        if (c->alen != alen) continue;
-        int bits = c->prefix, j = 0;
-        for (; bits >= 8; bits -= 8, j++)
-            if (a[j] != c->net[j]) goto next;
-        if (bits && ((a[j] ^ c->net[j]) & (0xFF00 >> bits) & 0xFF)) goto next;
-        return 1;
-    next:;
-    }
-    return 0;
+    return cidr_any(d->allow, d->nallow, a, alen);
 }
 
 static PyObject *addr_bytes(const uint8_t *a, int alen)
@@ -530,37 +519,6 @@ static int cfg_int(PyObject *cfg, const char *key, int *out)
     return 0;
 }
 
-static int cfg_nets(PyObject *list, dnsdet_t *d)
-{
-    PyMem_Free(d->allow);
-    d->allow = NULL;
-    d->nallow = 0;
-    if (!list) return 0;
-    PyObject *seq = PySequence_Fast(list, "allow must be a sequence");
-    if (!seq) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    d->allow = PyMem_Calloc(n ? n : 1, sizeof(cidr_t));
-    if (!d->allow) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_buffer net;
-        int prefix;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "y*i", &net, &prefix)) { Py_DECREF(seq); return -1; }
-        if ((net.len != 4 && net.len != 16) || prefix < 0 || prefix > net.len * 8) {
-            PyBuffer_Release(&net);
-            Py_DECREF(seq);
-            PyErr_SetString(PyExc_ValueError, "allow: (packed network, prefix length)");
-            return -1;
-        }
-        memcpy(d->allow[i].net, net.buf, net.len);
-        d->allow[i].alen = (int)net.len;
-        d->allow[i].prefix = prefix;
-        PyBuffer_Release(&net);
-        d->nallow++;
-    }
-    Py_DECREF(seq);
-    return 0;
-}
-
 /* One detector's settings (a dict, as the detector's engine_config() makes it), checked
  * in full before anything changes; `fresh`: its windows start empty. */
 static int dnsdet_configure(dnsdet_t *d, PyObject *cfg, int is_tunnel, int fresh, uint32_t max_keys)
@@ -586,7 +544,8 @@ static int dnsdet_configure(dnsdet_t *d, PyObject *cfg, int is_tunnel, int fresh
                cfg_num(cfg, "nxdomain_ratio", &n.nx_ratio) < 0 ||
                cfg_num(cfg, "label_entropy", &n.label_entropy) < 0)
         return -1;
-    if (cfg_nets(PyDict_GetItemString(cfg, "allow"), &n) < 0 ||
+    PyObject *allow = PyDict_GetItemString(cfg, "allow");
+    if ((allow && cidrs_parse(allow, "allow", &n.allow, &n.nallow) < 0) ||
         strs_from(PyDict_GetItemString(cfg, "allow_domains"), &n.allow_domains, "allow_domains") < 0 ||
         strs_from(PyDict_GetItemString(cfg, "skip_suffixes"), &n.skip, "skip_suffixes") < 0) {
         PyMem_Free(n.allow);

@@ -1,4 +1,4 @@
-/* net.portscan's per-attempt work, in C: included by _engine.c (it uses fnv1a, cidr_t,
+/* net.portscan's per-attempt work, in C: included by _engine.c (it uses fnv1a, cidr_any,
  * NIL, O_SUCCESS, ST_* and EV_SCAN from there). agent/detect/portscan.py holds the
  * settings, their documentation and the alert text; this is its state and decisions.
  *
@@ -223,15 +223,6 @@ static uint32_t scan_get(ScanObject *s, const uint8_t *a, int alen, double now)
     return k;
 }
 
-static int cidr_has(const cidr_t *c, const uint8_t *a, int alen)
-{
-    if (c->alen != alen) return 0; /* as ipaddress: an IPv4-mapped IPv6 is IPv6 */
-    int bits = c->prefix, j = 0;
-    for (; bits >= 8; bits -= 8, j++)
-        if (a[j] != c->net[j]) return 0;
-    return !bits || !((a[j] ^ c->net[j]) & (0xFF00 >> bits) & 0xFF);
-}
-
 /* The report record of a flagged source; its pending probes are now reported. */
 static PyObject *scan_record(scan_src_t *x, double ts)
 {
@@ -254,8 +245,7 @@ static int scan_outcome(ScanObject *s, PyObject *events, const uint8_t *src, con
     if (alen == 4 ? dst[0] >= 224 || (dst[0] == 255 && dst[1] == 255 && dst[2] == 255 && dst[3] == 255)
                   : dst[0] == 0xFF)
         return 0; /* multicast and broadcast: discovery, not scanning */
-    for (int i = 0; i < s->nallow; i++)
-        if (cidr_has(&s->allow[i], src, alen)) return 0;
+    if (cidr_any(s->allow, s->nallow, src, alen)) return 0;
     uint32_t k = scan_get(s, src, alen, ts);
     if (k == NIL) return -1;
     scan_src_t *x = &s->slots[k];
@@ -354,36 +344,8 @@ static void scan_dealloc(ScanObject *s)
 
 static PyObject *scan_set_allow(ScanObject *s, PyObject *nets)
 {
-    PyObject *seq = PySequence_Fast(nets, "set_allow() takes a sequence");
-    if (!seq) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    cidr_t *c = PyMem_Calloc(n ? n : 1, sizeof(cidr_t));
-    if (!c) { Py_DECREF(seq); return PyErr_NoMemory(); }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_buffer net;
-        int prefix;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "y*i", &net, &prefix)) goto bad;
-        int okay = (net.len == 4 || net.len == 16) && prefix >= 0 && prefix <= net.len * 8;
-        if (okay) {
-            memcpy(c[i].net, net.buf, net.len);
-            c[i].alen = (int)net.len;
-            c[i].prefix = prefix;
-        }
-        PyBuffer_Release(&net);
-        if (!okay) {
-            PyErr_SetString(PyExc_ValueError, "allow: (packed network, prefix length)");
-            goto bad;
-        }
-    }
-    Py_DECREF(seq);
-    PyMem_Free(s->allow);
-    s->allow = c;
-    s->nallow = (int)n;
+    if (cidrs_parse(nets, "allow", &s->allow, &s->nallow) < 0) return NULL;
     Py_RETURN_NONE;
-bad:
-    Py_DECREF(seq);
-    PyMem_Free(c);
-    return NULL;
 }
 
 static PyObject *scan_tick(ScanObject *s, PyObject *arg)
