@@ -18,12 +18,9 @@ same key: only the certificate file changes, replaced atomically.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import os
 import socket
 import ssl
-import tempfile
 from pathlib import Path
 
 import grpc
@@ -33,7 +30,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.deliver.validity import lifetime_left
 from common import logs
+from common.files import write_atomic
 from vigie.v1 import enroll_pb2, enroll_pb2_grpc
 
 log = logs.get("agent.enroll")
@@ -42,27 +41,6 @@ TOKEN_PREFIX = "vgt1"
 
 class EnrollError(Exception):
     pass
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write beside, fsync, rename: a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def token_fingerprint(token: str) -> str:
@@ -198,19 +176,6 @@ def enroll(
 
 
 # Renewal ------------------------------------------------------------------------------------
-def lifetime_left(cert_pem: bytes, now: dt.datetime | None = None) -> tuple[float, float]:
-    """(seconds left, whole lifetime in seconds)."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    now = now or dt.datetime.now(dt.UTC)
-    total = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
-    return (cert.not_valid_after_utc - now).total_seconds(), total
-
-
-def needs_renewal(cert_pem: bytes, fraction: float = 1 / 3) -> bool:
-    left, total = lifetime_left(cert_pem)
-    return left < total * fraction
-
-
 def renew(channel: grpc.Channel, key_path: Path, cert_path: Path, ca_path: Path) -> float:
     """Ask for a new certificate for the same key; replace the files; return seconds left."""
     key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)

@@ -405,3 +405,73 @@ def test_a_certificate_issued_in_the_rollover_second_counts_as_not_renewed(tmp_p
     assert second + 0.3 < since  # issued 0.3 s into the rollover's second: before it
     assert since <= second + 1.0  # a renewal in the next second is after it
     assert last_rollover(tmp_path / "none") is None
+
+
+def _self_signed(not_before, not_after) -> bytes:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vigie-agent")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.parametrize(
+    "not_before, not_after",
+    [
+        ("2026-11-29T10:00:00", "2026-12-29T10:00:00"),  # both UTCTime
+        ("2049-12-31T23:59:59", "2050-01-01T00:00:01"),  # UTCTime, then GeneralizedTime
+        ("1999-06-01T00:00:00", "2061-03-04T05:06:07"),  # 19YY UTCTime, GeneralizedTime
+    ],
+)
+def test_the_renewal_clock_reads_the_dates_cryptography_reads(not_before, not_after) -> None:
+    """The running agent reads its certificate's dates without loading cryptography (8 MB
+    resident); what it reads must be what cryptography reads, on either time encoding."""
+    import datetime as dt
+
+    from agent.deliver import validity
+
+    nb, na = (dt.datetime.fromisoformat(t).replace(tzinfo=dt.UTC) for t in (not_before, not_after))
+    pem = _self_signed(nb, na)
+    cert = x509.load_pem_x509_certificate(pem)
+    assert validity.validity(pem) == (cert.not_valid_before_utc, cert.not_valid_after_utc)
+    left, total = validity.lifetime_left(pem, now=nb)
+    assert (left, total) == ((na - nb).total_seconds(), (na - nb).total_seconds())
+    # what the agent's state dir holds: the certificate, then maybe more PEM blocks
+    assert validity.validity(b"junk\n" + pem + pem)[1] == cert.not_valid_after_utc
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [b"", b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+     b"-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n",
+     b"-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n"],
+)  # fmt: skip
+def test_an_unreadable_certificate_is_a_value_error(pem: bytes) -> None:
+    from agent.deliver import validity
+
+    with pytest.raises(ValueError, match="certificate"):
+        validity.lifetime_left(pem)
+
+
+def test_the_running_agent_does_not_load_cryptography() -> None:
+    """8 MB of the agent's 100 MB budget: only enrollment, renewal and prefix-preserving
+    anonymisation need it."""
+    out = subprocess.run(
+        [tool("python"), "-c", "import sys; import agent.cli, agent.deliver.stream, "
+         "agent.host.sampler, agent.host.intel, agent.selfguard, common.metrics; "
+         "print(sorted(m for m in sys.modules if 'cryptography' in m))"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert out.strip() == "[]"

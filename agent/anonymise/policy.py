@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from common.pbtime import set_seconds as _set
 from vigie.v1 import alert_pb2
 
@@ -249,6 +247,10 @@ class CryptoPAn:
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError("Crypto-PAn needs a 32-byte key")
+        # Imported here: cryptography's library is 8 MB resident, and only sites that turn
+        # prefix_preserving on need it.
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
         self._aes = Cipher(algorithms.AES(key[:16]), modes.ECB()).encryptor()
         self._pad = self._aes.update(key[16:])
         self._pad_int = int.from_bytes(self._pad[:4], "big")

@@ -24,9 +24,10 @@ from pathlib import Path
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from agent import enroll as certs
+from agent.deliver import validity
 from agent.outbox.store import Outbox
 from common import logs
+from common.files import write_atomic
 from vigie.v1 import alert_pb2, ingest_pb2, ingest_pb2_grpc
 
 log = logs.get("agent.deliver")
@@ -168,13 +169,15 @@ class Sender(threading.Thread):
 
     def _needs_renewal(self) -> bool:
         try:
-            return certs.needs_renewal(self.creds.cert.read_bytes(), self.renew_fraction)
+            return validity.needs_renewal(self.creds.cert.read_bytes(), self.renew_fraction)
         except (OSError, ValueError):
             return False
 
     def _renew(self, channel: grpc.Channel) -> bool:
+        from agent import enroll  # cryptography, loaded only to make the CSR
+
         try:
-            left = certs.renew(channel, self.creds.key, self.creds.cert, self.creds.ca)
+            left = enroll.renew(channel, self.creds.key, self.creds.cert, self.creds.ca)
         except grpc.RpcError as exc:
             log.warning("cert_renewal_failed", code=str(exc.code()), detail=_detail(exc))
             return False
@@ -188,7 +191,7 @@ class Sender(threading.Thread):
     def _watch_certificate(self, channel: grpc.Channel, done: threading.Event) -> None:
         """While a stream runs: renew when due, then end the stream to reconnect."""
         try:
-            _, total = certs.lifetime_left(self.creds.cert.read_bytes())
+            _, total = validity.lifetime_left(self.creds.cert.read_bytes())
         except (OSError, ValueError):
             return
         every = min(60.0, max(0.5, total / 30))
@@ -207,7 +210,7 @@ class Sender(threading.Thread):
             doc.setdefault(key, [])
         doc.setdefault("thresholds", {})
         if self.intel_path is not None:
-            certs.write_atomic(self.intel_path, json.dumps(doc, sort_keys=True).encode(), 0o600)
+            write_atomic(self.intel_path, json.dumps(doc, sort_keys=True).encode(), 0o600)
         self.intel_version = bundle.version
         if self.on_intel is not None:
             try:

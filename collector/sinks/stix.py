@@ -26,7 +26,6 @@ import hashlib
 import ipaddress
 import os
 import re
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
@@ -38,6 +37,7 @@ from stix2patterns.validator import run_validator
 
 from collector.sinks.base import SinkError, indicators, status_name
 from common.alertjson import severity_name
+from common.files import write_atomic
 from common.pbtime import seconds
 from vigie.v1 import analyst_pb2
 
@@ -312,28 +312,9 @@ class StixSink:
         target = self.directory / file_name(incident.key, incident.seq)
         with self._lock:
             try:
-                _write_atomically(target, text.encode("utf-8"))
+                write_atomic(target, text.encode("utf-8"), 0o640)
             except OSError as exc:
                 raise SinkError(f"stix: cannot write {target}: {exc}") from exc
 
     def close(self) -> None:
         pass
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
