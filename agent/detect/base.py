@@ -9,7 +9,8 @@ the events it needs, each a tiny handler:
     on_pairs(records, now)        once per tick (at most every 1 s of capture time, `now`
                                   the tick time): packet counters per (source, destination,
                                   class) covering every decoded IP packet since the last
-                                  delivery, in no particular order; each record is
+                                  delivery, in the order of their last packets (ties: in
+                                  the order first counted); each record is
                                   (src, dst, cls, packets, nbytes, last_ts, dport): packed
                                   addresses of the packets' sender and receiver (per packet,
                                   not per flow), a PAIR_* class below, the sum of wire
@@ -17,14 +18,17 @@ the events it needs, each a tiny handler:
                                   of the last such packet. The engine's table is bounded
                                   (65,536 pairs a tick): past it, packets towards a
                                   destination count under src b"" ("other sources", never
-                                  allowed, many sources). ARP is not counted.
+                                  allowed, many sources). ARP is not counted. `records` is a
+                                  sequence whose tuples are made as they are read (the
+                                  engine's Records): walk it, do not keep it.
     on_activity(records)          once per tick, the bursts of watched TCP/UDP flows since
                                   the last tick, in the order they happened: (ts, src, dst,
                                   dport, None) when one starts (with its flow, or at a
                                   packet after a silence over the declared gap), (ts, src,
                                   dst, dport, nbytes) when one ends (the next one starts,
                                   or the flow ends): its bytes both ways (wire lengths).
-                                  src is the originator. Watched: originator internal,
+                                  src is the originator; a Records sequence, as for
+                                  on_pairs. Watched: originator internal,
                                   responder unicast and external (or internal, if asked),
                                   responder port not ignored — see `activity_watch()`.
     on_close(flow, ts)            the first FIN or RST of a TCP flow whose handshake

@@ -21,6 +21,7 @@ buckets need not outlive it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
@@ -101,44 +102,34 @@ class Dos(Detector):
         cap, leak = self.params[self._kind]
         return _Target(cap, leak, now)
 
-    def on_pairs(self, records: list[tuple], now: float) -> None:
+    def on_pairs(self, records: Sequence[tuple], now: float) -> None:
         # Every packet of this delivery came after the previous one (a tick is 1 s).
         since = self._delivered if self._delivered is not None else now - 1.0
         self._delivered = now
-        kind_of, allowed = _KIND_OF, self.allowed
-        kept = []
-        for rec in records:
-            kind = kind_of.get(rec[2])
-            if kind is None or not is_unicast(rec[1]):
-                continue
-            src = rec[0]
-            if src and allowed(src):  # b"" (other sources) is never allowed
-                continue
-            kept.append((rec, kind))
-        if not kept:
-            return
         # A target with no bucket that gets at most its leak rate (and capacity) in this
         # delivery cannot overflow and would be empty again a second later: no bucket is
-        # made for it. At a busy site most targets are such.
+        # made for it. At a busy site most targets are such. The records are walked
+        # twice rather than kept: at 16k new flows a second they are megabytes of tuples.
         totals: dict[tuple, int] = {}
-        for rec, kind in kept:
-            key = (rec[1], kind)
+        for rec in self._floods(records):
+            key = (rec[1], _KIND_OF[rec[2]])
             totals[key] = totals.get(key, 0) + rec[3]
         peek, params = self.targets.peek, self.params
-        small = {k for k, n in totals.items() if n <= min(params[k[1]]) and peek(k) is None}
-        if small:
-            kept = [(rec, kind) for rec, kind in kept if (rec[1], kind) not in small]
-            if not kept:
-                return
-        # Records come in no particular order: pouring them in the order their last
-        # packets arrived is the closest the counters allow to pouring packet by packet
-        # (a bucket only leaks when time moves forward), whatever the delivery order.
-        kept.sort(key=lambda rk: rk[0][5])
-        self._latest = max(self._latest, kept[-1][0][5])
+        heavy = {k for k, n in totals.items() if n > min(params[k[1]]) or peek(k) is not None}
+        del totals
+        if not heavy:
+            return
+        # The engine hands pairs over in the order their last packets arrived: the
+        # closest the counters allow to pouring packet by packet (a bucket only leaks
+        # when time moves forward).
         targets, suppress = self.targets, self.suppress
-        for (src, dst, _cls, packets, _nbytes, ts, dport), kind in kept:
-            self._kind = kind
+        for src, dst, cls, packets, _nbytes, ts, dport in self._floods(records):
+            kind = _KIND_OF[cls]
             key = (dst, kind)
+            if key not in heavy:
+                continue
+            self._latest = max(self._latest, ts)
+            self._kind = kind
             st = targets.get(key, ts)
             if st.poured == 0 and packets > 1:
                 # a new target: its first packet is only known to be since the previous
@@ -151,6 +142,17 @@ class Dos(Detector):
             st.since_report += packets
             if st.pour(ts, packets) and suppress.allow(key, ts):
                 self._emit(src, dst, dport, ts, kind, st)
+
+    def _floods(self, records: Sequence[tuple]) -> Iterator[tuple]:
+        """The records that pour into a bucket: flood classes, towards unicast targets,
+        from sources not allow-listed."""
+        allowed = self.allowed
+        for rec in records:
+            if rec[2] not in _KIND_OF or not is_unicast(rec[1]):
+                continue
+            if rec[0] and allowed(rec[0]):  # b"" (other sources) is never allowed
+                continue
+            yield rec
 
     def _emit(self, src: bytes, dst: bytes, dport: int, ts: float, kind: str, st: _Target) -> None:
         nsrc = len(st.sources)

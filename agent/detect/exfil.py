@@ -15,6 +15,7 @@ than the threshold from an anomalous interval. Packets the engine could only cou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
@@ -89,23 +90,20 @@ class Exfil(Detector):
         self.known = Table(0, s["memory_seconds"], min(KeyedWindow.limit, 200_000))
         self.new: KeyedWindow[_Dest] = KeyedWindow(s["memory_seconds"], _Dest, 50_000)
 
-    def on_pairs(self, records: list[tuple], now: float) -> None:
-        allowed = self.allowed
-        kept = [
-            rec
-            for rec in records
+    def on_pairs(self, records: Sequence[tuple], now: float) -> None:
+        # The engine hands pairs over in the order of their last packets: a host's
+        # intervals roll forward only, as they did packet by packet.
+        allowed, sent = self.allowed, self._sent
+        for src, dst, _cls, _packets, nbytes, ts, _dport in records:
             # b"": "other sources", no host to count for
-            if rec[0]
-            and is_internal(rec[0])
-            and not is_internal(rec[1])
-            and is_unicast(rec[1])
-            and not allowed(rec[0])
-        ]
-        # Records come in no particular order: in the order of their last packets, a
-        # host's intervals roll forward only, as they did packet by packet.
-        kept.sort(key=lambda rec: rec[5])
-        for src, dst, _cls, _packets, nbytes, ts, _dport in kept:
-            self._sent(src, dst, nbytes, ts)
+            if (
+                src
+                and is_internal(src)
+                and not is_internal(dst)
+                and is_unicast(dst)
+                and not allowed(src)
+            ):
+                sent(src, dst, nbytes, ts)
 
     def _sent(self, src: bytes, dst: bytes, nbytes: int, ts: float) -> None:
         s = self.settings

@@ -423,6 +423,17 @@ typedef struct {
 
 typedef struct { uint8_t net[16]; int alen, prefix; } cidr_t;
 
+/* A watched flow's burst, started (bytes unknown yet) or ended. */
+typedef struct {
+    double ts;
+    uint64_t bytes;
+    uint8_t src[16], dst[16];
+    uint8_t alen, start;
+    uint16_t dport;
+} burst_t;
+
+#include "records.c"
+
 /* Whether `a` is in one of the networks, of its own family only (as ipaddress: an
  * IPv4-mapped IPv6 address is IPv6). */
 static int cidr_any(const cidr_t *nets, int n, const uint8_t *a, int alen)
@@ -485,6 +496,7 @@ typedef struct EngineObject {
     /* flow table */
     flow_t *slots;
     uint32_t nslots, nflows, free_head, oldest, newest;
+    uint32_t fresh; /* slots from here on were never used: untouched, so not resident */
     uint32_t *index, mask;
     pending_t *pend;
     size_t pend_head, pend_len, pend_cap;
@@ -509,7 +521,7 @@ typedef struct EngineObject {
     uint32_t *pidx, pmask, npairs, pairs_cap;
     uint64_t pairs_overflow;
     double burst_gap;           /* silence that ends a watched flow's burst */
-    PyObject *bursts;           /* bursts started and ended since activity() */
+    recbuf_t bursts;            /* burst_t: bursts started and ended since activity() */
     /* counters */
     uint64_t packets, bytes, decoded, reasons[N_REASONS + 1];
     uint64_t created, evicted, expired, restarted, shed_packets, handed_up;
@@ -742,12 +754,7 @@ static int grow_table(EngineObject *e, uint32_t want)
         flow_t *ns = PyMem_Realloc(e->slots, (size_t)want * sizeof(flow_t));
         if (!ns) { PyErr_NoMemory(); return -1; }
         e->slots = ns;
-        for (uint32_t s = e->nslots; s < want; s++) {
-            memset(&ns[s], 0, sizeof(flow_t));
-            ns[s].newer = e->free_head; /* free list through `newer` */
-            e->free_head = s;
-        }
-        e->nslots = want;
+        e->nslots = want; /* taken from `fresh` on, when the free list is empty */
     }
     uint32_t cap = 1024;
     while (cap < 2 * want) cap <<= 1;
@@ -804,15 +811,27 @@ static int emit_outcome(EngineObject *e, uint32_t slot, int outcome, double ts)
  * dport, bytes), with the originator as src: one list, in the order they happened. */
 static int burst_record(EngineObject *e, flow_t *f, double ts, int start)
 {
-    const uint8_t *src = f->rev ? f->k.b : f->k.a, *dst = f->rev ? f->k.a : f->k.b;
-    int dport = f->rev ? f->k.ap : f->k.bp;
-    Py_ssize_t n = f->k.alen;
-    PyObject *size = start ? Py_NewRef(Py_None) : PyLong_FromUnsignedLongLong(f->burst_bytes);
-    PyObject *t = size ? Py_BuildValue("(dy#y#iN)", ts, src, n, dst, n, dport, size) : NULL;
-    if (!t) return -1;
-    int r = PyList_Append(e->bursts, t);
-    Py_DECREF(t);
-    return r;
+    burst_t *b = recbuf_push(&e->bursts);
+    if (!b) return -1;
+    memset(b, 0, sizeof(*b));
+    memcpy(b->src, f->rev ? f->k.b : f->k.a, f->k.alen);
+    memcpy(b->dst, f->rev ? f->k.a : f->k.b, f->k.alen);
+    b->alen = f->k.alen;
+    b->dport = f->rev ? f->k.ap : f->k.bp;
+    b->ts = ts;
+    b->start = start;
+    b->bytes = f->burst_bytes;
+    return 0;
+}
+
+static PyObject *burst_tuple(const void *rec)
+{
+    const burst_t *b = rec;
+    if (b->start)
+        return Py_BuildValue("(dy#y#iO)", b->ts, b->src, (Py_ssize_t)b->alen, b->dst,
+                             (Py_ssize_t)b->alen, (int)b->dport, Py_None);
+    return Py_BuildValue("(dy#y#iK)", b->ts, b->src, (Py_ssize_t)b->alen, b->dst,
+                         (Py_ssize_t)b->alen, (int)b->dport, (unsigned long long)b->bytes);
 }
 
 /* The flow's record ends (expired, evicted, end of input, or reported at the active
@@ -1233,17 +1252,22 @@ static int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
             if (evict(e) < 0) return -1;
             lookup(e, &key, h, &pos); /* eviction moved entries */
         }
-        if (e->free_head == NIL) {
+        if (e->free_head == NIL && e->fresh == e->nslots) {
             /* by a quarter: at 100k flows doubling left up to 5 MB of slots unused */
             uint32_t want = e->nslots + (e->nslots / 4 > 4096 ? e->nslots / 4 : 4096);
             if (want > e->max_flows + 1) want = e->max_flows + 1;
             if (grow_table(e, want) < 0) return -1;
             lookup(e, &key, h, &pos); /* a bigger index moved entries */
         }
-        slot = e->free_head;
+        uint32_t gen = 0;
+        if (e->free_head != NIL) {
+            slot = e->free_head;
+            e->free_head = e->slots[slot].newer; /* free list through `newer` */
+            gen = e->slots[slot].gen;
+        } else {
+            slot = e->fresh++;
+        }
         flow_t *f = &e->slots[slot];
-        e->free_head = f->newer;
-        uint32_t gen = f->gen;
         memset(f, 0, sizeof(flow_t));
         f->gen = gen;
         f->used = 1;
@@ -1455,7 +1479,7 @@ static int engine_init(EngineObject *e, PyObject *args, PyObject *kw)
     e->ends = END_ALL;
     e->outcomes_on = 1;
     e->events = PyList_New(0);
-    e->bursts = PyList_New(0);
+    e->bursts.size = sizeof(burst_t);
     e->burst_gap = 5.0;
     e->pairs_cap = 1024;
     e->pairs = PyMem_Malloc(e->pairs_cap * sizeof(pair_t));
@@ -1463,7 +1487,7 @@ static int engine_init(EngineObject *e, PyObject *args, PyObject *kw)
     e->pmask = e->pairs_cap * 2 - 1;
     e->dns = dnsstat_new();
     e->http = PyMem_Calloc(1, sizeof(httpf_t));
-    if (!e->events || !e->bursts || !e->pairs || !e->pidx || !e->dns || !e->http) {
+    if (!e->events || !e->pairs || !e->pidx || !e->dns || !e->http) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1479,7 +1503,7 @@ static PyObject *engine_new(PyTypeObject *t, PyObject *a, PyObject *k)
 
 static void engine_dealloc(EngineObject *e)
 {
-    for (uint32_t s = 0; s < e->nslots; s++) {
+    for (uint32_t s = 0; s < e->fresh; s++) {
         flow_t *f = &e->slots[s];
         if (f->py) /* alive, held by Python: it keeps its values, not a pointer here */
             flow_detach((FlowObject *)f->py);
@@ -1492,7 +1516,7 @@ static void engine_dealloc(EngineObject *e)
     PyMem_Free(e->pidx);
     PyMem_Free(e->nets);
     Py_XDECREF(e->events);
-    Py_XDECREF(e->bursts);
+    PyMem_Free(e->bursts.items);
     Py_XDECREF(e->scan);
     dnsstat_free(e->dns);
     if (e->http) {
@@ -1760,19 +1784,39 @@ static PyObject *engine_flush(EngineObject *e, PyObject *unused)
 
 static PyObject *engine_events(EngineObject *e, PyObject *unused) { return take_events(e); }
 
+static PyObject *pair_tuple(const void *rec)
+{
+    const pair_t *q = rec;
+    return Py_BuildValue("(y#y#iKKdi)", q->src, (Py_ssize_t)(q->other ? 0 : q->alen), q->dst,
+                         (Py_ssize_t)q->alen, q->cls, (unsigned long long)q->packets,
+                         (unsigned long long)q->bytes, q->last, q->dport);
+}
+
+/* In the order of their last packets, ties in the order the pairs were first counted:
+ * what a stable sort of the insertion-ordered list gave. */
+static int pair_order_cmp(const void *a, const void *b, void *items)
+{
+    uint32_t i = *(const uint32_t *)a, j = *(const uint32_t *)b;
+    double x = ((pair_t *)items)[i].last, y = ((pair_t *)items)[j].last;
+    if (x != y) return x < y ? -1 : 1;
+    return i < j ? -1 : i > j;
+}
+
 static PyObject *engine_pairs(EngineObject *e, PyObject *unused)
 {
-    PyObject *out = PyList_New(e->npairs);
-    if (!out) return NULL;
-    for (uint32_t i = 0; i < e->npairs; i++) {
-        pair_t *q = &e->pairs[i];
-        PyObject *t = Py_BuildValue("(y#y#iKKdi)", q->src, (Py_ssize_t)(q->other ? 0 : q->alen),
-                                    q->dst, (Py_ssize_t)q->alen, q->cls,
-                                    (unsigned long long)q->packets, (unsigned long long)q->bytes,
-                                    q->last, q->dport);
-        if (!t) { Py_DECREF(out); return NULL; }
-        PyList_SET_ITEM(out, i, t);
+    uint32_t n = e->npairs;
+    uint32_t *order = PyMem_Malloc(((size_t)n + 1) * sizeof(uint32_t));
+    /* the next tick's table: as large, but untouched pages cost nothing resident */
+    pair_t *fresh = PyMem_Malloc((size_t)e->pairs_cap * sizeof(pair_t));
+    if (!order || !fresh) {
+        PyMem_Free(order);
+        PyMem_Free(fresh);
+        return PyErr_NoMemory();
     }
+    for (uint32_t i = 0; i < n; i++) order[i] = i;
+    qsort_r(order, n, sizeof(uint32_t), pair_order_cmp, e->pairs);
+    PyObject *out = records_own((char *)e->pairs, order, n, sizeof(pair_t), pair_tuple);
+    e->pairs = fresh;
     e->npairs = 0;
     memset(e->pidx, 0, ((size_t)e->pmask + 1) * sizeof(uint32_t));
     return out;
@@ -1780,11 +1824,7 @@ static PyObject *engine_pairs(EngineObject *e, PyObject *unused)
 
 static PyObject *engine_activity(EngineObject *e, PyObject *unused)
 {
-    PyObject *fresh = PyList_New(0);
-    if (!fresh) return NULL;
-    PyObject *out = e->bursts;
-    e->bursts = fresh;
-    return out;
+    return recbuf_take(&e->bursts, burst_tuple);
 }
 
 static PyObject *engine_stats(EngineObject *e, PyObject *unused)
@@ -1877,10 +1917,11 @@ static PyMethodDef engine_methods[] = {
      "UDP (dns: what parse_dns returns), a port scan report (see Scan); taken (the engine "
      "starts a new list)"},
     {"pairs", (PyCFunction)engine_pairs, METH_NOARGS,
-     "pairs() -> [(src, dst, cls, packets, bytes, last_ts, dport)] since the last call "
-     "(src b'' : other sources, once the tick's table is full)"},
+     "pairs() -> Records of (src, dst, cls, packets, bytes, last_ts, dport) since the last "
+     "call, in the order of their last packets (src b'' : other sources, once the tick's "
+     "table is full)"},
     {"activity", (PyCFunction)engine_activity, METH_NOARGS,
-     "activity() -> [(ts, src, dst, dport, bytes | None)]: watched flows' bursts started "
+     "activity() -> Records of (ts, src, dst, dport, bytes | None): watched flows' bursts started "
      "(None) and ended (their bytes, both ways) since the last call, in order; src: the "
      "originator"},
     {"stats", (PyCFunction)engine_stats, METH_NOARGS, "counters"},
@@ -1964,6 +2005,7 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, 
 PyMODINIT_FUNC PyInit__engine(void)
 {
     if (PyType_Ready(&PacketType) < 0 || PyType_Ready(&FlowType) < 0 ||
+        PyType_Ready(&RecordsType) < 0 ||
         PyType_Ready(&EngineType) < 0 || PyType_Ready(&TableType) < 0 ||
         PyType_Ready(&ScanType) < 0)
         return NULL;
@@ -1986,6 +2028,7 @@ PyMODINIT_FUNC PyInit__engine(void)
     PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType);
     PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType);
     PyModule_AddObjectRef(m, "Scan", (PyObject *)&ScanType);
+    PyModule_AddObjectRef(m, "Records", (PyObject *)&RecordsType);
     PyModule_AddIntConstant(m, "EV_OUTCOME", EV_OUTCOME);
     PyModule_AddIntConstant(m, "EV_END", EV_END);
     PyModule_AddIntConstant(m, "EV_PACKET", EV_PACKET);
