@@ -43,9 +43,9 @@ typedef struct {
 typedef struct {
     uint8_t addr[16];
     double seen, llr;
-    uint64_t failed, succeeded, stealth;
     uint64_t first_host; /* without ext: hash of the one target's host (0: none yet) */
     scan_ext_t *ext;
+    uint32_t failed, succeeded, stealth; /* first contacts, saturating: 80 B a source */
     uint32_t first_port; /* without ext: the one target's port */
     uint32_t hash, older, newer; /* creation order, oldest forgotten first at the bound */
     uint8_t alen, styles, flagged, used;
@@ -55,6 +55,7 @@ typedef struct ScanObject {
     PyObject_HEAD
     scan_src_t *slots;
     uint32_t nslots, nsrc, free_head, oldest, newest, max_sources;
+    uint32_t fresh; /* slots from here on were never used: untouched, so not resident */
     uint32_t *index, mask;
     double window, report_interval, ln_upper, ln_lower, ln_fail, ln_success;
     unsigned long long fanout_ports, fanout_hosts, stealth_probes, forgotten;
@@ -135,12 +136,7 @@ static int scan_grow(ScanObject *s, uint32_t want)
         scan_src_t *ns = PyMem_Realloc(s->slots, (size_t)want * sizeof(scan_src_t));
         if (!ns) { PyErr_NoMemory(); return -1; }
         s->slots = ns;
-        for (uint32_t k = s->nslots; k < want; k++) {
-            memset(&ns[k], 0, sizeof(scan_src_t));
-            ns[k].newer = s->free_head; /* free list through `newer` */
-            s->free_head = k;
-        }
-        s->nslots = want;
+        s->nslots = want; /* taken from `fresh` on, when the free list is empty */
     }
     uint32_t cap = 256;
     while (cap < 2 * want) cap <<= 1;
@@ -198,15 +194,19 @@ static uint32_t scan_get(ScanObject *s, const uint8_t *a, int alen, double now)
             s->forgotten += n;
             scan_lookup(s, a, alen, h, &pos); /* deletions moved entries */
         }
-        if (s->free_head == NIL) {
+        if (s->free_head == NIL && s->fresh == s->nslots) {
             uint32_t want = s->nslots ? s->nslots * 2 : 256;
             if (want > s->max_sources) want = s->max_sources;
             if (scan_grow(s, want) < 0) return NIL;
             scan_lookup(s, a, alen, h, &pos);
         }
-        k = s->free_head;
+        if (s->free_head != NIL) {
+            k = s->free_head;
+            s->free_head = s->slots[k].newer; /* free list through `newer` */
+        } else {
+            k = s->fresh++;
+        }
         scan_src_t *x = &s->slots[k];
-        s->free_head = x->newer;
         memset(x, 0, sizeof(*x));
         memcpy(x->addr, a, alen);
         x->alen = alen;
@@ -254,15 +254,15 @@ static int scan_outcome(ScanObject *s, PyObject *events, const uint8_t *src, con
     int r = scan_contact(x, host_hash(dst, alen), port);
     if (r <= 0) return r; /* only first contacts count */
     if (success) {
-        x->succeeded++;
+        if (x->succeeded != UINT32_MAX) x->succeeded++;
         x->llr += s->ln_success;
         if (x->llr <= s->ln_lower && !x->flagged) x->llr = 0.0; /* benign: a fresh walk */
         return 0;
     }
-    x->failed++;
+    if (x->failed != UINT32_MAX) x->failed++;
     x->llr += s->ln_fail;
     x->styles |= stealth ? STEALTH_STYLE[stealth] : proto == 17 ? STYLE_UDP : STYLE_SYN;
-    if (stealth) x->stealth++;
+    if (stealth && x->stealth != UINT32_MAX) x->stealth++;
     int was = x->flagged;
     if (!was) {
         if (!(x->llr >= s->ln_upper || src_ports(x) >= s->fanout_ports ||
@@ -334,7 +334,7 @@ static PyObject *scan_tp_new(PyTypeObject *t, PyObject *a, PyObject *k)
 
 static void scan_dealloc(ScanObject *s)
 {
-    for (uint32_t k = 0; k < s->nslots; k++)
+    for (uint32_t k = 0; k < s->fresh; k++)
         if (s->slots[k].used) ext_free(s->slots[k].ext);
     PyMem_Free(s->slots);
     PyMem_Free(s->index);
