@@ -98,3 +98,49 @@ def test_on_app_counts_ftp_and_smb_logon_failures_duck_typed():
     assert len(reports) == 2  # ftp reached 3 too
     d.on_close(flow, 10.0)  # a short session, but counted through its failures already
     assert len(reports) == 2
+
+
+def _sessions(n: int, first: float, port: int = 5432) -> list:
+    from agent.flows.table import S_ESTABLISHED
+
+    return [
+        SimpleNamespace(
+            src=b"\x0a\x00\x00\x07", sport=40000 + i, dst=b"\x0a\x00\x00\x02", dport=port,
+            proto=6, first=first + i, last=first + i + 0.2, pkts_o=6, pkts_r=5, bytes_o=900,
+            bytes_r=700, state=S_ESTABLISHED, closed=False,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_sessions_ending_without_a_close_count_only_while_young():
+    """A database pool's idle connections expire minutes after their short logon: not
+    guesses. Connections that end (evicted, end of capture) still young without a FIN
+    or RST are short sessions like closed ones."""
+    reports = []
+    d = BruteForce(defaults(BruteForce.schema()), lambda **k: reports.append(k))
+    d.on_tick(10.0)
+    for flow in _sessions(12, first=0.0):  # ended while the last tick was 10 s after them
+        d.on_flow_end(flow)
+    assert reports[0]["metrics"]["short_sessions"] == 10  # the threshold
+    assert reports[-1]["metrics"]["short_sessions"] == 12  # and each one after
+    reports.clear()
+    d = BruteForce(defaults(BruteForce.schema()), lambda **k: reports.append(k))
+    d.on_tick(400.0)  # the pool's connections expire after 300 s of silence
+    for flow in _sessions(12, first=0.0):
+        d.on_flow_end(flow)
+    assert not reports
+    for flow in _sessions(12, first=0.0):  # a FIN or RST went to on_close instead
+        flow.closed = True
+        d.on_flow_end(flow)
+    assert not reports
+
+
+def test_a_closed_session_ends_once_for_bruteforce(tmp_path):
+    """The engine reports the end of a watched session only if no close was reported:
+    15 short SSH sessions closed with a FIN and then expired are 15 attempts, not 30."""
+    pkts = []
+    for n in range(15):
+        pkts += _session(40000 + n, n * 2.0, long=False)
+    a = _one(replay(write(tmp_path, pkts, "closed.pcap")))
+    assert a.metrics["short_sessions"] == 15 and a.metrics["failed_sessions"] == 15

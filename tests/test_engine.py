@@ -195,10 +195,14 @@ def test_flow_ends_reported_are_the_ones_asked_for() -> None:
     e.packet(tcp(1.4, B, 22, A, 40000, 0x12))
     e.packet(tcp(1.5, A, 40001, B, 80, 0x02))
     e.packet(tcp(1.6, B, 80, A, 40001, 0x12))  # established, not on a watched port
+    closed = e.packet(tcp(1.7, A, 40002, B, 22, 0x02))
+    e.packet(tcp(1.8, B, 22, A, 40002, 0x12))
+    e.packet(tcp(1.9, A, 40002, B, 22, 0x11))  # its close went to on_close: no end too
     e.events()
+    assert closed.closed and not ssh.closed
     e.flush()
     assert [ev[1] for ev in e.events() if ev[0] == EV_END] == [silent, ssh]
-    assert e.stats()["created"] == 4
+    assert e.stats()["created"] == 5
 
 
 def test_table_grows_as_flows_come_and_keeps_every_one() -> None:

@@ -53,7 +53,8 @@ detector would throw away at once:
                       the deep decoder only decodes the protocols some detector wants.
     flow_end          which ends on_flow_end wants: "all" (the default), "unresolved"
                       (flows that never had an outcome), "sessions" (established TCP
-                      sessions on `close_ports`); the engine reports no other
+                      sessions on `close_ports` whose close did not go to on_close);
+                      the engine reports no other
     pairs_want        which pairs on_pairs reads: "floods" (SYN, UDP, ICMP towards a
                       unicast address), "outbound" (internal towards external unicast);
                       the engine counts no other (unset: every pair)

@@ -8,6 +8,11 @@ that tries one or a few passwords and is thrown out looks like. "Closed" is the 
 or RST of the established flow (`on_close`, reported by the engine for the watched ports)
 or the flow's end. Protocol-level failures (FTP 530, SMB logon failures) arrive through
 `on_app` from the deep decoders.
+
+No state is kept per session: the flow brings its counters and first packet's time to
+`on_close`, and the engine reports the end only of sessions no FIN or RST closed. A
+session that ends without a close is counted only if it was still young at the last tick
+(an idle pooled database connection expiring minutes later is not a failed guess).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from agent.decode.packet import TCP, Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.nets import port_list
 from agent.detect.window import Distinct, KeyedWindow, Stamped, key_of
-from agent.flows.table import REJECTED, SUCCESS, Flow
+from agent.flows.table import REJECTED, S_ESTABLISHED, Flow
 from common.config import Option, positive
 from vigie.v1 import alert_pb2
 
@@ -67,7 +72,7 @@ class BruteForce(Detector):
     severity = alert_pb2.SEVERITY_HIGH
     help = "Password guessing: repeated rejected or short sessions to an authentication port."
     app_kinds = frozenset(("ftp", "telnet", "smb"))
-    flow_end = "sessions"  # only sessions it holds open end here
+    flow_end = "sessions"  # established sessions on its ports that ended without a close
     options: ClassVar[dict[str, Option]] = {
         "ports": Option(
             list,
@@ -95,7 +100,7 @@ class BruteForce(Detector):
         "max_open_sessions": Option(
             int,
             50000,
-            "Established sessions followed at once (bound; oldest dropped).",
+            "Open sessions with protocol logon failures followed at once (bound; oldest dropped).",
             positive,
         ),
     }
@@ -107,38 +112,33 @@ class BruteForce(Detector):
         self.close_ports = self.ports  # on_close for the sessions followed, no others
         self.outcome_ports = self.ports  # on_outcome only counts TCP to these
         self.sources: KeyedWindow[_Guesses] = KeyedWindow(s["window_seconds"], _Guesses)
-        # Established sessions on watched ports: their first packet's time, by
-        # key_of(src, sport, dst, dport) (their end brings the flow and its counters).
-        self.open: dict[int, float] = {}
-        self.app_failed: set[int] = set()  # of those, sessions with protocol failures
+        # Open sessions already counted through their protocol failures (on_app), by
+        # key_of(src, sport, dst, dport): their close is not counted again. In order.
+        self.app_failed: dict[int, None] = {}
         self.dropped_sessions = 0
+        self._now = float("-inf")  # the last tick
 
     # events -------------------------------------------------------------------------------
 
     def on_outcome(self, flow: Flow, outcome: str, ts: float) -> None:
-        if flow.proto != TCP or flow.dport not in self.ports or self.allowed(flow.src):
-            return
-        if outcome == REJECTED:
+        if outcome == REJECTED and self._watched(flow):
             self._count(flow, ts, "rejected")
-        elif outcome == SUCCESS:
-            if len(self.open) >= self.settings["max_open_sessions"]:
-                oldest = next(iter(self.open))
-                del self.open[oldest]
-                self.app_failed.discard(oldest)
-                self.dropped_sessions += 1
-            self.open[key_of(flow.src, flow.sport, flow.dst, flow.dport)] = flow.first
 
     def on_close(self, flow: Flow, ts: float) -> None:
-        if not self.open:
-            return
-        key = key_of(flow.src, flow.sport, flow.dst, flow.dport)
-        if self.open.pop(key, None) is not None:
-            self._ended(flow, key, ts)
+        if self._watched(flow):
+            self._ended(flow, ts)
 
     def on_flow_end(self, flow: Flow) -> None:
-        key = key_of(flow.src, flow.sport, flow.dst, flow.dport)
-        if self.open.pop(key, None) is not None:
-            self._ended(flow, key, flow.last)
+        # also the unresolved ends another detector asked for: only established
+        # sessions no close reported, and only while young (see the module docstring)
+        if flow.state == S_ESTABLISHED and not flow.closed and self._watched(flow):
+            if self._now - flow.first <= self.settings["short_seconds"]:
+                self._ended(flow, flow.last)
+            else:
+                self.app_failed.pop(key_of(flow.src, flow.sport, flow.dst, flow.dport), None)
+
+    def _watched(self, flow: Flow) -> bool:
+        return flow.proto == TCP and flow.dport in self.ports and not self.allowed(flow.src)
 
     def on_app(self, msg: Any, flow: Flow | None, packet: Packet | None) -> None:
         """Protocol-level logon failures from the deep decoders, duck-typed (no import):
@@ -162,25 +162,25 @@ class BruteForce(Detector):
             return
         if not failed or self.allowed(flow.src):
             return
-        key = key_of(flow.src, flow.sport, flow.dst, flow.dport)
-        if key in self.open:
-            self.app_failed.add(key)  # the session is counted through its failures instead
+        if flow.proto == TCP and flow.dport in self.ports:
+            # the session is counted through its failures, not again when it closes
+            if len(self.app_failed) >= self.settings["max_open_sessions"]:
+                del self.app_failed[next(iter(self.app_failed))]
+                self.dropped_sessions += 1
+            self.app_failed[key_of(flow.src, flow.sport, flow.dst, flow.dport)] = None
         ts = packet.ts if packet is not None else flow.last
         self._count(flow, ts, "app")
 
     def on_tick(self, now: float) -> None:
         self.sources.expire(now)
-        limit = self.settings["short_seconds"]
-        long = [k for k, first in self.open.items() if now - first > limit]
-        for k in long:
-            del self.open[k]  # no longer short: an ordinary session
-            self.app_failed.discard(k)
+        self._now = now
 
     # counting -----------------------------------------------------------------------------
 
-    def _ended(self, flow: Flow, key: int, ts: float) -> None:
+    def _ended(self, flow: Flow, ts: float) -> None:
+        key = key_of(flow.src, flow.sport, flow.dst, flow.dport)
         if key in self.app_failed:
-            self.app_failed.discard(key)
+            del self.app_failed[key]
             return
         s = self.settings
         if (

@@ -540,7 +540,7 @@ typedef struct {
     /* the copy, valid once detached */
     double first, last;
     unsigned long long pkts_o, pkts_r, bytes_o, bytes_r;
-    int state, outcome, stealth;
+    int state, outcome, stealth, closed;
 } FlowObject;
 
 static PyTypeObject FlowType;
@@ -561,6 +561,7 @@ static void flow_detach(FlowObject *o)
         o->pkts_o = f->pkts_o; o->pkts_r = f->pkts_r;
         o->bytes_o = f->bytes_o; o->bytes_r = f->bytes_r;
         o->state = f->state; o->outcome = f->outcome; o->stealth = f->stealth;
+        o->closed = f->closed;
     }
     o->eng = NULL;
 }
@@ -612,6 +613,7 @@ FLOW_NUM(pkts_r, pkts_r, PyLong_FromUnsignedLongLong)
 FLOW_NUM(bytes_o, bytes_o, PyLong_FromUnsignedLongLong)
 FLOW_NUM(bytes_r, bytes_r, PyLong_FromUnsignedLongLong)
 FLOW_NUM(state, state, PyLong_FromLong)
+FLOW_NUM(closed, closed, PyBool_FromLong)
 
 static PyObject *flow_get_outcome(FlowObject *o, void *c)
 {
@@ -662,6 +664,8 @@ static PyGetSetDef flow_getset[] = {
     {"bytes_o", (getter)flow_get_bytes_o, NULL, "wire bytes from the originator"},
     {"bytes_r", (getter)flow_get_bytes_r, NULL, "wire bytes from the responder"},
     {"state", (getter)flow_get_state, NULL, "S_* state of agent.flows"},
+    {"closed", (getter)flow_get_closed, NULL,
+     "a FIN or RST of the established session went to on_close (close_ports)"},
     {"outcome", (getter)flow_get_outcome, NULL, "success, rejected, unanswered or ''"},
     {"stealth", (getter)flow_get_stealth, NULL, "null, fin, xmas, other or ''"},
     {NULL},
@@ -841,7 +845,7 @@ static int end_wanted(EngineObject *e, flow_t *f)
     int m = e->ends;
     if (m & END_ALL) return 1;
     if ((m & END_UNRESOLVED) && !f->outcome) return 1;
-    if ((m & END_SESSIONS) && f->state == S_ESTABLISHED &&
+    if ((m & END_SESSIONS) && f->state == S_ESTABLISHED && !f->closed &&
         bit(e->close_ports, f->rev ? f->k.ap : f->k.bp))
         return 1;
     return (m & END_DEEP) && f->deep_seen;
