@@ -154,3 +154,38 @@ def test_allowed_sources_are_not_scored():
     for i in range(4):
         rig.probe(2.0, 2000 + i)
     assert [r["subject"] for r in rig.reports] == [OTHER.hex(), SCANNER.hex()]
+
+
+def test_a_first_contact_that_succeeded_still_counts_once_the_source_scans():
+    """Sources whose one contact succeeded are kept compactly (most sources at a busy
+    site); the walk of one that starts scanning must still start from that success, and
+    one silent for the window must be forgotten like any other."""
+
+    def flagged_after(rig: _Rig, src: bytes, t: float) -> int:
+        for n in range(1, 20):
+            rig.probe(t, 3000 + n, src=src)
+            if any(r["subject"] == src.hex() for r in rig.reports):
+                return n
+        raise AssertionError("never flagged")
+
+    def served(rig: _Rig, ts: float, src: bytes, dport: int) -> None:
+        rig.sport += 1
+        rig.e.packet(Packet(ts, 60, 4, src, TARGET, 6, rig.sport, dport, SYN))
+        rig.e.packet(Packet(ts, 60, 4, TARGET, src, 6, dport, rig.sport, 0x12))
+        rig.drain()
+
+    rig = _Rig(window_seconds=100.0)
+    assert flagged_after(rig, SCANNER, 1.0) == 4  # no success before: the 4th failure
+    one, two, gone = (bytes((10, 0, 2, i)) for i in range(3))
+    for _ in range(5):
+        served(rig, 2.0, one, 443)  # the same service again: one first contact
+    served(rig, 2.0, two, 443)
+    served(rig, 2.0, two, 80)
+    served(rig, 2.0, gone, 443)
+    assert len(rig.d.scan) == 4
+    assert flagged_after(rig, one, 3.0) == 5  # one success to walk back first
+    assert flagged_after(rig, two, 3.0) == 6  # two
+    rig.d.on_tick(50.0)
+    rig.d.on_tick(103.5)  # `gone` silent for more than the window: forgotten
+    assert len(rig.d.scan) == 0
+    assert flagged_after(rig, gone, 104.0) == 4

@@ -17,9 +17,12 @@ each, so the scoring runs in the engine (agent/engine/scan.c) on every attempt o
 with this detector's settings and allow-list, in a `Scan` state this detector owns (a
 detector restarted by new settings starts afresh). Per source it keeps the walk, the
 counts, and distinct sets of (host, port) targets, hosts and ports (65,536 each at most,
-further ones counted, not remembered; held as 64-bit hashes, see scan.c); sources are
-forgotten after `window_seconds` of silence, and at most min(100,000, [flows] max_flows)
-are held, the oldest hundredth forgotten (and counted) when full. The engine queues a
+further ones counted, not remembered; held as 64-bit hashes, see scan.c). A source whose
+only first contact so far succeeded — most clients — is held as just that target (32 B,
+by a 64-bit hash of its address) until it makes another, which replays the success into
+its full state. Sources are forgotten after `window_seconds` of silence, and at most
+min(100,000, [flows] max_flows) of each kind are held, the oldest hundredth forgotten (and
+counted) when full. The engine queues a
 report record when a flagged source is due one; this class turns records into alerts.
 """
 

@@ -793,6 +793,7 @@ static int emit_flow(EngineObject *e, int code, uint32_t slot)
 }
 
 #include "distinct.c"
+#include "table.c"
 #include "scan.c"
 
 static int emit_outcome(EngineObject *e, uint32_t slot, int outcome, double ts)
@@ -1175,7 +1176,6 @@ static PyObject *dns_parse(const uint8_t *buf, Py_ssize_t n, int tcp)
 static int portmap(PyObject *ports, uint8_t *map);
 #include "dnsstat.c"
 #include "httpfilter.c"
-#include "table.c"
 
 /* ------------------------------------------------------------------------------------ */
 /* One decoded packet through the flow table and the taps                              */

@@ -13,6 +13,10 @@
  *   (src, ts, count, failed, succeeded, hosts, ports, stealth, styles, llr, last_dst)
  * with `styles` the STYLE_* bits below (the ones portscan.py names).
  *
+ * A source whose only first contact so far succeeded has no slot: `single` (a Table,
+ * table.c) holds its target by a 64-bit hash of its address, until another contact
+ * makes its slot and replays that success into it (scan_single).
+ *
  * Distinct sets (distinct.c) hold 64-bit hashes of their items (host addresses; (host, port)
  * targets), not the items: two different items count as one only if their hashes
  * collide, about n^2 / 2^65 for n items (1e-10 for a full set of 65,536). Ports are held
@@ -61,6 +65,10 @@ typedef struct ScanObject {
     unsigned long long fanout_ports, fanout_hosts, stealth_probes, forgotten;
     cidr_t *allow;
     int nallow;
+    /* Sources whose only first contact so far succeeded: their one target's host hash
+     * and port, by their own address's hash, at 32 B a source instead of a full slot
+     * (most sources at a busy site: a client that reached its one server). */
+    TableObject *single;
 } ScanObject;
 
 static PyTypeObject ScanType;
@@ -237,6 +245,41 @@ static PyObject *scan_record(scan_src_t *x, double ts)
                          (Py_ssize_t)x->alen);
 }
 
+/* A source not followed in full yet: 1 if `single` took this contact (its first, a
+ * success; or a repeat of that one), 0 if the source needs its full slot, now made with
+ * the first contact replayed into it, -1 on error. */
+static int scan_single(ScanObject *s, const uint8_t *src, int alen, uint64_t host, uint32_t port,
+                       int success, double ts)
+{
+    TableObject *t = s->single;
+    uint64_t key = host_hash(src, alen);
+    uint32_t i = table_find(t, key);
+    if (*tkey(t, i) == TABLE_EMPTY) {
+        if (!success) return 0;
+        int64_t j = table_insert(t, key, ts);
+        if (j < 0) return -1;
+        double *r = trow(t, (uint32_t)j);
+        memcpy(&r[2], &host, sizeof(host)); /* the bits, never read as a number */
+        r[3] = port;
+        return 1;
+    }
+    double *r = trow(t, i);
+    uint64_t first_host;
+    memcpy(&first_host, &r[2], sizeof(first_host));
+    uint32_t first_port = (uint32_t)r[3];
+    if (first_host == host && first_port == port) { r[1] = ts; return 1; }
+    table_delete(t, i);
+    uint32_t k = scan_get(s, src, alen, ts);
+    if (k == NIL) return -1;
+    scan_src_t *x = &s->slots[k];
+    x->first_host = first_host;
+    x->first_port = first_port;
+    x->succeeded = 1;
+    x->llr = s->ln_success;
+    if (x->llr <= s->ln_lower) x->llr = 0.0; /* benign: a fresh walk */
+    return 0;
+}
+
 /* One attempt's outcome (PortScan.on_outcome before it moved here); a report due now
  * goes to `events` as (EV_SCAN, record). */
 static int scan_outcome(ScanObject *s, PyObject *events, const uint8_t *src, const uint8_t *dst,
@@ -246,12 +289,18 @@ static int scan_outcome(ScanObject *s, PyObject *events, const uint8_t *src, con
                   : dst[0] == 0xFF)
         return 0; /* multicast and broadcast: discovery, not scanning */
     if (cidr_any(s->allow, s->nallow, src, alen)) return 0;
+    /* a TCP port as is, other protocols above 65535 */
+    uint32_t port = proto == 6 ? (uint32_t)dport : (uint32_t)proto << 16 | (uint32_t)dport;
+    uint64_t host = host_hash(dst, alen);
+    uint32_t pos;
+    if (scan_lookup(s, src, alen, fnv1a(src, alen), &pos) == NIL) {
+        int r = scan_single(s, src, alen, host, port, success, ts);
+        if (r) return r < 0 ? -1 : 0;
+    }
     uint32_t k = scan_get(s, src, alen, ts);
     if (k == NIL) return -1;
     scan_src_t *x = &s->slots[k];
-    /* a TCP port as is, other protocols above 65535 */
-    uint32_t port = proto == 6 ? (uint32_t)dport : (uint32_t)proto << 16 | (uint32_t)dport;
-    int r = scan_contact(x, host_hash(dst, alen), port);
+    int r = scan_contact(x, host, port);
     if (r <= 0) return r; /* only first contacts count */
     if (success) {
         if (x->succeeded != UINT32_MAX) x->succeeded++;
@@ -302,6 +351,7 @@ static PyObject *scan_flush(ScanObject *s, double before, double now)
         if (now - x->seen > s->window) scan_free(s, k);
         k = nx;
     }
+    if (now > -INFINITY && table_sweep(s->single, now, -INFINITY) < 0) { Py_DECREF(out); return NULL; }
     return out;
 }
 
@@ -322,6 +372,10 @@ static int scan_init(ScanObject *s, PyObject *args, PyObject *kw)
     if (max_sources < 1) { PyErr_SetString(PyExc_ValueError, "max_sources must be at least 1"); return -1; }
     s->max_sources = max_sources;
     s->oldest = s->newest = s->free_head = NIL;
+    s->single = PyObject_New(TableObject, &TableType);
+    if (!s->single) return -1;
+    s->single->rows = NULL;
+    if (table_setup(s->single, 2, s->window, max_sources) < 0) return -1;
     return scan_grow(s, max_sources < 256 ? max_sources : 256);
 }
 
@@ -339,6 +393,7 @@ static void scan_dealloc(ScanObject *s)
     PyMem_Free(s->slots);
     PyMem_Free(s->index);
     PyMem_Free(s->allow);
+    Py_XDECREF(s->single);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -357,9 +412,12 @@ static PyObject *scan_tick(ScanObject *s, PyObject *arg)
 
 static PyObject *scan_finish(ScanObject *s, PyObject *unused) { return scan_flush(s, INFINITY, -INFINITY); }
 
-static Py_ssize_t scan_len(ScanObject *s) { return s->nsrc; }
+static Py_ssize_t scan_len(ScanObject *s) { return s->nsrc + (s->single ? s->single->n : 0); }
 
-static PyObject *scan_get_forgotten(ScanObject *s, void *c) { return PyLong_FromUnsignedLongLong(s->forgotten); }
+static PyObject *scan_get_forgotten(ScanObject *s, void *c)
+{
+    return PyLong_FromUnsignedLongLong(s->forgotten + (s->single ? s->single->forgotten : 0));
+}
 
 static PyObject *scan_get_flagged(ScanObject *s, void *c)
 {

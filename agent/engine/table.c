@@ -11,6 +11,8 @@
  * Included by _engine.c (one compilation unit, one extension module).
  */
 
+#include <math.h>
+
 #define TABLE_EMPTY 0
 #define TABLE_ZERO (1ULL << 63) /* stands for key 0, which marks empty slots */
 
@@ -136,6 +138,21 @@ static PyObject *table_values(TableObject *t, uint32_t i)
     return out;
 }
 
+/* (Re)start empty: `fields` numbers a key, forgotten after `window` unseen, `max` keys. */
+static int table_setup(TableObject *t, int fields, double window, uint32_t max)
+{
+    PyMem_Free(t->rows);
+    t->fields = fields;
+    t->stride = 2 + fields;
+    t->window = window;
+    t->max = max;
+    t->n = 0;
+    t->cap = 0;
+    t->rows = NULL;
+    t->forgotten = 0;
+    return table_resize(t, 64);
+}
+
 static int table_init(TableObject *t, PyObject *args, PyObject *kw)
 {
     static char *kwl[] = {"fields", "window", "max_keys", NULL};
@@ -146,16 +163,7 @@ static int table_init(TableObject *t, PyObject *args, PyObject *kw)
         return -1;
     if (fields < 0 || fields > 16) { PyErr_SetString(PyExc_ValueError, "fields: 0 to 16"); return -1; }
     if (max_keys < 1) { PyErr_SetString(PyExc_ValueError, "max_keys must be at least 1"); return -1; }
-    PyMem_Free(t->rows);
-    t->fields = fields;
-    t->stride = 2 + fields;
-    t->window = window;
-    t->max = max_keys;
-    t->n = 0;
-    t->cap = 0;
-    t->rows = NULL;
-    t->forgotten = 0;
-    return table_resize(t, 64);
+    return table_setup(t, fields, window, max_keys);
 }
 
 static void table_dealloc(TableObject *t)
@@ -164,28 +172,36 @@ static void table_dealloc(TableObject *t)
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
-static PyObject *table_get(TableObject *t, PyObject *args)
+/* The row of key k (made, zeros, if new; the hundredth seen longest ago forgotten first
+ * when full), seen at now: its slot, or -1 on error. */
+static int64_t table_insert(TableObject *t, uint64_t k, double now)
 {
-    PyObject *ko;
-    double now;
-    uint64_t k;
-    if (!PyArg_ParseTuple(args, "Od", &ko, &now) || table_key(ko, &k) < 0) return NULL;
     uint32_t i = table_find(t, k);
     if (*tkey(t, i) == TABLE_EMPTY) {
         if (t->n >= t->max) {
-            if (table_forget_oldest(t) < 0) return NULL;
+            if (table_forget_oldest(t) < 0) return -1;
         }
         /* up to 85 % full: linear probing over 16-56 B rows stays a few cache lines, and
          * at 100k keys a lower bound doubled the table for nothing */
         if ((uint64_t)(t->n + 1) * 100 > (uint64_t)t->cap * 85 && table_resize(t, t->cap * 2) < 0)
-            return NULL;
+            return -1;
         i = table_find(t, k);
         memset(trow(t, i), 0, t->stride * sizeof(double));
         *tkey(t, i) = k;
         t->n++;
     }
     trow(t, i)[1] = now;
-    return table_values(t, i);
+    return i;
+}
+
+static PyObject *table_get(TableObject *t, PyObject *args)
+{
+    PyObject *ko;
+    double now;
+    uint64_t k;
+    if (!PyArg_ParseTuple(args, "Od", &ko, &now) || table_key(ko, &k) < 0) return NULL;
+    int64_t i = table_insert(t, k, now);
+    return i < 0 ? NULL : table_values(t, (uint32_t)i);
 }
 
 static PyObject *table_peek(TableObject *t, PyObject *ko)
