@@ -16,7 +16,8 @@ configuration in this process.
 `vigie-agent run --output collector` (gRPC stream, outbox, every default detector, ring
 capture) in a network namespace the bench creates; tcpreplay sends the same 100k flows
 from the peer namespace; the agent's VmRSS is read before and once they are all in its
-flow table (its metrics endpoint says how many). Needs root, iproute2 and tcpreplay.
+flow table (its metrics endpoint says how many); --hold S reads it again every 20 s for S
+seconds while the flows stay active. Needs root, iproute2 and tcpreplay.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def _top_mappings(pid: int, n: int = 8) -> list[tuple[int, str]]:
     return sorted(((v, k) for k, v in out.items()), reverse=True)[:n]
 
 
-def live(flows: int, config: str | None = None) -> int:
+def live(flows: int, config: str | None = None, hold: float = 0.0) -> int:
     """The running agent's RSS with `flows` active flows (see the module docstring)."""
     import shutil
     import time as _time
@@ -197,6 +198,12 @@ def live(flows: int, config: str | None = None) -> int:
             _time.sleep(3.0)  # a tick or two: every flow counted, the ring emptied
             after = _rss(agent.pid)
             top = _top_mappings(agent.pid)
+            # the flows stay active (idle timeouts 60/300 s): does the agent settle?
+            held = []
+            t0 = _time.monotonic()
+            while _time.monotonic() - t0 < hold:
+                _time.sleep(min(20.0, hold - (_time.monotonic() - t0)))
+                held.append((3.0 + _time.monotonic() - t0, _rss(agent.pid)))
             metrics = ns.run(ns.a, [sys.executable, "-c", "import urllib.request; print("
                                     "urllib.request.urlopen('http://127.0.0.1:9750/metrics')"
                                     ".read().decode())"],
@@ -219,6 +226,9 @@ def live(flows: int, config: str | None = None) -> int:
         ("RssFile", "  mapped: libraries, ring"),
     ):
         print(_row(label, {"active": active, "before": before[part], "after": after[part]}))
+    for secs, rss in held:
+        r = {"active": active, "before": before["VmRSS"], "after": rss["VmRSS"]}
+        print(_row(f"  {secs:.0f} s later", r))
     print("\nlargest mappings, resident:")
     for size, name in top:
         print(f"  {size / MB:7.1f} MB  {name}")
@@ -253,9 +263,15 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # child runs
     ap.add_argument("--live", action="store_true", help="the running agent (needs root)")
     ap.add_argument("--config", help="--live: the agent's config file (default: built-in)")
+    ap.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        help="--live: read the RSS again every 20 s for this long, flows active",
+    )
     args = ap.parse_args()
     if args.live:
-        return live(args.flows, args.config)
+        return live(args.flows, args.config, args.hold)
     if args.detectors and args.json:
         print(json.dumps(measure(args.flows, args.detectors)))
         return 0
