@@ -5,14 +5,17 @@
 Two private namespaces joined by a veth pair: `vigie-agent run` captures in A (taskset
 -c 1), tcpreplay sends the capture from B (taskset -c 0) at each offered rate for
 --seconds. Received is the agent's own packet count (its `capture_stopped` event), the
-kernel's drop counter comes from PACKET_STATISTICS. `--profile core` runs the agent with
-every detector disabled (capture + decode + flows), `all` with the defaults.
+kernel's drop counter comes from PACKET_STATISTICS; the agent's CPU is its user + system
+time (/proc) from the start of sending until the ring is empty, over the sending time: the
+share of one core the traffic cost it. `--profile core` runs the agent with every detector
+disabled (capture + decode + flows), `all` with the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -44,6 +47,12 @@ def config(tmp: Path, profile: str, ring: bool, ring_mb: int | None = None) -> P
     return path
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_rate(ns: NetnsPair, cap: Path, rate: int, seconds: float, cfg: Path, tmp: Path) -> dict:
     argv = ["taskset", "-c", "1", str(AGENT), "run", "-i", ns.if_a, "--output", "jsonl",
             "--config", str(cfg), "--state-dir", str(tmp)]  # fmt: skip
@@ -57,6 +66,7 @@ def one_rate(ns: NetnsPair, cap: Path, rate: int, seconds: float, cfg: Path, tmp
     time.sleep(0.5)
     limit = int(rate * seconds) if rate else int(300_000 * seconds)
     speed = [f"--pps={rate}"] if rate else ["--topspeed"]
+    cpu0 = cpu_seconds(agent.pid)
     rp = ns.run(
         ns.b,
         [
@@ -79,6 +89,7 @@ def one_rate(ns: NetnsPair, cap: Path, rate: int, seconds: float, cfg: Path, tmp
     sent = int(m[1]) if m else 0
     took = float(m[2]) if m else 0.0
     time.sleep(1.5)  # let the agent empty the ring
+    cpu = cpu_seconds(agent.pid) - cpu0
     agent.terminate()
     _, err = agent.communicate(timeout=60)
     ev = next(json.loads(x) for x in err.splitlines() if '"capture_stopped"' in x)
@@ -88,6 +99,7 @@ def one_rate(ns: NetnsPair, cap: Path, rate: int, seconds: float, cfg: Path, tmp
         "received": ev["packets"],
         "kernel_dropped": ev["kernel_dropped"],
         "loss_pct": 100.0 * max(0, sent - ev["packets"]) / sent if sent else 0.0,
+        "cpu_pct": 100.0 * cpu / took if took else 0.0,
     }
 
 
@@ -114,12 +126,12 @@ def main() -> int:
             cfg = config(tmp, profile, not args.no_ring, args.ring_megabytes)
             print(f"\nagent on one core (taskset -c 1), detectors: {profile}, capture: {mode}")
             print(f"{'offered pps':>12} {'sent':>9} {'received':>9} {'kernel drops':>12} "
-                  f"{'loss %':>7}")  # fmt: skip
+                  f"{'loss %':>7} {'agent CPU %':>11}")  # fmt: skip
             for rate in (int(r) for r in args.rates.split(",")):
                 r = one_rate(ns, cap, rate, args.seconds, cfg, tmp)
                 label = f"{r['offered_pps']}" + ("" if rate else " (top)")
                 print(f"{label:>12} {r['sent']:9d} {r['received']:9d} {r['kernel_dropped']:12d} "
-                      f"{r['loss_pct']:7.2f}", flush=True)  # fmt: skip
+                      f"{r['loss_pct']:7.2f} {r['cpu_pct']:11.0f}", flush=True)  # fmt: skip
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
