@@ -23,7 +23,6 @@ from agent.decode.deep import PROTOCOL_OF_KIND, TCP_PORTS, DeepDecoder, DeepStat
 from agent.decode.deep.auth import HTTP_FIRST, HTTP_METHODS, MAX_HEADERS
 from agent.decode.packet import ARP, ICMP, ICMP6, TCP, UDP
 from agent.detect import registry
-from agent.detect.dnsname import SHORT_SUFFIXES
 from agent.detect.window import KeyedWindow
 from agent.engine import (
     END_ALL,
@@ -45,6 +44,7 @@ from agent.engine import (
 )
 from agent.host.intel import IntelFile
 from common import logs
+from common.suffixes import SHORT_SUFFIXES
 from vigie.v1 import alert_pb2
 
 log = logs.get("agent.pipeline")

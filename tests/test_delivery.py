@@ -44,6 +44,7 @@ def _intel(c: Collector, doc: dict, tmp_path: Path, name: str = "intel.json"):
         ({"ips": ["::/0"]}, "would match far too much"),
         ({"domains": [""]}, "domains[0] is empty"),
         ({"domains": ["com"]}, "bare top-level domain"),
+        ({"domains": ["Co.UK."]}, "is a public suffix"),
         ({"domains": ["*.evil.example"]}, "no wildcards"),
         ({"ja3": ["xyz"]}, "ja3[0]"),
         ({"hashes": ["1234"]}, "hashes[0]"),

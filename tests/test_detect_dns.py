@@ -174,9 +174,9 @@ def test_engine_reads_names_as_the_python_helpers_do(tmp_path, name):
 
 def _tunnel_engine(**settings):
     from agent.detect.dns_tunnel import DnsTunnel
-    from agent.detect.dnsname import SHORT_SUFFIXES
     from agent.engine import Engine
     from common.config import defaults
+    from common.suffixes import SHORT_SUFFIXES
 
     e = Engine(max_flows=settings.pop("max_flows", 200_000))
     e.configure(deep={"dns"}, outcomes=False, ends=0)

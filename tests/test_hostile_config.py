@@ -37,6 +37,10 @@ BAD_BUNDLES = {
     "domain wildcard": ('{"domains": ["*.example.com"]}', "no wildcards"),
     "domain tld": ('{"domains": ["com"]}', "bare top-level domain"),
     "domain tld dot": ('{"domains": ["fr."]}', "bare top-level domain"),
+    "domain public suffix": (
+        '{"domains": ["evil.co.uk", "gouv.fr"]}',
+        "domains[1] 'gouv.fr' is a public suffix",
+    ),
     "domain newline": ('{"domains": ["evil.com\\n.org"]}', "domains[0]"),
     "domain sql": ('{"domains": ["a.com\' OR 1=1"]}', "domains[0]"),
     "domain percent": ('{"domains": ["%.com"]}', "domains[0]"),

@@ -5,7 +5,8 @@
      "hashes": ["<md5|sha1|sha256 hex>"], "thresholds": {"net.portscan.fanout_ports": 50}}
 
 Unknown keys are errors. An entry that would match (nearly) everything is refused: a CIDR
-shorter than /8 (IPv4) or /16 (IPv6), an empty domain, a bare top-level domain, a wildcard.
+shorter than /8 (IPv4) or /16 (IPv6), an empty domain, a bare top-level domain or a
+second-level public suffix (co.uk, gouv.fr: common/suffixes.py), a wildcard.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import re
 from pathlib import Path
 
+from common.suffixes import SHORT_SUFFIXES
 from vigie.v1 import ingest_pb2
 
 KEYS = ("ips", "domains", "ja3", "ja4", "hashes", "thresholds")
@@ -74,6 +76,8 @@ def validate(doc: object) -> dict:
             )
         if not all(LABEL_RE.match(label) for label in labels):
             raise IntelError(f"domains[{i}] {v!r} is not a domain name (no wildcards)")
+        if d in SHORT_SUFFIXES:
+            raise IntelError(f"domains[{i}] {v!r} is a public suffix: it would match too much")
         domains.append(d)
     out["domains"] = sorted(set(domains))
     for key, rx, what in (
