@@ -181,9 +181,7 @@ def cmd_replay(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         if damage:
             read_stats.errors[damage] = read_stats.errors.get(damage, 0) + 1
     else:
-        feed = pipe.feed
-        for ts, linktype, wirelen, frame in capture:
-            feed(ts, linktype, wirelen, frame)
+        pipe.feed_pcapng(capture, read_stats)
     pipe.finish()
     elapsed = time.perf_counter() - t0
     for reason, n in read_stats.errors.items():

@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.aggregate import Aggregator
 from agent.anonymise.policy import BUILTIN_INTERNAL, Anonymiser, Finding
-from agent.capture.pcapfile import MAX_CAPLEN, PcapLayout
+from agent.capture.pcapfile import MAX_CAPLEN, PcapLayout, PcapngLayout, ReadStats, iter_pcapng
 from agent.decode import DecodeStats
 from agent.decode.deep import PROTOCOL_OF_KIND, TCP_PORTS, DeepDecoder, DeepStats
 from agent.decode.deep.auth import HTTP_FIRST, HTTP_METHODS, MAX_HEADERS
@@ -473,6 +473,27 @@ class Pipeline:
                 self.tick(eng.last_ts)
             elif status != 2:
                 return records, {0: "", -1: "record_truncated", -2: "record_bad_length"}[status]
+
+    def feed_pcapng(self, layout: PcapngLayout, stats: ReadStats) -> None:
+        """A pcapng file: the engine walks its runs of enhanced packet blocks, the Python
+        walker every other block (and counts damage in `stats`)."""
+        feed, eng = self.feed, self.engine
+
+        def run(buf: Any, off: int, big: bool, ifaces: list) -> tuple[int, int, float]:
+            total, ts = 0, 0.0
+            while True:
+                off, n, status, ts = eng.feed_pcapng(
+                    buf, off, big, ifaces, MAX_CAPLEN, self._next_tick, EVENTS_PER_BATCH
+                )
+                total += n
+                self._dispatch(eng.events())
+                if status == 1:
+                    self.tick(eng.last_ts)
+                elif status != 2:
+                    return off, total, ts
+
+        for ts, linktype, wirelen, frame in iter_pcapng(layout, stats, run):
+            feed(ts, linktype, wirelen, frame)
 
     def _restore_learned(self) -> None:
         if self._learned_dir is None:

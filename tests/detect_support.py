@@ -10,7 +10,7 @@ import pytest
 
 from agent import settings
 from agent.anonymise.policy import Anonymiser
-from agent.capture.pcapfile import ReadStats, read_capture
+from agent.capture.pcapfile import PcapLayout, ReadStats, open_capture
 from agent.pipeline import Pipeline
 from common import config
 from vigie.v1 import alert_pb2
@@ -47,8 +47,16 @@ def replay(path: Path, detectors: dict[str, dict[str, Any]] | None = None) -> li
     cfg = config.validate({"detectors": detectors or {}}, settings.SCHEMA, "test")
     out: list[alert_pb2.Alert] = []
     pipe = Pipeline(cfg, ANON, out.append, time.time)
-    for rec in read_capture(str(path), ReadStats()):
-        pipe.feed(*rec)
+    # as `vigie-agent replay` walks it: classic pcap and runs of pcapng packet blocks in
+    # the engine, events handed over in batches
+    capture = open_capture(str(path), ReadStats())
+    if isinstance(capture, PcapLayout):
+        try:
+            pipe.feed_pcap(capture)
+        finally:
+            capture.close()
+    else:
+        pipe.feed_pcapng(capture, ReadStats())
     pipe.finish()
     return out
 

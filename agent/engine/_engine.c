@@ -1740,6 +1740,96 @@ static PyObject *engine_feed_pcap(EngineObject *e, PyObject *args)
     return Py_BuildValue("(nli)", off, records, status);
 }
 
+PyDoc_STRVAR(feed_pcapng_doc,
+"feed_pcapng(buf, off, big_endian, ifaces, max_caplen, tick_at, max_events)\n"
+"            -> (off, records, status, last_ts)\n\n"
+"Walk a run of pcapng enhanced packet blocks from `off`; ifaces: the section's interfaces\n"
+"so far, (linktype, timestamp divisor, timestamp offset, ...) each. Stops after the first\n"
+"packet at or past `tick_at` (status 1), when `max_events` events wait (2), or at a\n"
+"block it leaves to the Python walker (0): any other block, the end, damage, an unknown\n"
+"interface. Timestamps are computed as the Python walker computes them.");
+
+/* (linktype, divisor, offset) of each interface, from the walker's tuples */
+typedef struct { int linktype; uint64_t div; int64_t tsoff; } ngif_t;
+
+static PyObject *engine_feed_pcapng(EngineObject *e, PyObject *args)
+{
+    Py_buffer b;
+    Py_ssize_t off, max_events;
+    int big;
+    PyObject *ifaces;
+    double tick_at;
+    unsigned int max_caplen;
+    if (!PyArg_ParseTuple(args, "y*niOIdn", &b, &off, &big, &ifaces, &max_caplen, &tick_at,
+                          &max_events))
+        return NULL;
+    PyObject *seq = PySequence_Fast(ifaces, "ifaces must be a sequence");
+    Py_ssize_t nif = seq ? PySequence_Fast_GET_SIZE(seq) : 0;
+    ngif_t *ifs = seq ? PyMem_Calloc(nif ? nif : 1, sizeof(ngif_t)) : NULL;
+    if (!ifs) {
+        if (seq) PyErr_NoMemory();
+        Py_XDECREF(seq);
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nif; i++) {
+        PyObject *t = PySequence_Fast_GET_ITEM(seq, i);
+        unsigned long long div;
+        long long tsoff;
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 3 ||
+            (ifs[i].linktype = (int)PyLong_AsLong(PyTuple_GET_ITEM(t, 0))) == -1 ||
+            (div = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(t, 1))) == (unsigned long long)-1 ||
+            ((tsoff = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 2))) == -1 && PyErr_Occurred())) {
+            /* a divisor too big for 64 bits: this interface stays with the Python walker */
+            PyErr_Clear();
+            ifs[i].div = 0;
+            continue;
+        }
+        ifs[i].div = div;
+        ifs[i].tsoff = tsoff;
+    }
+    Py_DECREF(seq);
+    const uint8_t *buf = b.buf;
+    Py_ssize_t end = b.len;
+    long records = 0;
+    int status = 0;
+    double ts = 0.0;
+    while (end - off >= 12) {
+        const uint8_t *h = buf + off;
+        uint32_t btype = rd32(h, big), blen = rd32(h + 4, big);
+        if (btype != 6 || blen < 32 || (blen & 3) || blen > end - off) break;
+        uint32_t ifid = rd32(h + 8, big), hi = rd32(h + 12, big), lo = rd32(h + 16, big),
+                 caplen = rd32(h + 20, big), wirelen = rd32(h + 24, big);
+        if (caplen > blen - 32 || caplen > max_caplen || ifid >= nif || !ifs[ifid].div) break;
+        uint64_t units = (uint64_t)hi << 32 | lo, div = ifs[ifid].div;
+        if (units <= (1ULL << 53) && div <= (1ULL << 53)) {
+            /* both exact as doubles: one correctly rounded division, as Python's int / int */
+            ts = (double)units / (double)div + (double)ifs[ifid].tsoff;
+        } else {
+            /* nanosecond clocks and odd resolutions: Python's own arithmetic */
+            PyObject *u = PyLong_FromUnsignedLongLong(units), *d = PyLong_FromUnsignedLongLong(div);
+            PyObject *q = u && d ? PyNumber_TrueDivide(u, d) : NULL;
+            Py_XDECREF(u);
+            Py_XDECREF(d);
+            if (!q) goto fail;
+            ts = PyFloat_AsDouble(q) + (double)ifs[ifid].tsoff;
+            Py_DECREF(q);
+        }
+        off += blen;
+        records++;
+        if (feed_frame(e, ts, ifs[ifid].linktype, wirelen, h + 28, caplen) < 0) goto fail;
+        if (ts >= tick_at) { status = 1; break; }
+        if (PyList_GET_SIZE(e->events) >= max_events) { status = 2; break; }
+    }
+    PyMem_Free(ifs);
+    PyBuffer_Release(&b);
+    return Py_BuildValue("(nlid)", off, records, status, ts);
+fail:
+    PyMem_Free(ifs);
+    PyBuffer_Release(&b);
+    return NULL;
+}
+
 static PyObject *engine_packet(EngineObject *e, PyObject *p)
 {
     if (!PyObject_TypeCheck(p, &PacketType)) {
@@ -1911,6 +2001,7 @@ static PyMethodDef engine_methods[] = {
      "set_limits(*, max_flows, attempt_timeout, tcp_idle, udp_idle, active_timeout, sample_n)"},
     {"feed", (PyCFunction)engine_feed, METH_VARARGS, "feed(ts, linktype, wirelen, frame): one frame"},
     {"feed_pcap", (PyCFunction)engine_feed_pcap, METH_VARARGS, feed_pcap_doc},
+    {"feed_pcapng", (PyCFunction)engine_feed_pcapng, METH_VARARGS, feed_pcapng_doc},
     {"packet", (PyCFunction)engine_packet, METH_O, "packet(p) -> Flow | None: a decoded Packet"},
     {"tick", (PyCFunction)engine_tick, METH_O, "tick(now): attempts unanswered, idle and long flows"},
     {"flush", (PyCFunction)engine_flush, METH_NOARGS, "flush(): end of input, every flow ends"},
