@@ -6,7 +6,8 @@
  * detector declared it wants that packet (ARP, ICMP, payloads of the application
  * protocols it decodes, payloads with a declared signature). Everything else reaches
  * Python as events (attempt outcomes, flow ends, sessions closing) and counters
- * (packets per source/destination pair, bursts of watched flows), once per tick.
+ * (packets per source/destination pair, bursts of watched flows), once per tick, as
+ * Records (records.c) whose tuples are made as they are read.
  *
  * Semantics follow the pure-Python reference this replaced (git history:
  * agent/decode/fast.py and agent/flows/table.py), and the tests that pinned it.
