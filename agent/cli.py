@@ -11,7 +11,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -444,12 +445,17 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any], stream=sys.stdout) ->
     if watchdog is not None:
         watchdog.start()
     beat = watchdog.beat if watchdog is not None else lambda: None
-    feed, tick = pipe.feed, pipe.tick
+    tick = pipe.tick
+    items: Iterator[Any]
+    if cap.mode == "ring":  # the engine walks each block's frames
+        items, feed = cap.blocks(svc.stop), partial(pipe.feed_ring, snaplen=cap.snaplen)
+    else:
+        items, feed = cap.packets(svc.stop), lambda rec: pipe.feed(*rec)
     next_tick = next_beat = 0.0
     try:
-        for rec in cap.packets(svc.stop):
-            if rec is not None:
-                feed(*rec)
+        for item in items:
+            if item is not None:
+                feed(item)
             now = time.time()
             if now >= next_beat:
                 # Time advances even on a quiet link (the capture yields None every

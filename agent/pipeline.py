@@ -474,6 +474,19 @@ class Pipeline:
             elif status != 2:
                 return records, {0: "", -1: "record_truncated", -2: "record_bad_length"}[status]
 
+    def feed_ring(self, block: tuple[Any, int, int], snaplen: int) -> None:
+        """A block of the live capture ring, (map, first frame's offset, frames): its
+        frames walked by the engine (agent/capture/live.py LiveCapture.blocks)."""
+        eng = self.engine
+        buf, off, num = block
+        while num:
+            off, num, _n, status = eng.feed_ring(
+                buf, off, num, snaplen, self._next_tick, EVENTS_PER_BATCH
+            )
+            self._dispatch(eng.events())
+            if status == 1:
+                self.tick(eng.last_ts)
+
     def feed_pcapng(self, layout: PcapngLayout, stats: ReadStats) -> None:
         """A pcapng file: the engine walks its runs of enhanced packet blocks, the Python
         walker every other block (and counts damage in `stats`)."""

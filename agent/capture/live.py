@@ -156,15 +156,18 @@ class LiveCapture:
             return self._ring_packets(stop)
         return self._recv_packets(stop)
 
-    def _ring_packets(self, stop) -> Iterator[tuple[float, int, int, bytes] | None]:
+    def blocks(self, stop) -> Iterator[tuple[mmap.mmap, int, int] | None]:
+        """Ring only: each block the kernel handed over, as (map, offset of its first
+        frame, frames), for a walker that reads the frames itself (the engine:
+        Pipeline.feed_ring; `ring_frames` in Python); None on a quiet 0.2 s. The block
+        goes back to the kernel when the walker asks for the next one."""
         mm, blocks = self._map, self._blocks
         assert mm is not None
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN | select.POLLERR)
         poll = poller.poll
-        block_hdr, hdr3, vlan = _BLOCK.unpack_from, _HDR3.unpack_from, _VLAN.pack
+        block_hdr = _BLOCK.unpack_from
         release = struct.Struct("=I").pack_into
-        snaplen = self.snaplen
         timeout_ms = int(POLL_SECONDS * 1000)
         i = 0
         while not stop.is_set():
@@ -174,22 +177,17 @@ class LiveCapture:
                 if not poll(timeout_ms):
                     yield None
                 continue
-            off = base + first
-            for _ in range(num):
-                nxt, sec, nsec, caplen, wirelen, st, mac, _net, _hash, tci, tpid = hdr3(mm, off)
-                start = off + mac
-                if caplen > snaplen:
-                    caplen = snaplen
-                frame = mm[start : start + caplen]
-                if st & TP_STATUS_VLAN_VALID:
-                    # The kernel took the 802.1Q tag off: put it back where it was.
-                    t = tpid if st & TP_STATUS_VLAN_TPID_VALID and tpid else 0x8100
-                    frame = frame[:12] + vlan(t, tci) + frame[12:]
-                    wirelen += 4
-                yield sec + nsec * 1e-9, LINKTYPE_ETHERNET, wirelen, frame
-                off += nxt
+            yield mm, base + first, num
             release(mm, base + 8, TP_STATUS_KERNEL)  # hand the block back
             i = i + 1 if i + 1 < blocks else 0
+
+    def _ring_packets(self, stop) -> Iterator[tuple[float, int, int, bytes] | None]:
+        snaplen = self.snaplen
+        for blk in self.blocks(stop):
+            if blk is None:
+                yield None
+            else:
+                yield from ring_frames(*blk, snaplen)
 
     def _recv_packets(self, stop) -> Iterator[tuple[float, int, int, bytes] | None]:
         sock, snaplen = self.sock, self.snaplen
@@ -226,3 +224,24 @@ class LiveCapture:
                 self._map.close()
             self._map = None
         self.sock.close()
+
+
+def ring_frames(
+    mm: mmap.mmap | bytes | bytearray, off: int, num: int, snaplen: int
+) -> Iterator[tuple[float, int, int, bytes]]:
+    """The `num` frames of a ring block from `off` (tpacket3_hdr each), as records; the
+    engine's feed_ring reads them the same way."""
+    hdr3, vlan = _HDR3.unpack_from, _VLAN.pack
+    for _ in range(num):
+        nxt, sec, nsec, caplen, wirelen, st, mac, _net, _hash, tci, tpid = hdr3(mm, off)
+        start = off + mac
+        if caplen > snaplen:
+            caplen = snaplen
+        frame = mm[start : start + caplen]
+        if st & TP_STATUS_VLAN_VALID:
+            # The kernel took the 802.1Q tag off: put it back where it was.
+            t = tpid if st & TP_STATUS_VLAN_TPID_VALID and tpid else 0x8100
+            frame = frame[:12] + vlan(t, tci) + frame[12:]
+            wirelen += 4
+        yield sec + nsec * 1e-9, LINKTYPE_ETHERNET, wirelen, bytes(frame)
+        off += nxt

@@ -1831,6 +1831,71 @@ fail:
     return NULL;
 }
 
+PyDoc_STRVAR(feed_ring_doc,
+"feed_ring(buf, off, num, snaplen, tick_at, max_events) -> (off, num, records, status)\n\n"
+"Walk `num` frames of a TPACKET_V3 ring block from `off` (tpacket3_hdr each, native byte\n"
+"order), as agent/capture/live.py ring_frames reads them: the 802.1Q tag the kernel took\n"
+"off put back. Stops after the first packet at or past `tick_at` (status 1), when\n"
+"`max_events` events wait (2), or when the frames are done (0); returns where to go on.");
+
+static PyObject *engine_feed_ring(EngineObject *e, PyObject *args)
+{
+    Py_buffer b;
+    Py_ssize_t off, num, max_events;
+    unsigned int snaplen;
+    double tick_at;
+    if (!PyArg_ParseTuple(args, "y*nnIdn", &b, &off, &num, &snaplen, &tick_at, &max_events))
+        return NULL;
+    const uint8_t *buf = b.buf;
+    Py_ssize_t end = b.len;
+    long records = 0;
+    int status = 0;
+    uint8_t *tagged = NULL; /* a frame with its VLAN tag back: made on the first need */
+    while (num > 0) {
+        if (off < 0 || end - off < 38) goto bad;
+        const uint8_t *h = buf + off;
+        uint32_t nxt, sec, nsec, caplen, wirelen, st, tci;
+        uint16_t mac, tpid;
+        memcpy(&nxt, h, 4); memcpy(&sec, h + 4, 4); memcpy(&nsec, h + 8, 4);
+        memcpy(&caplen, h + 12, 4); memcpy(&wirelen, h + 16, 4); memcpy(&st, h + 20, 4);
+        memcpy(&mac, h + 24, 2); memcpy(&tci, h + 32, 4); memcpy(&tpid, h + 36, 2);
+        if (caplen > snaplen) caplen = snaplen;
+        if (mac > end - off || caplen > end - off - mac) goto bad;
+        const uint8_t *frame = h + mac;
+        double ts = sec + nsec * 1e-9;
+        if (st & 0x10) { /* TP_STATUS_VLAN_VALID: the kernel took the tag off */
+            uint16_t t = (st & 0x40) && tpid ? tpid : 0x8100; /* TP_STATUS_VLAN_TPID_VALID */
+            if (!tagged && !(tagged = PyMem_Malloc((size_t)snaplen + 4))) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            uint32_t head = caplen < 12 ? caplen : 12;
+            memcpy(tagged, frame, head);
+            uint8_t tag[4] = {t >> 8, t & 255, (tci >> 8) & 255, tci & 255};
+            memcpy(tagged + head, tag, 4);
+            memcpy(tagged + head + 4, frame + head, caplen - head);
+            frame = tagged;
+            caplen += 4;
+            wirelen += 4;
+        }
+        off += nxt;
+        num--;
+        records++;
+        if (feed_frame(e, ts, 1, wirelen, frame, caplen) < 0) goto fail;
+        if (ts >= tick_at) { status = 1; break; }
+        if (PyList_GET_SIZE(e->events) >= max_events) { status = 2; break; }
+    }
+    PyMem_Free(tagged);
+    PyBuffer_Release(&b);
+    return Py_BuildValue("(nnli)", off, num, records, status);
+bad:
+    PyErr_SetString(PyExc_ValueError, "ring frame outside its block");
+fail:
+    PyMem_Free(tagged);
+    PyBuffer_Release(&b);
+    return NULL;
+}
+
 static PyObject *engine_packet(EngineObject *e, PyObject *p)
 {
     if (!PyObject_TypeCheck(p, &PacketType)) {
@@ -2003,6 +2068,7 @@ static PyMethodDef engine_methods[] = {
     {"feed", (PyCFunction)engine_feed, METH_VARARGS, "feed(ts, linktype, wirelen, frame): one frame"},
     {"feed_pcap", (PyCFunction)engine_feed_pcap, METH_VARARGS, feed_pcap_doc},
     {"feed_pcapng", (PyCFunction)engine_feed_pcapng, METH_VARARGS, feed_pcapng_doc},
+    {"feed_ring", (PyCFunction)engine_feed_ring, METH_VARARGS, feed_ring_doc},
     {"packet", (PyCFunction)engine_packet, METH_O, "packet(p) -> Flow | None: a decoded Packet"},
     {"tick", (PyCFunction)engine_tick, METH_O, "tick(now): attempts unanswered, idle and long flows"},
     {"flush", (PyCFunction)engine_flush, METH_NOARGS, "flush(): end of input, every flow ends"},
