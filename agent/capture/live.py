@@ -5,14 +5,16 @@ counters come from PACKET_STATISTICS.
 Two receive paths:
 - ring (default): PACKET_MMAP with TPACKET_V3. The kernel fills 1 MB blocks of a ring
   shared with us and hands a block over when it is full or after RETIRE_MS; we wait with
-  poll() and walk the block's frames (tpacket3_hdr) with struct, so one system call
-  brings hundreds of frames instead of one.
+  poll(), so one system call brings hundreds of frames instead of one. The agent hands
+  whole blocks to the engine (`blocks()`, Pipeline.feed_ring), which walks their frames
+  (tpacket3_hdr) in C; `ring_frames` is the same walk in Python, for `packets()`.
 - recv: one recvfrom_into() per frame (MSG_TRUNC gives the length on the wire), for
   kernels or sandboxes where the ring cannot be set up.
 
-Both yield `(ts, linktype, wirelen, frame)`, or None after a quiet POLL_SECONDS so the
-caller can advance time. VLAN tags the kernel took off the frame (hardware or veth
-offload) are put back so that the decoder sees the frame as it was on the wire.
+`packets()` yields `(ts, linktype, wirelen, frame)` on both paths, or None after a quiet
+POLL_SECONDS so the caller can advance time. VLAN tags the kernel took off the frame
+(hardware or veth offload) are put back so that the decoder sees the frame as it was on
+the wire.
 """
 
 from __future__ import annotations
