@@ -100,9 +100,9 @@ def test_agent_intel_skips_and_counts_match_everything_entries() -> None:
     intel = Intel(
         ips=["0.0.0.0/0", "::/0", "0.0.0.0/1", "2000::/3", "203.0.113.7", "bogus", "1.2.3.4/40"],
         cidrs=["198.51.100.0/24", "128.0.0.0/1"],
-        domains=["", "*", "com", "*.evil.example", "fr.", "evil.example", "a..b"],
+        domains=["", "*", "com", "*.evil.example", "fr.", "evil.example", "a..b", "Co.UK"],
     )
-    assert intel.skipped == 7 + 6
+    assert intel.skipped == 7 + 7
     for addr in ("8.8.8.8", "1.1.1.1", "2001:db8::1", "10.0.0.1", "::ffff:8.8.8.8"):
         assert not intel.match(addr), addr
     assert intel.match("203.0.113.7") and intel.match("198.51.100.9")

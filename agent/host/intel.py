@@ -18,9 +18,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from common.suffixes import SHORT_SUFFIXES
+
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 # An entry that would match (nearly) everything is skipped and counted, as the collector
-# refuses it at load: a CIDR shorter than these, a wildcard, a bare top-level domain.
+# refuses it at load: a CIDR shorter than these, a wildcard, a bare top-level domain, a
+# second-level public suffix (common/suffixes.py).
 MIN_PREFIX = {4: 8, 6: 16}
 
 
@@ -56,7 +59,11 @@ class Intel:
         self.ips = frozenset(plain)
         self.nets = tuple(nets)
         names = [str(d).strip().lower().rstrip(".") for d in domains]
-        good = {d for d in names if "." in d and "*" not in d and "" not in d.split(".")}
+        good = {
+            d
+            for d in names
+            if "." in d and "*" not in d and "" not in d.split(".") and d not in SHORT_SUFFIXES
+        }
         self.skipped += len(names) - sum(1 for d in names if d in good)
         self.domains = frozenset(good)
         # TLS fingerprints (network IOC detector): lower-case hex/text, bad ones skipped.
