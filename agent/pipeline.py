@@ -7,7 +7,6 @@ the caller's `tick(now)` (live capture on a quiet link).
 from __future__ import annotations
 
 import json
-import os
 import queue
 import weakref
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from agent.engine import (
 )
 from agent.host.intel import IntelFile
 from common import logs
+from common.files import write_atomic
 from common.suffixes import SHORT_SUFFIXES
 from vigie.v1 import alert_pb2
 
@@ -468,11 +468,16 @@ class Pipeline:
                 layout.hdrsize, layout.swap, MAX_CAPLEN, self._next_tick, EVENTS_PER_BATCH,
             )  # fmt: skip
             records += n
-            self._dispatch(eng.events())
-            if status == 1:
-                self.tick(eng.last_ts)
-            elif status != 2:
+            if not self._walked(status):
                 return records, {0: "", -1: "record_truncated", -2: "record_bad_length"}[status]
+
+    def _walked(self, status: int) -> bool:
+        """After an engine walk stopped: its events to the detectors, the tick it stopped
+        at (status 1); whether it stopped early (1, or 2: events waiting) to go on."""
+        self._dispatch(self.engine.events())
+        if status == 1:
+            self.tick(self.engine.last_ts)
+        return status in (1, 2)
 
     def feed_ring(self, block: tuple[Any, int, int], snaplen: int) -> None:
         """A block of the live capture ring, (map, first frame's offset, frames): its
@@ -483,9 +488,7 @@ class Pipeline:
             off, num, _n, status = eng.feed_ring(
                 buf, off, num, snaplen, self._next_tick, EVENTS_PER_BATCH
             )
-            self._dispatch(eng.events())
-            if status == 1:
-                self.tick(eng.last_ts)
+            self._walked(status)
 
     def feed_pcapng(self, layout: PcapngLayout, stats: ReadStats) -> None:
         """A pcapng file: the engine walks its runs of enhanced packet blocks, the Python
@@ -499,10 +502,7 @@ class Pipeline:
                     buf, off, big, ifaces, MAX_CAPLEN, self._next_tick, EVENTS_PER_BATCH
                 )
                 total += n
-                self._dispatch(eng.events())
-                if status == 1:
-                    self.tick(eng.last_ts)
-                elif status != 2:
+                if not self._walked(status):
                     return off, total, ts
 
         for ts, linktype, wirelen, frame in iter_pcapng(layout, stats, run):
@@ -534,14 +534,7 @@ class Pipeline:
                 continue
             path = self._learned_dir / f"{d.name}.json"
             try:
-                self._learned_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(d.learned(), f, separators=(",", ":"))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
+                write_atomic(path, json.dumps(d.learned(), separators=(",", ":")).encode(), 0o600)
             except OSError as exc:
                 log.warning("learned_not_saved", path=str(path), error=str(exc)[:200])
 

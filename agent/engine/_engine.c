@@ -1691,6 +1691,14 @@ static PyObject *engine_feed(EngineObject *e, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The capture walkers' one stop rule, after each frame: 1 at or past the tick time, 2
+ * when `max_events` events wait for Python, 0 to go on. */
+static inline int walk_stop(EngineObject *e, double ts, double tick_at, Py_ssize_t max_events)
+{
+    if (ts >= tick_at) return 1;
+    return PyList_GET_SIZE(e->events) >= max_events ? 2 : 0;
+}
+
 static inline uint32_t rd32(const uint8_t *p, int big)
 {
     return big ? ((uint32_t)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3])
@@ -1734,8 +1742,7 @@ static PyObject *engine_feed_pcap(EngineObject *e, PyObject *args)
             PyBuffer_Release(&b);
             return NULL;
         }
-        if (ts >= tick_at) { status = 1; break; }
-        if (PyList_GET_SIZE(e->events) >= max_events) { status = 2; break; }
+        if ((status = walk_stop(e, ts, tick_at, max_events))) break;
     }
     PyBuffer_Release(&b);
     return Py_BuildValue("(nli)", off, records, status);
@@ -1819,8 +1826,7 @@ static PyObject *engine_feed_pcapng(EngineObject *e, PyObject *args)
         off += blen;
         records++;
         if (feed_frame(e, ts, ifs[ifid].linktype, wirelen, h + 28, caplen) < 0) goto fail;
-        if (ts >= tick_at) { status = 1; break; }
-        if (PyList_GET_SIZE(e->events) >= max_events) { status = 2; break; }
+        if ((status = walk_stop(e, ts, tick_at, max_events))) break;
     }
     PyMem_Free(ifs);
     PyBuffer_Release(&b);
@@ -1882,8 +1888,7 @@ static PyObject *engine_feed_ring(EngineObject *e, PyObject *args)
         num--;
         records++;
         if (feed_frame(e, ts, 1, wirelen, frame, caplen) < 0) goto fail;
-        if (ts >= tick_at) { status = 1; break; }
-        if (PyList_GET_SIZE(e->events) >= max_events) { status = 2; break; }
+        if ((status = walk_stop(e, ts, tick_at, max_events))) break;
     }
     PyMem_Free(tagged);
     PyBuffer_Release(&b);

@@ -292,14 +292,14 @@ static int scan_outcome(ScanObject *s, PyObject *events, const uint8_t *src, con
     /* a TCP port as is, other protocols above 65535 */
     uint32_t port = proto == 6 ? (uint32_t)dport : (uint32_t)proto << 16 | (uint32_t)dport;
     uint64_t host = host_hash(dst, alen);
-    uint32_t pos;
-    if (scan_lookup(s, src, alen, fnv1a(src, alen), &pos) == NIL) {
+    uint32_t pos, k = scan_lookup(s, src, alen, fnv1a(src, alen), &pos);
+    if (k == NIL) {
         int r = scan_single(s, src, alen, host, port, success, ts);
         if (r) return r < 0 ? -1 : 0;
+        if ((k = scan_get(s, src, alen, ts)) == NIL) return -1; /* made, or just promoted */
     }
-    uint32_t k = scan_get(s, src, alen, ts);
-    if (k == NIL) return -1;
     scan_src_t *x = &s->slots[k];
+    x->seen = ts;
     int r = scan_contact(x, host, port);
     if (r <= 0) return r; /* only first contacts count */
     if (success) {
