@@ -28,6 +28,7 @@ class Jobs(threading.Thread):
         sinks: Sequence[Any] = (),
         clock: Callable[[], float] = time.time,
         period: float = 1.0,
+        meters: Any = None,
     ) -> None:
         super().__init__(name="vigie-jobs", daemon=True)
         self.store = store
@@ -35,6 +36,10 @@ class Jobs(threading.Thread):
         self.sinks = list(sinks)
         self.clock = clock
         self.period = period
+        self.meters = meters
+        if meters is not None:
+            for sink in self.sinks:
+                meters.sink_errors.inc(0, sink.name)
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -61,54 +66,56 @@ class Jobs(threading.Thread):
                 self.store.run_job(name, interval, job, now=now)
             except Exception as exc:
                 log.error("job_failed", job=name, error=type(exc).__name__, detail=str(exc))
-        if self.sinks:
+        for sink in self.sinks:
             try:
-                self._dispatch(now)
+                self._dispatch(sink, now)
             except Exception as exc:
-                log.error("job_failed", job="sinks", error=type(exc).__name__, detail=str(exc))
+                log.error(
+                    "job_failed", job=f"sink:{sink.name}", error=type(exc).__name__, detail=str(exc)
+                )
 
     def _purge(self, tx, older_than: float, now: float) -> None:
         n = self.store.purge(tx, older_than, now)
         if n:
             log.info("retention_purged", alerts=n)
 
-    def _dispatch(self, now: float) -> None:
-        """Push every incident change after the shared cursor to every sink, outside any
-        transaction (sinks talk to the network); the cursor only moves past what every
-        sink accepted, so a sink that is down gets it again later (at least once)."""
-        cursor = self.store.lease("sinks", SINK_LEASE_SECONDS, now)
+    def _dispatch(self, sink: Any, now: float) -> None:
+        """Push every incident change after this sink's cursor to it, in order, outside any
+        transaction (sinks talk to the network). Each sink has its own cursor, shared by
+        the replicas: one that is down gets its changes later (at least once), without
+        holding back or repeating what the others delivered."""
+        job = f"sink:{sink.name}"
+        # Before each sink had its own cursor, they shared the "sinks" one.
+        cursor = self.store.lease(job, SINK_LEASE_SECONDS, now, inherit="sinks")
         if cursor is None:
-            return  # another replica is dispatching
+            return  # another replica is dispatching to this sink
         try:
-            cursor = self._send_after(cursor)
+            cursor = self._send_after(sink, cursor)
         finally:
-            self.store.release("sinks", cursor)
+            self.store.release(job, cursor)
 
-    def _send_after(self, cursor: int) -> int:
+    def _send_after(self, sink: Any, cursor: int) -> int:
         from collector.query.servicer import incident_message, stored_alert
 
-        rows = self.store.list_incidents(after_seq=cursor, limit=50, ascending=True)
-        for r in rows:
-            found = self.store.get_incident(r["key"])
-            if found is None:
-                cursor = r["seq"]
-                continue
-            row, alerts = found
-            row["seq"] = r["seq"]
-            incident = incident_message(row)
+        for change in self.store.list_changes(cursor, limit=100):
+            found = self.store.get_incident(change["key"])
+            alerts = found[1] if found is not None else []
+            incident = incident_message(change)
             stored = [stored_alert(o, a, t) for o, a, t in alerts]
-            for sink in self.sinks:
-                try:
-                    sink.send(incident, stored)
-                except Exception as exc:
-                    log.warning(
-                        "sink_failed",
-                        sink=getattr(sink, "name", "?"),
-                        incident=r["key"],
-                        detail=str(exc)[:200],
-                    )
-                    return cursor
-            cursor = r["seq"]
+            try:
+                sink.send(incident, stored)
+            except Exception as exc:
+                if self.meters is not None:
+                    self.meters.sink_errors.inc(1, sink.name)
+                log.warning(
+                    "sink_failed",
+                    sink=sink.name,
+                    incident=change["key"],
+                    seq=change["seq"],
+                    detail=str(exc)[:200],
+                )
+                return cursor
+            cursor = change["seq"]
         return cursor
 
     def stop(self) -> None:

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from collector.audit import AuditInterceptor
 from collector.auth import AuthInterceptor
 from collector.enroll.servicer import EnrollmentServicer, RenewalServicer
 from collector.ingest.commit import GroupCommit
-from collector.ingest.servicer import IngestServicer
+from collector.ingest.servicer import REFUSALS, IngestServicer
 from collector.ingest.writer import WriterProcess
 from collector.jobs import Jobs
 from collector.pki import ca as pki
@@ -66,6 +66,47 @@ class Metrics:
             "Seconds to store and commit one transaction (the batches grouped in it).",
         )
         self.heartbeats = r.counter("vigie_collector_heartbeats_total", "Agent heartbeats.")
+        self.batches_failed = r.counter(
+            "vigie_collector_batches_failed_total",
+            "Batches that failed to store: unavailable (the store could not be written; the "
+            "agent sends again) or refused (stored alert by alert, the rest dead-lettered).",
+            ["reason"],
+        )
+        self.dead_letters = r.counter(
+            "vigie_collector_dead_letters_total",
+            "Alerts put in the dead letters: store (refused by the store) or correlation "
+            "(stored, but a rule failed on them).",
+            ["kind"],
+        )
+        self.correlation_errors = r.counter(
+            "vigie_collector_correlation_errors_total",
+            "Correlation rule runs that failed on a batch (its alerts are stored).",
+            ["rule"],
+        )
+        self.sink_errors = r.counter(
+            "vigie_collector_sink_errors_total",
+            "Incident changes a sink failed to deliver (retried at the next dispatch).",
+            ["sink"],
+        )
+        self.refused = r.counter(
+            "vigie_collector_refused_total",
+            "Agent streams and batches refused, by reason.",
+            ["reason"],
+        )
+        self.heartbeats_failed = r.counter(
+            "vigie_collector_heartbeats_failed_total", "Heartbeats the store could not take."
+        )
+        # Zeros from the start: an alert rule on a rate needs the series to exist.
+        for reason in ("unavailable", "refused"):
+            self.batches_failed.inc(0, reason)
+        for kind in ("store", "correlation"):
+            self.dead_letters.inc(0, kind)
+        from collector.correlate.rules import OPTIONS as RULES
+
+        for rule in RULES:
+            self.correlation_errors.inc(0, rule)
+        for reason in REFUSALS:
+            self.refused.inc(0, reason)
         self.streams: Callable[[], int] = lambda: 0  # set by build(): the servicer counts
 
         r.callback(
@@ -81,13 +122,31 @@ class MeteredStore:
 
     def ingest_many(self, batches, heartbeats=()):
         t0 = time.perf_counter()
-        results = self._store.ingest_many(batches, heartbeats)
+        try:
+            results = self._store.ingest_many(batches, heartbeats)
+        except Exception:
+            self._m.batches_failed.inc(len(batches), "unavailable")
+            raise
+        finally:
+            self._count_events()
         self._m.ingest_seconds.observe(time.perf_counter() - t0)
-        self._m.stored.inc(sum(s for s, _ in results))
-        self._m.duplicates.inc(sum(d for _, d in results))
+        self._m.stored.inc(sum(r.stored for r in results))
+        self._m.duplicates.inc(sum(r.duplicates for r in results))
         self._m.batches.inc(len(results))
         self._m.heartbeats.inc(len(heartbeats))
         return results
+
+    def _count_events(self) -> None:
+        m = self._m
+        for (name, label), n in self._store.events.take().items():
+            if name == "dead_letter":
+                m.dead_letters.inc(n, label)
+            elif name == "correlation_error":
+                m.correlation_errors.inc(n, label)
+            elif name == "batch_salvaged":
+                m.batches_failed.inc(n, "refused")
+            elif name == "heartbeat_failed":
+                m.heartbeats_failed.inc(n)
 
     def close_writes(self) -> None:
         """Stop the writer process, if the writes go through one."""
@@ -113,13 +172,48 @@ class LoopThread:
         self.loop.close()
 
 
-class TimedHealth(health.HealthServicer):
-    """Health checking that also tells the caller the collector's clock (trailing
-    metadata x-vigie-time, Unix seconds): `vigie-agent doctor` measures skew with it."""
+class Health(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1. Check also tells the caller the collector's clock (trailing
+    metadata x-vigie-time, Unix seconds): `vigie-agent doctor` measures skew with it.
+
+    Watch is a coroutine on the event loop, waiting on an asyncio event: grpc's own
+    servicer blocks a pool thread per Watch until the status changes, so a few cancelled
+    watches held every analyst and renewal thread, and stopping waited for them forever.
+    Every status change wakes the watchers; a cancelled one simply ends."""
+
+    def __init__(self) -> None:
+        self._status: dict[str, int] = {}
+        self._changed = asyncio.Event()
+
+    def set(self, service: str, status: int) -> None:
+        """From the event loop only."""
+        self._status[service] = status
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def shutdown(self) -> None:
+        """Every service NOT_SERVING: watchers hear it before their calls end."""
+        for service in list(self._status):
+            self.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def Check(self, request, context):
+        status = self._status.get(request.service)
+        if status is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
         context.set_trailing_metadata((("x-vigie-time", f"{time.time():.6f}"),))
-        return super().Check(request, context)
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request, context):
+        last = None
+        while True:
+            changed = self._changed
+            status = self._status.get(
+                request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            )
+            if status != last:
+                last = status
+                yield health_pb2.HealthCheckResponse(status=status)
+            await changed.wait()
 
 
 def pki_dir(cfg: dict[str, Any]) -> Path:
@@ -197,6 +291,7 @@ async def build(
         revoked,
         max_streams=ing["max_streams"],
         max_alerts_buffered=ing["max_alerts_buffered"],
+        on_refused=lambda reason: meters.refused.inc(1, reason),
     )
     meters.streams = ingest.open_streams
     ingest_pb2_grpc.add_IngestServicer_to_server(ingest, server)
@@ -209,7 +304,8 @@ async def build(
         ),
         server,
     )
-    health_servicer = TimedHealth()
+    health_servicer = Health()
+    server.vigie_health = health_servicer  # serve() tells watchers when stopping
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
         ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name,
@@ -288,6 +384,11 @@ def serve(cfg: dict[str, Any]) -> None:
         "Incidents opened or updated so far (the store's incident sequence).",
         store.last_incident_seq,
     )
+    meters.registry.callback(
+        "vigie_collector_dead_letters_held",
+        "Alerts held in the dead letters now, waiting for 'vigie-collector dead-letter retry'.",
+        lambda: sum(store.dead_letter_counts().values()),
+    )
     grpc_loop = LoopThread()
     pool = futures.ThreadPoolExecutor(max_workers=cfg["ingest"]["workers"])
     try:
@@ -316,7 +417,7 @@ def serve(cfg: dict[str, Any]) -> None:
             address=f"{ehost}:{enroll_port}",
             ca_fingerprint=pki.server_ca_fingerprint(pki_dir(cfg)),
         )
-    jobs = Jobs(store, cfg, build_sinks(cfg))
+    jobs = Jobs(store, cfg, build_sinks(cfg), meters=meters)
     jobs.start()
     exporter = metrics.serve(cfg["metrics"]["listen"], meters.registry)
     log.info("collector_listening", address=f"{host}:{port}")
@@ -346,6 +447,7 @@ def serve(cfg: dict[str, Any]) -> None:
             sink.close()
         if enroll is not None:
             enroll.stop(grace=1)
+        grpc_loop.loop.call_soon_threadsafe(server.vigie_health.shutdown)
         grpc_loop.run(server.stop(grace=5))
         grpc_loop.close()
         pool.shutdown(wait=True, cancel_futures=True)

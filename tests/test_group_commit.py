@@ -55,8 +55,8 @@ def test_batches_waiting_together_share_a_commit_and_get_their_own_answer(
         dup = writer.submit(_origin(5), [_alert("a5-0"), _alert("a5-new")])
         beat = writer.submit_heartbeat(_origin(1), ingest_pb2.Heartbeat(agent_version="t"))
         slow.go.set()
-        assert [f.result(5) for f in futures] == [(n, 0) for n in range(1, 21)]
-        assert dup.result(5) == (1, 1)  # one new, one already stored by the same group
+        assert [f.result(5) for f in futures] == [(n, 0, 0) for n in range(1, 21)]
+        assert dup.result(5) == (1, 1, 0)  # one new, one already stored by the same group
         assert beat.result(5) is None
         assert sum(slow.groups) == 22 and len(slow.groups) < 22  # grouped, nothing lost
         assert store.count_alerts() == sum(range(1, 21)) + 1
@@ -75,8 +75,8 @@ def test_a_batch_that_fails_fails_alone(tmp_path: Path) -> None:
         bad = writer.submit(_origin(9), [_alert("poison")])
         more = writer.submit(_origin(7), [_alert("g7b")])
         slow.go.set()
-        assert [f.result(5) for f in good] == [(1, 0)] * 5
-        assert more.result(5) == (1, 0)
+        assert [f.result(5) for f in good] == [(1, 0, 0)] * 5
+        assert more.result(5) == (1, 0, 0)
         with pytest.raises(RuntimeError, match="disk full"):
             bad.result(5)
         assert store.count_alerts() == 6
@@ -131,11 +131,11 @@ def test_writer_process_stores_and_comes_back_after_dying(tmp_path: Path) -> Non
     _open(url).close()  # the serving process migrates before it starts the writer
     w = WriterProcess(url, "FULL", None)
     try:
-        assert w.ingest_many([(_origin(1), [_alert("x1"), _alert("x2")])]) == [(2, 0)]
+        assert w.ingest_many([(_origin(1), [_alert("x1"), _alert("x2")])]) == [(2, 0, 0)]
         first = w._proc.pid
         os.kill(first, signal.SIGKILL)
         w._proc.join(5)  # found dead before the next group: a new child takes it
-        assert w.ingest_many([(_origin(2), [_alert("y1"), _alert("x1")])]) == [(2, 0)]
+        assert w.ingest_many([(_origin(2), [_alert("y1"), _alert("x1")])]) == [(2, 0, 0)]
         assert w._proc.pid != first
         pid, send = w._proc.pid, w._conn.send
 
@@ -147,7 +147,7 @@ def test_writer_process_stores_and_comes_back_after_dying(tmp_path: Path) -> Non
         w._conn.send = dies_meanwhile
         with pytest.raises(WriterError):
             w.ingest_many([(_origin(3), [_alert("z1")])])
-        assert w.ingest_many([(_origin(1), [_alert("x1")])]) == [(0, 1)]
+        assert w.ingest_many([(_origin(1), [_alert("x1")])]) == [(0, 1, 0)]
     finally:
         w.close()
     s = _open(url)
@@ -167,9 +167,9 @@ def test_a_stream_gone_before_its_commit_stops_nothing(tmp_path: Path) -> None:
         gone = writer.submit(_origin(2), [_alert("gone")])
         assert gone.cancel()
         slow.go.set()
-        assert first.result(5) == (1, 0)
+        assert first.result(5) == (1, 0, 0)
         after = writer.submit(_origin(3), [_alert("after")])
-        assert after.result(5) == (1, 0)
+        assert after.result(5) == (1, 0, 0)
         assert store.count_alerts() == 3
     finally:
         writer.close()

@@ -60,7 +60,7 @@ def alert(
 
 
 def test_ingest_round_trip(store: Store) -> None:
-    assert store.ingest(A, [alert(1), alert(2)]) == (2, 0)
+    assert store.ingest(A, [alert(1), alert(2)]) == (2, 0, 0)
     page, cursor = store.list_alerts(AlertFilter())
     assert cursor is None
     assert [(o, a.id) for o, a, _ in page] == [(A, "id2"), (A, "id1")]
@@ -71,12 +71,12 @@ def test_ingest_round_trip(store: Store) -> None:
 
 def test_ingest_is_idempotent_and_revision_aware(store: Store) -> None:
     store.ingest(A, [alert(1)])
-    assert store.ingest(A, [alert(1)]) == (0, 1)
-    assert store.ingest(A, [alert(1, rev=3, occurrences=9)]) == (1, 0)
-    assert store.ingest(A, [alert(1, rev=2, occurrences=4)]) == (0, 1)
+    assert store.ingest(A, [alert(1)]) == (0, 1, 0)
+    assert store.ingest(A, [alert(1, rev=3, occurrences=9)]) == (1, 0, 0)
+    assert store.ingest(A, [alert(1, rev=2, occurrences=4)]) == (0, 1, 0)
     (row,) = store.list_alerts(AlertFilter())[0]
     assert (row[1].revision, row[1].occurrences) == (3, 9)
-    assert store.ingest(B, [alert(1)]) == (1, 0)  # another agent's id1 is another alert
+    assert store.ingest(B, [alert(1)]) == (1, 0, 0)  # another agent's id1 is another alert
     assert store.count_alerts() == 2
 
 

@@ -8,12 +8,15 @@ never skips an incident another replica is still writing.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from collector.store.backends import Tx
 
 OPEN, ACKNOWLEDGED, CLOSED = 1, 2, 3
+# The change an analyst's status update makes, as the change feed names it.
+CHANGE_OF_STATUS = {OPEN: "reopened", ACKNOWLEDGED: "acknowledged", CLOSED: "closed"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,23 @@ def next_seq(tx: Tx) -> int:
     return tx.fetch(
         "UPDATE counters SET value = value + 1 WHERE name = 'incident_seq' RETURNING value"
     )[0]["value"]
+
+
+def record_change(tx: Tx, key: str, seq: int, change: str, now: float) -> None:
+    """Keep the incident as it stands after this change, under the change's seq: the sinks
+    and watchers read this feed, so that an acknowledgement closely followed by a close
+    reaches them as two changes, in order, not merged into the latest state."""
+    row = tx.fetch("SELECT * FROM incidents WHERE key = ?", (key,))[0]
+    row["sites"] = tx.fetch(
+        "SELECT finess, ght, region FROM incident_sites WHERE incident_key = ? "
+        "ORDER BY ght, finess",
+        (key,),
+    )
+    tx.execute(
+        "INSERT INTO incident_changes (seq, incident_key, change, at, snapshot) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (seq, key, change, now, json.dumps(row, separators=(",", ":"))),
+    )
 
 
 MAX_LINKED_ALERTS = 5000  # past this an incident only counts its alerts
@@ -72,6 +92,7 @@ def upsert(
     `existing` is what find_open() returned, when the caller already looked; a summary of
     None keeps the stored one (only a site joining changes what it says)."""
     cur = existing or find_open(tx, rule, subject, event_time - window)
+    reopened = False
     if cur:
         key, count = cur["key"], cur["alert_count"]
         created = False
@@ -80,7 +101,10 @@ def upsert(
         rows = tx.fetch("SELECT status, alert_count FROM incidents WHERE key = ?", (key,))
         created = not rows
         count = rows[0]["alert_count"] if rows else 0
-        if rows:  # closed earlier in the same bucket: new evidence reopens it
+        if rows and rows[0]["status"] == CLOSED:
+            # Closed earlier in the same bucket: new evidence reopens it. (An incident still
+            # open, only found again through an alert older than its window, stays as is.)
+            reopened = True
             tx.execute(
                 "UPDATE incidents SET status = ?, status_by = '', status_comment = "
                 "'reopened: new matching alerts', status_at = ? WHERE key = ?",
@@ -107,9 +131,10 @@ def upsert(
         "INSERT INTO incident_sites VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [(key, s.finess, s.ght, s.region) for s in sites],
     )
-    if created or new_sites:
-        # What a watcher or the national service must hear about: a new incident, or a
-        # site joining one. A new seq puts it in every change feed.
+    if created or new_sites or reopened:
+        # What a watcher or the national service must hear about: a new incident, a site
+        # joining one, or a closed one reopened. A new seq puts it in every change feed.
+        seq = next_seq(tx)
         tx.execute(
             """UPDATE incidents SET severity = CASE WHEN severity > ? THEN severity ELSE ? END,
                first_seen = CASE WHEN first_seen < ? THEN first_seen ELSE ? END,
@@ -125,10 +150,13 @@ def upsert(
                 event_time,
                 summary,
                 new_links,
-                next_seq(tx),
+                seq,
                 now,
                 key,
             ),
+        )
+        record_change(
+            tx, key, seq, "opened" if created else "reopened" if reopened else "updated", now
         )
     elif new_links:
         # More of the same from a site already in it: counted quietly, without waking

@@ -12,6 +12,7 @@ never the window's alerts, so the cost of a batch does not grow with the alert r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from collector.correlate.incidents import (
@@ -22,7 +23,7 @@ from collector.correlate.incidents import (
     lock,
     upsert,
 )
-from collector.store.backends import Tx
+from collector.store.backends import Tx, transient
 from common.config import Option, at_least, positive
 from vigie.v1 import alert_pb2
 
@@ -131,12 +132,22 @@ def chain_from_spans(spans: dict[int, tuple[float, float]]) -> list[int]:
     return best
 
 
+@dataclass(frozen=True)
+class RuleFailure:
+    """A rule that failed on one batch of a transaction (its alerts are stored)."""
+
+    rule: str
+    batch_index: int
+    error: Exception
+
+
 class _Part:
     """One batch as the rules read it: its site, and its alerts per indicator, detector and
     attack stage (each protobuf-derived fact read once)."""
 
     __slots__ = (
         "agent",
+        "batch_index",
         "by_detector",
         "by_indicator",
         "detectors",
@@ -146,7 +157,10 @@ class _Part:
         "stage_times",
     )
 
-    def __init__(self, origin, facts: Sequence[tuple], stage_of: dict[str, int]) -> None:
+    def __init__(
+        self, origin, facts: Sequence[tuple], stage_of: dict[str, int], batch_index: int = 0
+    ) -> None:
+        self.batch_index = batch_index
         self.site = SiteRef(origin.finess, origin.ght, origin.region)
         self.agent = agent = origin.agent_id
         finess, ght, region = origin.finess, origin.ght, origin.region
@@ -181,14 +195,23 @@ class Correlator:
         self.dialect = dialect
         self.stage_of = _stage_of()
 
-    def on_ingest_many(self, tx: Tx, batches: Sequence[tuple[Any, Sequence[tuple]]], now: float):
+    def on_ingest_many(
+        self, tx: Tx, batches: Sequence[tuple[Any, Sequence[tuple]]], now: float
+    ) -> list[RuleFailure]:
         """The rules over every batch one transaction stores (group commit). Each batch is
         (origin, facts), facts being (alert id, detector, first_seen, last_seen, [(role,
         kind, value, pseudonymised), ...]) per alert just stored. What is bulk
         (per-site summaries; alerts joining incidents already open for their site, the
         steady state of a wave seen by hundreds of sites) is a few statements for the whole
-        group; only what opens an incident or adds a site to one is done site by site."""
-        parts = [_Part(origin, facts, self.stage_of) for origin, facts in batches]
+        group; only what opens an incident or adds a site to one is done site by site.
+
+        Each rule runs in a savepoint of its own: a rule that fails (a bug, a value the
+        database refuses) undoes only its own writes, is tried again batch by batch, and
+        what still fails is returned, never raised, so that the alerts are stored and the
+        other rules run. Only a transient failure (the database itself) is raised."""
+        parts = [
+            _Part(origin, facts, self.stage_of, i) for i, (origin, facts) in enumerate(batches)
+        ]
         names: set[str] = set()
         for p in parts:
             names.update(f"ind:{k}:{v}" for k, v in p.indicators)
@@ -196,105 +219,145 @@ class Correlator:
             if p.stage_times:
                 names.add(f"site:{p.site.finess}")
         lock(tx, self.dialect, *names)
-        if self.s["multi_site_indicator"]["enabled"] and any(p.indicators for p in parts):
-            tx.many(
-                SITE_UPSERT.format(
-                    table="indicator_sites", key="kind, value", marks="?, ?, ?, ?, ?, ?"
-                ),
-                [
-                    (k, v, *site_cols(p.site), t)
-                    for p in parts
-                    for (k, v), t in p.indicators.items()
-                ],
-            )
-            tx.many(
-                "INSERT INTO indicator_ghts VALUES (?, ?, ?, ?) ON CONFLICT (kind, value, ght) "
-                "DO UPDATE SET last_seen = excluded.last_seen "
-                "WHERE excluded.last_seen > indicator_ghts.last_seen",
-                [(k, v, p.site.ght, t) for p in parts for (k, v), t in p.indicators.items()],
-            )
-            window = self.s["multi_site_indicator"]["window_seconds"]
-            done = self._quiet_updates(
-                tx,
-                "multi_site_indicator",
-                now,
-                window,
-                [
-                    (
-                        p.site,
-                        {
-                            f"{INDICATOR_KINDS[k]}:{v}": (t, [(p.agent, i) for i in ids])
-                            for ((k, v), t), ids in zip(
-                                p.indicators.items(), p.by_indicator.values(), strict=True
-                            )
-                        },
-                    )
-                    for p in parts
-                ],
-            )
-            # Alerts of an indicator already in an open incident were just linked to it; the
-            # others are kept per indicator, for the incident that may open later.
-            rows = [
-                r
-                for p, d in zip(parts, done, strict=True)
-                for r in p.rows
-                if f"{INDICATOR_KINDS[r[2]]}:{r[3]}" not in d
-            ]
-            if rows:
-                tx.many(
-                    "INSERT INTO alert_indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT DO NOTHING",
-                    rows,
+        failures: list[RuleFailure] = []
+        for rule, run in (
+            ("multi_site_indicator", self._multi_site_rule),
+            ("wave", self._wave_rule),
+            ("kill_chain", self._kill_chain_rule),
+        ):
+            if not self.s[rule]["enabled"]:
+                continue
+            try:
+                with tx.savepoint():
+                    run(tx, parts, now)
+                continue
+            except Exception as exc:
+                if transient(exc):
+                    raise
+                if len(parts) == 1:
+                    failures.append(RuleFailure(rule, parts[0].batch_index, exc))
+                    continue
+            for p in parts:  # the group failed: find the batch it fails on
+                try:
+                    with tx.savepoint():
+                        run(tx, [p], now)
+                except Exception as exc:
+                    if transient(exc):
+                        raise
+                    failures.append(RuleFailure(rule, p.batch_index, exc))
+        return failures
+
+    def run_rule(self, tx: Tx, rule: str, batches: Sequence[tuple[Any, Sequence[tuple]]], now):
+        """One rule over stored alerts again (a dead letter's retry); raises on failure."""
+        parts = [_Part(origin, facts, self.stage_of) for origin, facts in batches]
+        run = {
+            "multi_site_indicator": self._multi_site_rule,
+            "wave": self._wave_rule,
+            "kill_chain": self._kill_chain_rule,
+        }[rule]
+        if self.s[rule]["enabled"]:
+            with tx.savepoint():
+                run(tx, parts, now)
+
+    def _multi_site_rule(self, tx: Tx, parts: list[_Part], now: float) -> None:
+        if not any(p.indicators for p in parts):
+            return
+        tx.many(
+            SITE_UPSERT.format(
+                table="indicator_sites", key="kind, value", marks="?, ?, ?, ?, ?, ?"
+            ),
+            [(k, v, *site_cols(p.site), t) for p in parts for (k, v), t in p.indicators.items()],
+        )
+        tx.many(
+            "INSERT INTO indicator_ghts VALUES (?, ?, ?, ?) ON CONFLICT (kind, value, ght) "
+            "DO UPDATE SET last_seen = excluded.last_seen "
+            "WHERE excluded.last_seen > indicator_ghts.last_seen",
+            [(k, v, p.site.ght, t) for p in parts for (k, v), t in p.indicators.items()],
+        )
+        window = self.s["multi_site_indicator"]["window_seconds"]
+        done = self._quiet_updates(
+            tx,
+            "multi_site_indicator",
+            now,
+            window,
+            [
+                (
+                    p.site,
+                    {
+                        f"{INDICATOR_KINDS[k]}:{v}": (t, [(p.agent, i) for i in ids])
+                        for ((k, v), t), ids in zip(
+                            p.indicators.items(), p.by_indicator.values(), strict=True
+                        )
+                    },
                 )
-            for p, d in zip(parts, done, strict=True):
-                for (kind, value), t in p.indicators.items():
-                    if f"{INDICATOR_KINDS[kind]}:{value}" not in d:
-                        self._multi_site(
-                            tx,
-                            p.site,
-                            kind,
-                            value,
-                            t,
-                            now,
-                            [(p.agent, i) for i in p.by_indicator[(kind, value)]],
-                        )
-        if self.s["wave"]["enabled"]:
-            ignore = self.s["wave"]["ignore_detectors"]
-            waves = [{d: t for d, t in p.detectors.items() if d not in ignore} for p in parts]
+                for p in parts
+            ],
+        )
+        # Alerts of an indicator already in an open incident were just linked to it; the
+        # others are kept per indicator, for the incident that may open later.
+        rows = [
+            r
+            for p, d in zip(parts, done, strict=True)
+            for r in p.rows
+            if f"{INDICATOR_KINDS[r[2]]}:{r[3]}" not in d
+        ]
+        if rows:
             tx.many(
-                SITE_UPSERT.format(table="detector_sites", key="detector", marks="?, ?, ?, ?, ?"),
-                [
-                    (d, *site_cols(p.site), t)
-                    for p, w in zip(parts, waves, strict=True)
-                    for d, t in w.items()
-                ],
+                "INSERT INTO alert_indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                rows,
             )
-            done = self._quiet_updates(
-                tx,
-                "wave",
-                now,
-                self.s["wave"]["window_seconds"],
-                [
-                    (
+        for p, d in zip(parts, done, strict=True):
+            for (kind, value), t in p.indicators.items():
+                if f"{INDICATOR_KINDS[kind]}:{value}" not in d:
+                    self._multi_site(
+                        tx,
                         p.site,
-                        {d: (t, [(p.agent, i) for i in p.by_detector[d]]) for d, t in w.items()},
+                        kind,
+                        value,
+                        t,
+                        now,
+                        [(p.agent, i) for i in p.by_indicator[(kind, value)]],
                     )
-                    for p, w in zip(parts, waves, strict=True)
-                ],
-            )
-            for p, w, d in zip(parts, waves, done, strict=True):
-                for detector, t in w.items():
-                    if detector not in d:
-                        self._wave(
-                            tx,
-                            p.site,
-                            detector,
-                            t,
-                            now,
-                            [(p.agent, i) for i in p.by_detector[detector]],
-                        )
-        if self.s["kill_chain"]["enabled"]:
-            self._kill_chain(tx, [p for p in parts if p.stage_times], now)
+
+    def _wave_rule(self, tx: Tx, parts: list[_Part], now: float) -> None:
+        ignore = self.s["wave"]["ignore_detectors"]
+        waves = [{d: t for d, t in p.detectors.items() if d not in ignore} for p in parts]
+        tx.many(
+            SITE_UPSERT.format(table="detector_sites", key="detector", marks="?, ?, ?, ?, ?"),
+            [
+                (d, *site_cols(p.site), t)
+                for p, w in zip(parts, waves, strict=True)
+                for d, t in w.items()
+            ],
+        )
+        done = self._quiet_updates(
+            tx,
+            "wave",
+            now,
+            self.s["wave"]["window_seconds"],
+            [
+                (
+                    p.site,
+                    {d: (t, [(p.agent, i) for i in p.by_detector[d]]) for d, t in w.items()},
+                )
+                for p, w in zip(parts, waves, strict=True)
+            ],
+        )
+        for p, w, d in zip(parts, waves, done, strict=True):
+            for detector, t in w.items():
+                if detector not in d:
+                    self._wave(
+                        tx,
+                        p.site,
+                        detector,
+                        t,
+                        now,
+                        [(p.agent, i) for i in p.by_detector[detector]],
+                    )
+
+    def _kill_chain_rule(self, tx: Tx, parts: list[_Part], now: float) -> None:
+        self._kill_chain(tx, [p for p in parts if p.stage_times], now)
 
     def _quiet_updates(
         self,
@@ -547,6 +610,8 @@ class Correlator:
                 if old is not None and old[1] < t - window:
                     old = None  # that stage's evidence has left the window
                 new = batch_spans.get(stage)
+                if old is None and new is None:
+                    continue  # stored evidence that has left the window, nothing new
                 lo = min(x[0] for x in (old, new) if x)
                 hi = max(x[1] for x in (old, new) if x)
                 spans[stage] = (lo, hi)

@@ -11,6 +11,7 @@ agent revoked while connected. Storing goes through the group-commit writer
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import deque
 from collections.abc import Callable
 
@@ -31,6 +32,17 @@ IDLE_CHECK_SECONDS = 1.0
 # the old stream the server has not seen die yet. Without a cap one agent certificate
 # could open streams until the collector runs out of memory.
 MAX_STREAMS_PER_AGENT = 2
+# Why a stream or a batch is refused: the label values of the refusal metric.
+REFUSALS = (
+    "agent_streams",
+    "collector_full",
+    "revoked",
+    "invalid_batch",
+    "invalid_message",
+    "store_unavailable",
+    "unauthenticated",
+    "permission_denied",
+)
 
 
 class Budget:
@@ -91,8 +103,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         revoked: Callable[[str], bool] | None = None,
         max_streams: int = 5000,
         max_alerts_buffered: int = 200_000,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
+        # Told why each stream or batch is refused (a label: the metrics count them).
+        self.on_refused = on_refused or (lambda reason: None)
         self.flow = ingest_pb2.FlowControl(
             max_batches_in_flight=max_batches_in_flight,
             max_alerts_per_second=max_alerts_per_second,
@@ -127,8 +142,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         """Why this agent cannot open one more stream now, or None (and it is counted)."""
         n = self._streams.get(agent_id, 0)
         if n >= MAX_STREAMS_PER_AGENT:
+            self.on_refused("agent_streams")
             return f"this agent already has {MAX_STREAMS_PER_AGENT} streams open"
         if self._open >= self.max_streams:
+            self.on_refused("collector_full")
             return f"the collector serves {self.max_streams} streams already: retry later"
         self._streams[agent_id] = n + 1
         self._open += 1
@@ -209,6 +226,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 raise msg
             if self.revoked is not None and self.revoked(origin.agent_id):
                 log.warning("revoked_agent_cut", agent_id=origin.agent_id)
+                self.on_refused("revoked")
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED, "this agent certificate is revoked"
                 )
@@ -219,9 +237,29 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                         check_batch(msg.batch.alerts)
                     except Invalid as exc:
                         log.warning("batch_refused", agent_id=origin.agent_id, reason=str(exc))
+                        self.on_refused("invalid_batch")
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                     fut = self.store.submit(origin, msg.batch.alerts)
-                    stored, dup = await asyncio.wrap_future(fut)
+                    try:
+                        stored, dup, dead = await asyncio.wrap_future(fut)
+                    except Exception as exc:
+                        # Only what retrying can mend fails here (the store keeps aside what
+                        # it refuses): the agent keeps the batch and sends it again. It is
+                        # told that much and a reference, never our internals.
+                        ref = uuid.uuid4().hex[:12]
+                        log.error(
+                            "batch_not_stored",
+                            agent_id=origin.agent_id,
+                            seq=msg.batch.seq,
+                            ref=ref,
+                            error=f"{type(exc).__name__}: {exc}"[:500],
+                        )
+                        self.on_refused("store_unavailable")
+                        await context.abort(
+                            grpc.StatusCode.UNAVAILABLE,
+                            f"the collector cannot store alerts now; the batch will be taken "
+                            f"when sent again (ref {ref})",
+                        )
                     n = self.budget.amount(len(msg.batch.alerts))
                     held[0] -= n
                     self.budget.give(n)
@@ -231,14 +269,27 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                         seq=msg.batch.seq,
                         stored=stored,
                         duplicates=dup,
+                        dead_lettered=dead,
                     )
                     yield ingest_pb2.CollectorMessage(
-                        ack=ingest_pb2.Ack(seq=msg.batch.seq, stored=stored, duplicates=dup)
+                        ack=ingest_pb2.Ack(
+                            seq=msg.batch.seq, stored=stored, duplicates=dup, dead_lettered=dead
+                        )
                     )
                 elif body == "heartbeat":
-                    await asyncio.wrap_future(self.store.submit_heartbeat(origin, msg.heartbeat))
+                    try:
+                        await asyncio.wrap_future(
+                            self.store.submit_heartbeat(origin, msg.heartbeat)
+                        )
+                    except Exception as exc:  # a heartbeat is worth no stream: the next one
+                        log.warning(
+                            "heartbeat_not_stored",
+                            agent_id=origin.agent_id,
+                            error=f"{type(exc).__name__}: {exc}"[:500],
+                        )
                     known = msg.heartbeat.intel_version
                 else:
+                    self.on_refused("invalid_message")
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "message body is empty")
             update = self._intel_for(known)
             if update is not None:

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from collector.store.sql import Events, Stored
 from common import logs
 
 log = logs.get("collector.ingest")
@@ -41,6 +42,7 @@ class WriterProcess:
         # spawn, not fork: the serving process runs gRPC's threads, which fork would copy
         # in an undefined state.
         self._ctx = mp.get_context("spawn")
+        self.events = Events()  # what the writer process reported going wrong
         self._lock = threading.Lock()  # one group at a time on the pipe
         self._proc = None
         self._conn = None
@@ -68,14 +70,16 @@ class WriterProcess:
                 self._start()
             try:
                 self._conn.send(request)
-                ok, result = self._conn.recv()
+                ok, result, events = self._conn.recv()
             except (EOFError, OSError) as exc:
                 self._proc.join(1)
                 self._proc = None
                 raise WriterError(f"the writer process died: {exc!r}") from None
+        for (name, label), n in events.items():
+            self.events.add(name, label, n)
         if not ok:
             raise WriterError(result)
-        return result
+        return [Stored(*r) for r in result]
 
     def close(self) -> None:
         with self._lock:
@@ -113,8 +117,9 @@ def _main(conn, url: str, synchronous: str, correlation: dict[str, Any]) -> None
                     [(Origin(*o), ingest_pb2.AlertBatch.FromString(b).alerts) for o, b in batches],
                     [(Origin(*o), ingest_pb2.Heartbeat.FromString(b)) for o, b in beats],
                 )
-                conn.send((True, result))
+                conn.send((True, [tuple(r) for r in result], store.events.take()))
             except Exception as exc:
-                conn.send((False, f"{type(exc).__name__}: {exc}"))
+                # Only what retrying can mend gets here (the store keeps the rest aside).
+                conn.send((False, f"{type(exc).__name__}: {exc}", store.events.take()))
     finally:
         store.close()

@@ -159,21 +159,29 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         if cursor > MAX_CURSOR:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cursor is not one of ours")
         if not cursor and not request.from_start:
-            cursor = await asyncio.to_thread(self.store.last_incident_seq)
+            cursor = await asyncio.to_thread(self.store.last_change_seq)
         while True:
-            rows = await asyncio.to_thread(
-                self.store.list_incidents,
-                after_seq=cursor,
-                region=region,
-                limit=100,
-                ascending=True,
-            )
+            # Every change, as it stood (an ack then a close are two events), from the
+            # change feed; a regional analyst's are filtered in the store, so the cursor
+            # moves on past what they do not see.
+            rows, cursor = await asyncio.to_thread(self._changes, cursor, region)
             for r in rows:
-                cursor = r["seq"]
                 if r["severity"] >= request.min_severity:
                     yield analyst_pb2.IncidentEvent(incident=incident_message(r, region))
-            if len(rows) < 100:
+            if not rows:
                 await asyncio.sleep(self.watch_poll)
+
+    def _changes(self, cursor: int, region: str) -> tuple[list[dict], int]:
+        """The next changes a watcher may see, and the cursor past every change read."""
+        while True:
+            rows = self.store.list_changes(cursor, limit=100)
+            if not rows:
+                return [], cursor
+            cursor = rows[-1]["seq"]
+            if region:
+                rows = [r for r in rows if any(s["region"] == region for s in r["sites"])]
+            if rows:
+                return rows, cursor
 
     def CountAlerts(self, request: analyst_pb2.CountAlertsRequest, context):
         region = _scope_region(context, request.region)
@@ -281,6 +289,7 @@ def incident_message(r: dict, region: str = "") -> analyst_pb2.Incident:
         summary=r["summary"],
         alert_count=r["alert_count"],
         seq=r["seq"],
+        change=r.get("change", ""),
     )
     _set_ts(inc.first_seen, r["first_seen"])
     _set_ts(inc.last_seen, r["last_seen"])

@@ -153,6 +153,7 @@ def incident_dict(
         "subject": incident.subject,
         "severity": severity_name(incident.severity),
         "status": status_name(incident.status),
+        "change": incident.change or None,
         "status_by": incident.status_by,
         "status_at": iso(incident.status_at) if incident.HasField("status_at") else None,
         "status_comment": incident.status_comment,

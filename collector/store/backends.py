@@ -19,6 +19,22 @@ class StoreError(Exception):
     pass
 
 
+def transient(exc: BaseException) -> bool:
+    """True when retrying the same write later can succeed: the database is unreachable,
+    locked, full, read-only or out of resources. Anything else (a value the store refuses,
+    a bug in our code) fails the same way every time, and must not block an agent."""
+    if isinstance(exc, StoreError | sqlite3.OperationalError | ConnectionError | TimeoutError):
+        return True
+    try:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(
+        exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout
+    ) and not isinstance(exc, psycopg.errors.QueryCanceled)
+
+
 class Tx:
     """What a transaction offers the store: statements, batches, fetches."""
 
@@ -26,6 +42,24 @@ class Tx:
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int: ...  # rows changed
     def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
     def values(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]: ...  # rows as tuples
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A part of the transaction that fails alone: on an exception what it wrote is
+        undone and the exception goes on, while the rest of the transaction stays usable
+        (on PostgreSQL an error otherwise aborts the whole transaction)."""
+        self._savepoints = n = getattr(self, "_savepoints", 0) + 1
+        name = f"sp{n}"
+        self.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        finally:
+            self._savepoints = n - 1
+        self.execute(f"RELEASE SAVEPOINT {name}")
 
 
 class SqliteTx(Tx):
@@ -87,9 +121,17 @@ class Sqlite:
             try:
                 yield SqliteTx(self._db)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite rolls back by itself on some errors (a full disk): a second
+                # ROLLBACK would then raise and hide the first error.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # a commit that failed leaves it open
+                    self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         with self._lock:

@@ -8,23 +8,31 @@ migrations run once under a lock the database holds.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from collector.store.backends import Tx
+from collector.store.backends import Tx, transient
+from common import logs
 from common.pbtime import seconds as _ts
 from common.pbtime import set_seconds as _set_ts
 from vigie.v1 import alert_pb2, ingest_pb2
 
 # Per dialect: auto-increment key, float and integer column types.
 TYPES = {
-    "sqlite": {"ID": "INTEGER PRIMARY KEY AUTOINCREMENT", "REAL": "REAL", "INT": "INTEGER"},
+    "sqlite": {
+        "ID": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "REAL": "REAL",
+        "INT": "INTEGER",
+        "BLOB": "BLOB",
+    },
     "postgresql": {
         "ID": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
         "REAL": "DOUBLE PRECISION",
         "INT": "BIGINT",
+        "BLOB": "BYTEA",
     },
 }
 
@@ -191,7 +199,55 @@ INSERT INTO indicator_ghts
 CREATE INDEX incident_sites_ght ON incident_sites (incident_key, ght)
 """,
     ),
+    (
+        6,
+        # Every incident change as it stood (the sinks and watchers read this feed, not the
+        # incidents table, where an ack followed by a close leaves only the close); and the
+        # alerts or rule runs the store could not take, held with their reason until a fix.
+        # Incidents changed before this migration enter the feed as they stand now.
+        """
+CREATE TABLE incident_changes (
+    seq           {INT} PRIMARY KEY,
+    incident_key  TEXT NOT NULL,
+    change        TEXT NOT NULL,
+    at            {REAL} NOT NULL,
+    snapshot      TEXT NOT NULL
+);
+CREATE INDEX incident_changes_at ON incident_changes (at);
+INSERT INTO incident_changes
+    SELECT seq, key, 'updated', updated_at, '' FROM incidents WHERE seq > 0;
+CREATE TABLE dead_letters (
+    n            {ID},
+    kind         TEXT NOT NULL,
+    rule         TEXT NOT NULL,
+    agent_id     TEXT NOT NULL,
+    finess       TEXT NOT NULL,
+    ght          TEXT NOT NULL,
+    region       TEXT NOT NULL,
+    alert_id     TEXT NOT NULL,
+    alert        {BLOB} NOT NULL,
+    reason       TEXT NOT NULL,
+    received_at  {REAL} NOT NULL,
+    attempts     {INT} NOT NULL DEFAULT 1,
+    last_try     {REAL} NOT NULL,
+    UNIQUE (kind, rule, agent_id, alert_id)
+);
+CREATE INDEX dead_letters_agent ON dead_letters (agent_id)
+""",
+    ),
 ]
+
+# Dead letters: "store" for an alert the store refused (kept whole, to be stored again),
+# "correlation" for a stored alert a rule failed on (to be correlated again).
+DEAD_STORE, DEAD_CORRELATION = "store", "correlation"
+DEAD_LETTER = """
+INSERT INTO dead_letters (kind, rule, agent_id, finess, ght, region, alert_id, alert, reason,
+    received_at, last_try)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (kind, rule, agent_id, alert_id) DO UPDATE SET alert = excluded.alert,
+    reason = excluded.reason, attempts = dead_letters.attempts + 1,
+    last_try = excluded.last_try
+"""
 
 # A newer revision of an alert replaces the stored one; an equal or older one is a duplicate.
 UPSERT_ALERT = """
@@ -216,6 +272,34 @@ ON CONFLICT (agent_id) DO UPDATE SET last_seen = excluded.last_seen,
 """
 
 ADVISORY_LOCK_MIGRATIONS = 7_270_001
+
+log = logs.get("collector.store")
+
+
+class Stored(NamedTuple):
+    """What storing one batch did: its acknowledgement."""
+
+    stored: int
+    duplicates: int
+    dead_lettered: int = 0
+
+
+class Events:
+    """What went wrong while storing, for the metrics and the logs: counted here (the
+    writer may be another process) and taken by whoever reports them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def add(self, name: str, label: str = "", n: int = 1) -> None:
+        with self._lock:
+            self._counts[(name, label)] = self._counts.get((name, label), 0) + n
+
+    def take(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            out, self._counts = self._counts, {}
+        return out
 
 
 @dataclass(frozen=True)
@@ -247,6 +331,7 @@ class Store:
 
         self.backend = backend
         self.dialect = backend.dialect
+        self.events = Events()
         self.migrate()
         self.correlator = Correlator(correlation or defaults(OPTIONS), self.dialect)
 
@@ -281,8 +366,8 @@ class Store:
 
     def ingest(
         self, origin: Origin, alerts: Sequence[alert_pb2.Alert], received_at: float | None = None
-    ) -> tuple[int, int]:
-        """Store a batch in one transaction; return (stored, duplicates).
+    ) -> Stored:
+        """Store a batch in one transaction; return what was stored.
 
         Returns only after the commit, so an acknowledgement built from it is true.
         """
@@ -293,46 +378,168 @@ class Store:
         batches: Sequence[tuple[Origin, Sequence[alert_pb2.Alert]]],
         heartbeats: Sequence[tuple[Origin, ingest_pb2.Heartbeat]] = (),
         received_at: float | None = None,
-    ) -> list[tuple[int, int]]:
+    ) -> list[Stored]:
         """Store several streams' batches and heartbeats in one transaction (group commit):
-        one commit, hence one fsync, for all of them. Returns (stored, duplicates) per
-        batch, only after the commit. All or nothing: on error nothing is stored.
+        one commit, hence one fsync, for all of them. Returns what each batch stored, only
+        after the commit.
+
+        Raises only for a failure that retrying can mend (the database unreachable, locked
+        or full): the agents then send again. A failure that would come back at every try
+        (a value the store refuses, a bug) never blocks an agent: the group is stored batch
+        by batch, a batch that still fails alert by alert, and what cannot be stored goes
+        to the dead letters with its reason, acknowledged; a correlation rule that fails is
+        isolated in the same way (see Correlator.on_ingest_many).
 
         PostgreSQL runs one transaction per batch instead: the correlation rules take
         advisory locks per indicator, and one transaction taking several batches' locks
         in turn could deadlock against another replica doing the same in another order.
         """
         now = time.time() if received_at is None else received_at
-        if self.dialect == "sqlite":
-            with self.backend.tx() as tx:
-                return self._write(tx, batches, heartbeats, now)
-        out = []
-        for batch in batches:
-            with self.backend.tx() as tx:
-                out += self._write(tx, [batch], (), now)
+        if self.dialect == "sqlite" and len(batches) + len(heartbeats) > 1:
+            try:
+                with self.backend.tx() as tx:
+                    return self._write(tx, batches, heartbeats, now)
+            except Exception as exc:
+                if transient(exc):
+                    raise
+                log.warning("group_failed", size=len(batches), error=type(exc).__name__)
+        out = [self._write_one(origin, alerts, now) for origin, alerts in batches]
         for origin, hb in heartbeats:
-            with self.backend.tx() as tx:
-                self._heartbeat(tx, origin, hb, now)
+            try:
+                with self.backend.tx() as tx:
+                    self._heartbeat(tx, origin, hb, now)
+            except Exception as exc:
+                if transient(exc):
+                    raise
+                self.events.add("heartbeat_failed")
+                log.error("heartbeat_failed", agent_id=origin.agent_id, error=_why(exc))
         return out
 
-    def _write(self, tx: Tx, batches: Sequence, heartbeats: Sequence, now: float) -> list:
-        prepared = [(o, *_rows(o, a, now)) for o, a in batches]
-        written = _upsert_alerts(tx, [r for _, rows, _ in prepared for r in rows])
-        out, stored_facts = [], []
-        for origin, rows, facts in prepared:
-            if written is None:  # an alert twice in the group: batch by batch
-                stored = tx.many(UPSERT_ALERT, rows)
+    def _write_one(self, origin: Origin, alerts: Sequence[alert_pb2.Alert], now: float) -> Stored:
+        try:
+            with self.backend.tx() as tx:
+                return self._write(tx, [(origin, alerts)], (), now)[0]
+        except Exception as exc:
+            if transient(exc):
+                raise
+            self.events.add("batch_salvaged")
+            log.error(
+                "batch_failed",
+                agent_id=origin.agent_id,
+                alerts=len(alerts),
+                error=_why(exc),
+                then="storing alert by alert",
+            )
+        with self.backend.tx() as tx:
+            return self._salvage(tx, origin, alerts, now)
+
+    def _salvage(
+        self, tx: Tx, origin: Origin, alerts: Sequence[alert_pb2.Alert], now: float
+    ) -> Stored:
+        """A batch that failed whole, alert by alert: each in a savepoint of its own, what
+        the store refuses held in the dead letters."""
+        stored, dup, dead, facts = 0, 0, 0, []
+        for a in alerts:
+            try:
+                with tx.savepoint():
+                    rows, fact = _rows(origin, [a], now)
+                    changed = tx.many(UPSERT_ALERT, rows)
+            except Exception as exc:
+                if transient(exc):
+                    raise
+                self._dead_letter(tx, DEAD_STORE, "", origin, a, exc, now)
+                dead += 1
+                continue
+            if changed:
+                stored += 1
+                facts += fact
             else:
-                stored = sum((r[0], r[1]) in written for r in rows)
-            out.append((stored, len(rows) - stored))
-            if stored:  # rules run in the same transaction: no alert escapes correlation
-                stored_facts.append((origin, facts))
-        tx.many(
-            TOUCH_AGENT,
-            [(o.agent_id, o.finess, o.ght, o.region, now, now) for o, _, _ in prepared],
+                dup += 1
+        self._touch_agent(tx, origin, now)
+        if facts:
+            self._correlate(tx, [(origin, facts)], now)
+        return Stored(stored, dup, dead)
+
+    def _dead_letter(
+        self,
+        tx: Tx,
+        kind: str,
+        rule: str,
+        origin: Origin,
+        alert: alert_pb2.Alert,
+        exc: BaseException,
+        now: float,
+    ) -> None:
+        why = _why(exc)
+        tx.execute(
+            DEAD_LETTER,
+            (
+                kind,
+                rule,
+                origin.agent_id,
+                origin.finess,
+                origin.ght,
+                origin.region,
+                alert.id,
+                alert.SerializeToString(),
+                why,
+                now,
+                now,
+            ),
         )
-        if stored_facts:
-            self.correlator.on_ingest_many(tx, stored_facts, now)
+        self.events.add("dead_letter", kind)
+        log.error(
+            "dead_letter",
+            kind=kind,
+            rule=rule or None,
+            agent_id=origin.agent_id,
+            alert_id=alert.id,
+            reason=why,
+        )
+
+    def _correlate(self, tx: Tx, stored_facts: list, now: float) -> None:
+        """The rules over what was just stored; a rule that fails on a batch leaves its
+        alerts stored, counted, and in the dead letters for a later retry."""
+        for failure in self.correlator.on_ingest_many(tx, stored_facts, now):
+            origin, facts = stored_facts[failure.batch_index]
+            self.events.add("correlation_error", failure.rule)
+            log.error(
+                "correlation_failed",
+                rule=failure.rule,
+                agent_id=origin.agent_id,
+                alerts=len(facts),
+                error=_why(failure.error),
+            )
+            ids = [f[0] for f in facts]
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                for r in tx.fetch(
+                    f"SELECT * FROM alerts WHERE agent_id = ? AND alert_id IN "
+                    f"({','.join('?' * len(chunk))})",
+                    (origin.agent_id, *chunk),
+                ):
+                    self._dead_letter(
+                        tx, DEAD_CORRELATION, failure.rule, origin, _to_alert(r), failure.error, now
+                    )
+
+    def _write(self, tx: Tx, batches: Sequence, heartbeats: Sequence, now: float) -> list[Stored]:
+        """Batch after batch, each stored then correlated before the next: the rules see
+        exactly what they would see had each batch come in a transaction of its own, so a
+        group commit changes when the fsync happens, never which incidents open."""
+        out = []
+        for origin, alerts in batches:
+            rows, facts = _rows(origin, alerts, now)
+            written = _upsert_alerts(tx, rows)
+            if written is None:  # an alert twice in the batch: row by row
+                stored = tx.many(UPSERT_ALERT, rows)
+                kept = facts
+            else:
+                kept = [f for r, f in zip(rows, facts, strict=True) if (r[0], r[1]) in written]
+                stored = len(kept)
+            out.append(Stored(stored, len(rows) - stored))
+            self._touch_agent(tx, origin, now)
+            if kept:  # rules run in the same transaction: no alert escapes correlation
+                self._correlate(tx, [(origin, kept)], now)
         for origin, hb in heartbeats:
             self._heartbeat(tx, origin, hb, now)
         return out
@@ -514,18 +721,115 @@ class Store:
     def update_incident(
         self, key: str, status: int, by: str, comment: str, now: float | None = None
     ) -> dict[str, Any] | None:
-        from collector.correlate.incidents import next_seq
+        from collector.correlate.incidents import CHANGE_OF_STATUS, next_seq, record_change
 
         now = time.time() if now is None else now
         with self.backend.tx() as tx:
             if not tx.fetch("SELECT key FROM incidents WHERE key = ?", (key,)):
                 return None
+            seq = next_seq(tx)
             tx.execute(
                 "UPDATE incidents SET status = ?, status_by = ?, status_at = ?, "
                 "status_comment = ?, seq = ?, updated_at = ? WHERE key = ?",
-                (status, by, now, comment, next_seq(tx), now, key),
+                (status, by, now, comment, seq, now, key),
             )
+            record_change(tx, key, seq, CHANGE_OF_STATUS[status], now)
         return self.get_incident(key, 0)[0]
+
+    def list_changes(
+        self, after_seq: int, *, region: str = "", limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Incident changes after `after_seq`, oldest first, each the incident as it stood
+        then (with its sites and `change`, `seq` the change's). A regional reader sees
+        only the changes of incidents that involve their region (as they stood then)."""
+        with self.backend.tx() as tx:
+            rows = tx.fetch(
+                "SELECT seq, incident_key, change, snapshot FROM incident_changes "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            )
+            out, stale = [], []
+            for r in rows:
+                if r["snapshot"]:
+                    inc = json.loads(r["snapshot"])
+                else:  # changed before the feed existed: as it stands now
+                    found = tx.fetch("SELECT * FROM incidents WHERE key = ?", (r["incident_key"],))
+                    if not found:
+                        continue
+                    inc = found[0]
+                    stale.append(inc)
+                inc["seq"], inc["change"] = r["seq"], r["change"]
+                out.append(inc)
+            self._attach_sites(tx, stale)
+        if region:
+            out = [i for i in out if any(s["region"] == region for s in i["sites"])]
+        return out
+
+    def last_change_seq(self) -> int:
+        with self.backend.tx() as tx:
+            return tx.fetch("SELECT MAX(seq) AS s FROM incident_changes")[0]["s"] or 0
+
+    # Dead letters ---------------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest held alerts, without their bodies."""
+        with self.backend.tx() as tx:
+            return tx.fetch(
+                "SELECT n, kind, rule, agent_id, finess, ght, region, alert_id, reason, "
+                "received_at, attempts, last_try FROM dead_letters ORDER BY n DESC LIMIT ?",
+                (limit,),
+            )
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Held alerts per agent id."""
+        with self.backend.tx() as tx:
+            return {
+                r["agent_id"]: r["c"]
+                for r in tx.fetch(
+                    "SELECT agent_id, COUNT(*) AS c FROM dead_letters GROUP BY agent_id"
+                )
+            }
+
+    def retry_dead_letters(self, now: float | None = None) -> tuple[int, int]:
+        """Store (or correlate) again every held alert, after a fix; returns (done, still
+        held). Each is tried in a savepoint of its own: one that fails again stays, with
+        its new reason and one more attempt."""
+        now = time.time() if now is None else now
+        done = failed = 0
+        last = 0
+        while True:
+            with self.backend.tx() as tx:
+                rows = tx.fetch(
+                    "SELECT * FROM dead_letters WHERE n > ? ORDER BY n LIMIT 200", (last,)
+                )
+                if not rows:
+                    break
+                for r in rows:
+                    last = r["n"]
+                    origin = Origin(r["agent_id"], r["finess"], r["ght"], r["region"])
+                    alert = alert_pb2.Alert.FromString(bytes(r["alert"]))
+                    try:
+                        with tx.savepoint():
+                            if r["kind"] == DEAD_STORE:
+                                rows_, facts = _rows(origin, [alert], now)
+                                if tx.many(UPSERT_ALERT, rows_):
+                                    self._correlate(tx, [(origin, facts)], now)
+                            else:
+                                _, facts = _rows(origin, [alert], now)
+                                self.correlator.run_rule(tx, r["rule"], [(origin, facts)], now)
+                    except Exception as exc:
+                        if transient(exc):
+                            raise
+                        failed += 1
+                        tx.execute(
+                            "UPDATE dead_letters SET reason = ?, attempts = attempts + 1, "
+                            "last_try = ? WHERE n = ?",
+                            (_why(exc), now, r["n"]),
+                        )
+                        continue
+                    done += 1
+                    tx.execute("DELETE FROM dead_letters WHERE n = ?", (r["n"],))
+        return done, failed
 
     def audit(
         self, who: str, role: str, action: str, detail: str, outcome: str, now: float | None = None
@@ -557,14 +861,21 @@ class Store:
             self._set_job(tx, name, now, None)
         return True
 
-    def lease(self, name: str, seconds: float, now: float | None = None) -> int | None:
+    def lease(
+        self, name: str, seconds: float, now: float | None = None, inherit: str = ""
+    ) -> int | None:
         """Take a job for `seconds` (work done outside any transaction, e.g. network
-        sends); returns its cursor, or None when another replica holds it."""
+        sends); returns its cursor, or None when another replica holds it. A job never run
+        before starts from the cursor of the job `inherit` names, if that one ran."""
         now = time.time() if now is None else now
         with self.backend.tx() as tx:
             if not self._claim(tx, name, seconds, now):
                 return None
-            cursor = self._job(tx, name)[1]
+            rows = tx.fetch("SELECT cursor FROM jobs WHERE name = ?", (name,))
+            if rows or not inherit:
+                cursor = rows[0]["cursor"] if rows else 0
+            else:
+                cursor = self._job(tx, inherit)[1]
             self._set_job(tx, name, now, cursor)
             return cursor
 
@@ -608,6 +919,7 @@ class Store:
         tx.execute(f"DELETE FROM incident_alerts WHERE incident_key IN ({closed})", (older_than,))
         tx.execute(f"DELETE FROM incident_sites WHERE incident_key IN ({closed})", (older_than,))
         tx.execute("DELETE FROM incidents WHERE status = 3 AND updated_at < ?", (older_than,))
+        tx.execute("DELETE FROM incident_changes WHERE at < ?", (older_than,))
         purged = tx.many("DELETE FROM alerts WHERE received_at < ?", [(older_than,)])
         tx.execute(
             "DELETE FROM alert_indicators WHERE NOT EXISTS (SELECT 1 FROM alerts a "
@@ -723,6 +1035,11 @@ def _rows(origin: Origin, alerts: Sequence[alert_pb2.Alert], now: float) -> tupl
         )
         facts.append((a.id, a.detector, first, last, ents))
     return rows, facts
+
+
+def _why(exc: BaseException) -> str:
+    """An error as the logs and the dead letters keep it: its type and a bounded text."""
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _to_alert(r: dict[str, Any]) -> alert_pb2.Alert:

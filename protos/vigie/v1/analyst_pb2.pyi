@@ -79,7 +79,7 @@ class ListAgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("origin", "last_seen", "agent_version", "packets_dropped", "outbox_depth", "outbox_shed", "silent")
+    __slots__ = ("origin", "last_seen", "agent_version", "packets_dropped", "outbox_depth", "outbox_shed", "silent", "dead_letters")
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class AgentStatus(_message.Message):
     OUTBOX_DEPTH_FIELD_NUMBER: _ClassVar[int]
     OUTBOX_SHED_FIELD_NUMBER: _ClassVar[int]
     SILENT_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
     origin: Origin
     last_seen: _timestamp_pb2.Timestamp
     agent_version: str
@@ -94,7 +95,8 @@ class AgentStatus(_message.Message):
     outbox_depth: int
     outbox_shed: int
     silent: bool
-    def __init__(self, origin: _Optional[_Union[Origin, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., packets_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., outbox_shed: _Optional[int] = ..., silent: _Optional[bool] = ...) -> None: ...
+    dead_letters: int
+    def __init__(self, origin: _Optional[_Union[Origin, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., packets_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., outbox_shed: _Optional[int] = ..., silent: _Optional[bool] = ..., dead_letters: _Optional[int] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
     __slots__ = ("agents",)
@@ -113,7 +115,7 @@ class Site(_message.Message):
     def __init__(self, finess: _Optional[str] = ..., ght: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
 
 class Incident(_message.Message):
-    __slots__ = ("key", "rule", "subject", "severity", "status", "status_by", "status_at", "status_comment", "first_seen", "last_seen", "summary", "sites", "alert_count", "seq")
+    __slots__ = ("key", "rule", "subject", "severity", "status", "status_by", "status_at", "status_comment", "first_seen", "last_seen", "summary", "sites", "alert_count", "seq", "change")
     KEY_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +130,7 @@ class Incident(_message.Message):
     SITES_FIELD_NUMBER: _ClassVar[int]
     ALERT_COUNT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
     key: str
     rule: str
     subject: str
@@ -142,7 +145,8 @@ class Incident(_message.Message):
     sites: _containers.RepeatedCompositeFieldContainer[Site]
     alert_count: int
     seq: int
-    def __init__(self, key: _Optional[str] = ..., rule: _Optional[str] = ..., subject: _Optional[str] = ..., severity: _Optional[_Union[_alert_pb2.Severity, str]] = ..., status: _Optional[_Union[IncidentStatus, str]] = ..., status_by: _Optional[str] = ..., status_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status_comment: _Optional[str] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., sites: _Optional[_Iterable[_Union[Site, _Mapping]]] = ..., alert_count: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+    change: str
+    def __init__(self, key: _Optional[str] = ..., rule: _Optional[str] = ..., subject: _Optional[str] = ..., severity: _Optional[_Union[_alert_pb2.Severity, str]] = ..., status: _Optional[_Union[IncidentStatus, str]] = ..., status_by: _Optional[str] = ..., status_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status_comment: _Optional[str] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., sites: _Optional[_Iterable[_Union[Site, _Mapping]]] = ..., alert_count: _Optional[int] = ..., seq: _Optional[int] = ..., change: _Optional[str] = ...) -> None: ...
 
 class IncidentDetail(_message.Message):
     __slots__ = ("incident", "alerts")

@@ -65,14 +65,16 @@ class AgentMessage(_message.Message):
     def __init__(self, batch: _Optional[_Union[AlertBatch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("seq", "stored", "duplicates")
+    __slots__ = ("seq", "stored", "duplicates", "dead_lettered")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     stored: int
     duplicates: int
-    def __init__(self, seq: _Optional[int] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+    dead_lettered: int
+    def __init__(self, seq: _Optional[int] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., dead_lettered: _Optional[int] = ...) -> None: ...
 
 class FlowControl(_message.Message):
     __slots__ = ("max_batches_in_flight", "max_alerts_per_second")
