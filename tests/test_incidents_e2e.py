@@ -126,7 +126,7 @@ def test_same_external_address_in_two_ghts_makes_one_incident(
     assert d["status"] == "open" and len(d["alerts"]) == 2
     assert vigie("ack", inc.key, "--comment", "blocked upstream").returncode == 0
     after = json.loads(vigie("incident", inc.key, "--json").stdout)
-    assert (after["status"], after["status_comment"]) == ("acked", "blocked upstream")
+    assert (after["status"], after["status_comment"]) == ("acknowledged", "blocked upstream")
     assert after["status_by"] == "analyst"
     assert vigie("incident", "no-such-key").returncode == 5
     stats = vigie("stats", "--by", "ght", "--json")

@@ -79,7 +79,16 @@ class EnrollmentServicer(enroll_pb2_grpc.EnrollmentServicer):
             context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "enrollment token unknown, used or expired"
             )
-        ident = pki.Identity("agent", agent_id, binding.finess, binding.ght, binding.region)
+        try:
+            # Checked again (common.identity): a token stored before today's rules, or
+            # written into the registry by other means, never becomes a certificate.
+            ident = pki.Identity("agent", agent_id, binding.finess, binding.ght, binding.region)
+        except pki.PkiError as exc:
+            log.error("enroll_refused", reason=str(exc), token_id=binding.token_id)
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this enrollment token names an invalid site: ask for a new token",
+            )
         cert, bundle = self.issuer.issue(csr, ident, "enroll")
         log.info(
             "agent_enrolled",

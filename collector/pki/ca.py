@@ -11,15 +11,17 @@ import datetime as dt
 import ipaddress
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlencode, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from common import identity as rules
 
 
 class PkiError(Exception):
@@ -28,12 +30,33 @@ class PkiError(Exception):
 
 @dataclass(frozen=True)
 class Identity:
+    """Who a certificate speaks for. Every value is checked (common.identity) when the
+    identity is made, so an invalid one can be neither issued nor read from a certificate:
+    PkiError."""
+
     kind: str  # "agent" or "analyst"
     name: str  # agent id or analyst name
     finess: str = ""
     ght: str = ""
     region: str = ""
     role: str = ""  # analysts: "national" or "regional:<code>"
+
+    def __post_init__(self) -> None:
+        try:
+            if self.kind == "agent":
+                rules.check_agent_id(self.name)
+                rules.check_site(self.finess, self.ght, self.region)
+                if self.role:
+                    raise PkiError("an agent identity has no role")
+            elif self.kind == "analyst":
+                rules.check_analyst_name(self.name)
+                rules.check_role(self.role)
+                if self.finess or self.ght or self.region:
+                    raise PkiError("an analyst identity has no FINESS, GHT or region")
+            else:
+                raise PkiError(f"identity kind must be agent or analyst: {rules.shown(self.kind)}")
+        except rules.InvalidValue as exc:
+            raise PkiError(f"invalid {self.kind} identity: {exc}") from None
 
     def uri(self) -> str:
         if self.kind == "agent":
@@ -46,14 +69,20 @@ class Identity:
     def from_uri(cls, uri: str) -> Identity:
         u = urlparse(uri)
         if u.scheme != "vigie" or "/" not in u.path:
-            raise PkiError(f"not a Vigie identity: {uri!r}")
+            raise PkiError(f"not a Vigie identity: {rules.shown(uri)}")
         kind, _, name = u.path.partition("/")
-        q = {k: v[0] for k, v in parse_qs(u.query).items()}
-        if kind == "agent" and all(q.get(k) for k in ("finess", "ght", "region")) and name:
+        name = unquote(name)  # uri() quotes it
+        values = parse_qs(u.query, keep_blank_values=True)
+        if any(len(v) != 1 for v in values.values()):
+            raise PkiError(f"ambiguous Vigie identity: {rules.shown(uri)}")
+        q = {k: v[0] for k, v in values.items()}
+        # The constructor checks every value: a certificate carrying one that the commands
+        # would refuse is no valid identity (so the collector refuses its calls).
+        if kind == "agent" and all(k in q for k in ("finess", "ght", "region")):
             return cls("agent", name, q["finess"], q["ght"], q["region"])
-        if kind == "analyst" and name and valid_role(q.get("role", "")):
+        if kind == "analyst" and "role" in q:
             return cls("analyst", name, role=q["role"])
-        raise PkiError(f"incomplete Vigie identity: {uri!r}")
+        raise PkiError(f"incomplete Vigie identity: {rules.shown(uri)}")
 
     @classmethod
     def from_certificate(cls, cert: x509.Certificate) -> Identity:
@@ -65,10 +94,6 @@ class Identity:
             if uri.startswith("vigie:"):
                 return cls.from_uri(uri)
         raise PkiError("certificate carries no Vigie identity")
-
-
-def valid_role(role: str) -> bool:
-    return role == "national" or (role.startswith("regional:") and len(role) > len("regional:"))
 
 
 def _now() -> dt.datetime:
@@ -161,6 +186,8 @@ class Authority:
         if not csr.is_signature_valid:
             raise PkiError("certificate request signature is invalid")
         check_public_key(csr.public_key())
+        if identity is not None:
+            identity = replace(identity)  # checked again: never sign what reading would refuse
         now = _now()
         life = dt.timedelta(seconds=seconds) if seconds else dt.timedelta(days=days)
         backdate = min(dt.timedelta(minutes=5), life / 10)

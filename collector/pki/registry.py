@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import identity as rules
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
     id          TEXT PRIMARY KEY,
@@ -120,7 +122,10 @@ class Registry:
     def create_token(
         self, finess: str, ght: str, region: str, ttl_seconds: float
     ) -> tuple[str, str, float]:
-        """Make a token; return (id, secret, expires_at). Only the secret's hash is kept."""
+        """Make a token; return (id, secret, expires_at). Only the secret's hash is kept.
+        Raises common.identity.InvalidValue (a ValueError) for a FINESS, GHT or region that
+        the CA would refuse to write in the certificate."""
+        rules.check_site(finess, ght, region)
         token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(24).replace(".", "_")
         now = time.time()
         with self._lock:
