@@ -26,6 +26,7 @@ from common.config import (
     positive,
     validate,
 )
+from common.identity import status_name
 from vigie.v1 import alert_pb2, analyst_pb2
 
 SCHEMA_VERSION = 1
@@ -72,13 +73,6 @@ class Sink(Protocol):
 
 
 # The canonical JSON form ---------------------------------------------------------------
-
-
-def status_name(value: int) -> str:
-    try:
-        return analyst_pb2.IncidentStatus.Name(value).removeprefix("STATUS_").lower()
-    except ValueError:
-        return str(value)
 
 
 def is_pseudonym(entity: alert_pb2.Entity) -> bool:
@@ -222,7 +216,8 @@ OPTIONS = {
             "protocol": Option(
                 str,
                 "udp",
-                "udp (RFC 5426, one datagram per message, truncated to 2048 bytes) or\n"
+                "udp (RFC 5426, one datagram per message of at most 2048 bytes: long values\n"
+                'are shortened inside the structured data, marked truncated="true") or\n'
                 "tcp (RFC 6587 octet-counting framing, reconnects after a failure).",
                 one_of("udp", "tcp"),
             ),

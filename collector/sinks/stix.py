@@ -9,8 +9,15 @@ One bundle holds, for each incident:
   first and last seen;
 - the Incident itself, named after its rule and subject, with the incident key as an
   external reference (and the ATT&CK techniques of its alerts);
-- "related-to" Relationships from the Incident to its indicators and establishments;
-- the TLP marking definition every object refers to.
+- "related-to" Relationships from the Incident to its indicators and establishments.
+
+Every object refers to one TLP marking definition by the id STIX 2.1 predefines for it
+(§7.2.1.4). The marking definition itself is left out of the bundle: the predefined object
+has neither `modified` nor `created_by_ref` and must not be altered, while the OASIS
+validator's interoperability profile (`--interop`) requires both on every object in a
+bundle; consumers know the four predefined TLP ids. The collector's Identity names itself
+as its creator (`created_by_ref` on itself), which is how that profile recognises the
+producer of the other objects.
 
 Ids are UUIDv5 of stable names (the incident key, the indicator's kind and value, the
 FINESS), so exporting the same incident twice yields the same ids, and the same indicator
@@ -113,6 +120,9 @@ class _Builder:
             name=identity_name,
             identity_class="system",
             sectors=["healthcare"],
+            # The producer refers to itself: the interop profile accepts as creator only
+            # an identity that carries created_by_ref.
+            created_by_ref=stix_id("identity", "collector", identity_name),
             object_marking_refs=[self.marking.id],
         )
         self.sites: dict[str, tuple[str, str]] = {}  # finess -> (ght, region)
@@ -178,11 +188,9 @@ class _Builder:
                 "description": f"Vigie incident key; this export is change seq {incident.seq}",
             }
         ] + [
-            {
-                "source_name": "mitre-attack",
-                "external_id": t,
-                "url": "https://attack.mitre.org/techniques/" + t.replace(".", "/") + "/",
-            }
+            # No url: STIX wants a url to come with hashes of what it points to, which a
+            # living web page cannot have; ATT&CK-aware tools match on external_id.
+            {"source_name": "mitre-attack", "external_id": t}
             for t in techniques
         ]
         severity = severity_name(incident.severity)
@@ -216,7 +224,7 @@ class _Builder:
             self.objects[rel.id] = rel
 
     def build(self) -> str:
-        objects: list[object] = [self.marking, self.creator]
+        objects: list[object] = [self.creator]  # the TLP marking: see the module docstring
         for finess, (ght, region) in sorted(self.sites.items()):
             objects.append(
                 v21.Identity(

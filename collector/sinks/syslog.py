@@ -3,9 +3,17 @@
     <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [vigie@32473 key="..." ...] MSG
 
 The structured-data element carries the incident key and seq (for deduplication), rule,
-subject, severity, status, site and alert counts. Its SD-ID uses 32473, the private
-enterprise number IANA reserves for documentation (RFC 5612): replace `PEN` once Vigie
-has its own. HOSTNAME is the collector's own host name, never a hospital's.
+subject, severity, status, the change (when the incident comes from the change feed), site
+and alert counts. Its SD-ID uses 32473, the private enterprise number IANA reserves for
+documentation (RFC 5612): replace `PEN` once Vigie has its own. HOSTNAME is the collector's
+own host name, never a hospital's.
+
+A UDP datagram holds at most UDP_MAX_BYTES, and the message is built to fit rather than
+cut afterwards: a cut inside the structured data would leave a message that RFC 5424
+parsers reject. When the element itself is too long, its longest free-text values (key,
+subject, ...) are shortened on character boundaries, never inside an escape sequence, and
+`truncated="true"` is added; the MSG then gets whatever room is left, cut on a UTF-8
+boundary. Over TCP (octet counting) nothing is shortened.
 """
 
 from __future__ import annotations
@@ -54,6 +62,63 @@ def _timestamp(now: float) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond:06d}Z"
 
 
+# Values that may be shortened to fit a datagram: free text, possibly long. The numbers and
+# the enumerated values (seq, severity, status, counts) are short and always kept whole:
+# seq alone still identifies the change when the key had to be shortened.
+SHORTENABLE = ("key", "rule", "subject", "change")
+TRUNCATED_PARAM = ' truncated="true"'
+# When the structured data has to be shortened anyway, keep this much room for the start
+# of MSG, which tells a reader the severity, rule and status in words.
+MSG_RESERVE = 160
+
+
+def _escaped_size(char: str) -> int:
+    return len(sd_escape(char).encode("utf-8"))
+
+
+def shorten_param(value: str, budget: int) -> str:
+    """The longest prefix of `value` whose escaped UTF-8 form takes at most `budget` bytes.
+
+    Cutting the raw value, character by character, before escaping means the cut can
+    never fall inside a backslash escape nor inside a multi-byte character.
+    """
+    used = 0
+    for i, char in enumerate(value):
+        used += _escaped_size(char)
+        if used > budget:
+            return value[:i]
+    return value
+
+
+def _sd_element(params: dict[str, str], truncated: bool) -> bytes:
+    body = "".join(f' {k}="{sd_escape(v)}"' for k, v in params.items())
+    return ("[" + SD_ID + body + (TRUNCATED_PARAM if truncated else "") + "]").encode("utf-8")
+
+
+def _fit_params(params: dict[str, str], limit: int) -> dict[str, str]:
+    """Shorten the longest SHORTENABLE values until the SD element (with `truncated`) fits.
+
+    Water-filling: find the largest per-value cap, in escaped bytes, that makes the
+    element fit, and cut only the values longer than it, so short values stay whole.
+    """
+    names = [k for k in SHORTENABLE if k in params]
+    fixed = len(_sd_element({k: ("" if k in names else v) for k, v in params.items()}, True))
+    budget = max(0, limit - fixed)
+    sizes = {k: len(sd_escape(params[k]).encode("utf-8")) for k in names}
+    cap, rest, remaining = 0, budget, len(names)
+    for k in sorted(names, key=sizes.__getitem__):
+        share = rest // remaining
+        if sizes[k] <= share:  # fits whole: its unused share goes to the longer ones
+            rest -= sizes[k]
+            remaining -= 1
+        else:
+            cap = share
+            break
+    else:
+        return dict(params)  # everything fits (the caller checks before calling)
+    return {k: shorten_param(v, cap) if k in names else v for k, v in params.items()}
+
+
 def format_message(
     incident: analyst_pb2.Incident,
     *,
@@ -62,8 +127,14 @@ def format_message(
     hostname: str | None = None,
     procid: int | None = None,
     now: float | None = None,
-) -> tuple[bytes, bytes]:
-    """(header and structured data, MSG) of the RFC 5424 message for one incident change."""
+    limit: int | None = None,
+) -> bytes:
+    """The RFC 5424 message for one incident change.
+
+    With `limit` (bytes), the message is shortened to fit, staying a valid RFC 5424
+    message: values of the structured data first when the element alone is too long (with
+    truncated="true"), then MSG on a UTF-8 boundary, or no MSG at all.
+    """
     pri = facility * 8 + SYSLOG_SEVERITY.get(incident.severity, 6)
     params = {
         "key": incident.key,
@@ -72,11 +143,12 @@ def format_message(
         "subject": incident.subject,
         "severity": severity_name(incident.severity),
         "status": status_name(incident.status),
-        "sites": str(len(incident.sites)),
-        "alerts": str(incident.alert_count),
     }
-    sd = "[" + SD_ID + "".join(f' {k}="{sd_escape(v)}"' for k, v in params.items()) + "]"
-    head = " ".join(
+    if incident.change:  # empty when the incident was read as it stands
+        params["change"] = incident.change
+    params["sites"] = str(len(incident.sites))
+    params["alerts"] = str(incident.alert_count)
+    header = " ".join(
         [
             f"<{pri}>1",
             _timestamp(time.time() if now is None else now),
@@ -84,19 +156,27 @@ def format_message(
             _header_field(app_name, 48),
             _header_field(str(os.getpid() if procid is None else procid), 128),
             MSGID,
-            sd,
         ]
-    )
+    ).encode("ascii")
     text = (
         f"{severity_name(incident.severity)} {incident.rule} incident "
         f"({status_name(incident.status)}, {len(incident.sites)} site(s)): "
         f"{incident.summary or incident.subject}"
     )
     text = " ".join(text.split())  # one line: no CR/LF inside a message
+    bom = b"" if text.isascii() else BOM  # RFC 5424 §6.4: a UTF-8 MSG starts with a BOM
     msg = text.encode("utf-8")
-    if not text.isascii():
-        msg = BOM + msg  # RFC 5424 §6.4: UTF-8 MSG starts with a BOM
-    return head.encode("utf-8"), msg
+
+    sd = _sd_element(params, False)
+    if limit is None:
+        return header + b" " + sd + b" " + bom + msg
+    if len(header) + 1 + len(sd) > limit:
+        reserve = min(1 + len(bom) + len(msg), MSG_RESERVE)
+        sd = _sd_element(_fit_params(params, limit - len(header) - 1 - reserve), True)
+    head = header + b" " + sd
+    room = limit - len(head) - 1 - len(bom)  # what MSG's text may take after " " and BOM
+    msg = truncate_utf8(msg, room) if room > 0 else b""
+    return head + (b" " + bom + msg if msg else b"")
 
 
 def truncate_utf8(data: bytes, limit: int) -> bytes:
@@ -143,18 +223,21 @@ class SyslogSink:
     def send(
         self, incident: analyst_pb2.Incident, alerts: Sequence[analyst_pb2.StoredAlert]
     ) -> None:
-        head, msg = format_message(
+        udp = self.protocol == "udp"
+        message = format_message(
             incident,
             facility=self.facility,
             app_name=self.app_name,
             hostname=self.hostname,
             now=self.clock(),
+            # RFC 6587 octet counting frames a message of any length: only UDP is bounded.
+            limit=UDP_MAX_BYTES if udp else None,
         )
         with self._lock:
-            if self.protocol == "udp":
-                self._send_udp(head, msg)
+            if udp:
+                self._send_udp(message)
             else:
-                self._send_tcp(head + b" " + msg)
+                self._send_tcp(message)
 
     def close(self) -> None:
         with self._lock:
@@ -170,14 +253,7 @@ class SyslogSink:
         family, _, _, _, sockaddr = infos[0]
         return family, sockaddr
 
-    def _send_udp(self, head: bytes, msg: bytes) -> None:
-        datagram = head + b" " + msg
-        if len(datagram) > UDP_MAX_BYTES:
-            room = UDP_MAX_BYTES - len(head) - 1
-            if room <= 0:  # absurdly long key or subject: keep what fits
-                datagram = truncate_utf8(head, UDP_MAX_BYTES)
-            else:
-                datagram = head + b" " + truncate_utf8(msg, room)
+    def _send_udp(self, datagram: bytes) -> None:
         try:
             if self._sock is None:
                 family, self._peer = self._resolve(socket.SOCK_DGRAM)
