@@ -16,32 +16,17 @@ import socket
 import ssl
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from agent import settings
 from common import config
+from common.checks import FAIL, OK, WARN, Result
 
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
 EXPIRY_WARN_DAYS = 30
 SKEW_WARN_SECONDS = 5.0
 SKEW_FAIL_SECONDS = 300.0
-OK, WARN, FAIL = "OK", "WARN", "FAIL"
-
-
-@dataclass
-class Result:
-    status: str
-    check: str
-    message: str
-    remedy: str = ""
-
-    def line(self) -> str:
-        out = f"{self.status:<4}  {self.check:<14} {self.message}"
-        if self.remedy and self.status != OK:
-            out += f"\n{'':20}fix: {self.remedy}"
-        return out
 
 
 def effective_caps(status_text: str | None = None) -> int:

@@ -18,6 +18,7 @@ import grpc
 from analyst import connect, intel
 from common.alertjson import alert_dict, iso, severity_name
 from common.config import ConfigError
+from common.identity import STATUS_VALUES, status_name, status_value
 from vigie.v1 import alert_pb2, analyst_pb2, analyst_pb2_grpc
 
 EX_USAGE, EX_UNREACHABLE, EX_REFUSED, EX_NOT_FOUND = 2, 3, 4, 5
@@ -140,6 +141,7 @@ def cmd_agents(stub, args) -> int:
                         "packets_dropped": a.packets_dropped,
                         "outbox_depth": a.outbox_depth,
                         "outbox_shed": a.outbox_shed,
+                        "dead_letters": a.dead_letters,
                         "silent": a.silent,
                     }
                 )
@@ -147,20 +149,25 @@ def cmd_agents(stub, args) -> int:
         return 0
     print(
         f"{'STATE':<7} {'LAST SEEN':<16} {'GHT':<10} {'FINESS':<9} {'VERSION':<10} "
-        f"{'DROPS':>7} {'BACKLOG':>8}"
+        f"{'DROPS':>7} {'BACKLOG':>8} {'HELD':>5}"
     )
     for a in agents:
+        # HELD: alerts of this agent the collector could not store (its dead letters).
         print(
             f"{'SILENT' if a.silent else 'ok':<7} {_local(a.last_seen):<16} "
             f"{_fit(a.origin.ght, 10):<10} {a.origin.finess:<9} {_fit(a.agent_version, 10):<10} "
-            f"{a.packets_dropped:>7} {a.outbox_depth:>8}"
+            f"{a.packets_dropped:>7} {a.outbox_depth:>8} {a.dead_letters:>5}"
         )
     if not agents:
         print("(no agents)")
     return 0
 
 
-STATUS_NAME = {1: "open", 2: "acked", 3: "closed"}
+STATUS_ALIASES = {"acked": "acknowledged"}  # the former spelling, still accepted by --status
+
+
+def _status_option(text: str) -> str:
+    return STATUS_ALIASES.get(text, text)
 
 
 def incident_dict(inc) -> dict:
@@ -169,7 +176,7 @@ def incident_dict(inc) -> dict:
         "rule": inc.rule,
         "subject": inc.subject,
         "severity": severity_name(inc.severity),
-        "status": STATUS_NAME.get(inc.status, "?"),
+        "status": status_name(inc.status),
         "status_by": inc.status_by,
         "status_comment": inc.status_comment,
         "first_seen": iso(inc.first_seen),
@@ -189,13 +196,13 @@ def print_incidents(items, as_json: bool, colour: bool, header: bool = True) -> 
     width = max(80, shutil.get_terminal_size((80, 24)).columns)
     if header:
         print(
-            f"{'LAST SEEN':<16}  {'SEV':<4}  {'STATUS':<6}  {'RULE':<20}  {'SITES':>5}  "
+            f"{'LAST SEEN':<16}  {'SEV':<4}  {'STATUS':<12}  {'RULE':<20}  {'SITES':>5}  "
             f"{'ALERTS':>6}"
         )
     for inc in items:
         print(
             f"{_local(inc.last_seen):<16}  {_sev(severity_name(inc.severity), colour)}  "
-            f"{STATUS_NAME.get(inc.status, '?'):<6}  {_fit(inc.rule, 20):<20}  "
+            f"{status_name(inc.status):<12}  {_fit(inc.rule, 20):<20}  "
             f"{len(inc.sites):>5}  {inc.alert_count:>6}"
         )
         print(_fit(f"    {inc.summary}", width))
@@ -203,7 +210,7 @@ def print_incidents(items, as_json: bool, colour: bool, header: bool = True) -> 
         if inc.status_by:
             print(
                 _fit(
-                    f"    {STATUS_NAME.get(inc.status)} by {inc.status_by} "
+                    f"    {status_name(inc.status)} by {inc.status_by} "
                     f"{_local(inc.status_at)}: {inc.status_comment}",
                     width,
                 )
@@ -217,7 +224,7 @@ def cmd_incidents(stub, args) -> int:
         rule=args.rule or "", region=args.region or "", page_size=min(args.limit, 1000)
     )
     if args.status:
-        req.status = {"open": 1, "acked": 2, "closed": 3}[args.status]
+        req.status = status_value(args.status)
     items = _paged(stub.ListIncidents, req, "incidents", args)
     print_incidents(items, args.json, _colour(args))
     return 0
@@ -253,7 +260,7 @@ def _update(stub, key: str, status: int, comment: str) -> int:
     inc = stub.UpdateIncident(
         analyst_pb2.UpdateIncidentRequest(key=key, status=status, comment=comment), timeout=30
     )
-    print(f"{STATUS_NAME[inc.status]}: {inc.key}")
+    print(f"{status_name(inc.status)}: {inc.key}")
     return 0
 
 
@@ -370,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--json", action="store_true")
     sev = ["info", "low", "medium", "high", "critical"]
     i = sub.add_parser("incidents", help="list incidents, newest change first")
-    i.add_argument("--status", choices=["open", "acked", "closed"])
+    i.add_argument("--status", type=_status_option, choices=list(STATUS_VALUES))
     i.add_argument("--severity", choices=sev, help="at least this severity")
     i.add_argument("--rule")
     i.add_argument("--region")

@@ -14,6 +14,9 @@ import grpc
 from cryptography import x509
 
 from collector.pki.ca import Identity, PkiError
+from common import logs
+
+log = logs.get("collector.auth")
 
 # Which identity kind may call which service. Health and reflection: any valid certificate.
 SERVICE_KINDS = {
@@ -28,13 +31,28 @@ def _identity_from_pem(pem: bytes) -> Identity:
     return Identity.from_certificate(x509.load_pem_x509_certificate(pem))
 
 
+@functools.lru_cache(maxsize=1024)
+def _refused(pem: bytes) -> None:
+    """Say once per certificate why a certificate signed by a trusted CA is refused (an
+    identity that the shared rules of common.identity refuse, say). Only the serial
+    number: the registry maps it to the agent, and log lines carry no names."""
+    try:
+        serial = f"{x509.load_pem_x509_certificate(pem).serial_number:x}"
+    except ValueError:
+        serial = "unreadable"
+    log.warning("certificate_refused", serial=serial, reason="no valid Vigie identity")
+
+
 def caller(context: grpc.ServicerContext) -> Identity | None:
+    """The caller's identity, or None when its certificate carries no valid one: a value
+    that fails the checks of common.identity makes the whole certificate invalid."""
     pems = context.auth_context().get("x509_pem_cert")
     if not pems:
         return None
     try:
         return _identity_from_pem(pems[0])
     except (PkiError, ValueError):
+        _refused(pems[0])
         return None
 
 
@@ -48,8 +66,15 @@ def _required_kind(method: str) -> str | None:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """`revoked(agent_id)` is asked on every call (a cache: see pki.registry)."""
 
-    def __init__(self, revoked: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        revoked: Callable[[str], bool] | None = None,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         self.revoked = revoked
+        # Told the reason of each refused call (a metric label: unauthenticated, revoked,
+        # permission_denied).
+        self.on_refused = on_refused or (lambda reason: None)
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
@@ -60,10 +85,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         def refusal(context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
             who = caller(context)
             if who is None:
+                self.on_refused("unauthenticated")
                 return grpc.StatusCode.UNAUTHENTICATED, "no valid Vigie certificate"
             if who.kind == "agent" and self.revoked is not None and self.revoked(who.name):
+                self.on_refused("revoked")
                 return grpc.StatusCode.UNAUTHENTICATED, "this agent certificate is revoked"
             if kind is not None and who.kind != kind:
+                self.on_refused("permission_denied")
                 return (
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"a {who.kind} certificate cannot call {details.method}",

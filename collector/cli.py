@@ -13,8 +13,16 @@ from collector.pki import ca as pki
 from collector.pki import intel
 from collector.pki.registry import format_token
 from common import config, logs
+from common import identity as rules
 
-FINESS_RE = re.compile(r"^[0-9][0-9AB][0-9]{7}$")
+# Every value that names a site or a person is checked by the rules shared with the CA
+# and the collector's reading of certificates: refused here, exit 2, nothing written.
+FINESS = rules.argument(rules.check_finess)
+GHT = rules.argument(rules.check_ght)
+REGION = rules.argument(rules.check_region)
+AGENT_ID = rules.argument(rules.check_agent_id)
+ANALYST_NAME = rules.argument(rules.check_analyst_name)
+ROLE = rules.argument(rules.check_role)
 TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -57,15 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     common_args(ki)
     ka = ksub.add_parser("issue-agent", help="issue development agent credentials (key made here)")
     common_args(ka)
-    ka.add_argument("--finess", required=True)
-    ka.add_argument("--ght", required=True)
-    ka.add_argument("--region", required=True)
-    ka.add_argument("--agent-id", default="")
+    ka.add_argument("--finess", required=True, type=FINESS, help="9-character FINESS number")
+    ka.add_argument("--ght", required=True, type=GHT)
+    ka.add_argument("--region", required=True, type=REGION)
+    ka.add_argument("--agent-id", type=AGENT_ID, help="default: a new random id")
     ka.add_argument("--out", required=True, help="directory for agent.crt, agent.key, ca.crt")
     kn = ksub.add_parser("issue-analyst", help="issue an analyst certificate")
     common_args(kn)
-    kn.add_argument("--name", required=True)
-    kn.add_argument("--role", required=True, help="national or regional:<code>")
+    kn.add_argument("--name", required=True, type=ANALYST_NAME)
+    kn.add_argument("--role", required=True, type=ROLE, help="national or regional:<code>")
     kn.add_argument("--out", required=True)
     kr = ksub.add_parser(
         "rollover", help="make a new issuing CA; the old one stays trusted until it expires"
@@ -88,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     tsub = t.add_subparsers(dest="token_cmd", required=True)
     tc = tsub.add_parser("create", help="issue a one-time, expiring enrollment token")
     common_args(tc)
-    tc.add_argument("--region", required=True)
-    tc.add_argument("--ght", required=True)
-    tc.add_argument("--finess", required=True, help="9-character FINESS number")
+    tc.add_argument("--region", required=True, type=REGION)
+    tc.add_argument("--ght", required=True, type=GHT)
+    tc.add_argument("--finess", required=True, type=FINESS, help="9-character FINESS number")
     tc.add_argument("--ttl", default="24h", help="lifetime: 30m, 24h, 7d (default 24h)")
 
     ag = sub.add_parser("agent", help="manage enrolled agents")
@@ -99,6 +107,23 @@ def main(argv: list[str] | None = None) -> int:
     common_args(ar)
     ar.add_argument("agent_id")
     ar.add_argument("--reason", default="")
+
+    dr = sub.add_parser(
+        "doctor", help="check the store, PKI, dead letters, agents and sinks; exit 1 on a failure"
+    )
+    common_args(dr)
+
+    dl = sub.add_parser(
+        "dead-letter", help="alerts the store refused, or a correlation rule failed on"
+    )
+    dlsub = dl.add_subparsers(dest="dead_cmd", required=True)
+    dll = dlsub.add_parser("list", help="the held alerts, newest first, with their reason")
+    common_args(dll)
+    dll.add_argument("--limit", type=int, default=50)
+    dlr = dlsub.add_parser(
+        "retry", help="store or correlate every held alert again (after the cause is fixed)"
+    )
+    common_args(dlr)
 
     it = sub.add_parser("intel", help="the intel bundle distributed to agents")
     isub = it.add_subparsers(dest="intel_cmd", required=True)
@@ -116,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                 cfg["enroll"]["listen"] = args.enroll_listen
             server.serve(cfg)
             return 0
+        if args.cmd == "doctor":
+            from collector import doctor
+
+            return doctor.run(cfg, sys.stdout)
+        if args.cmd == "dead-letter":
+            return _dead_letters(args, cfg)
         d = server.pki_dir(cfg)
         if args.cmd == "token":
             return _token_create(args, cfg, d)
@@ -174,8 +205,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             path = authority.issue(args.out, "agent", identity=ident)
         else:
-            if not pki.valid_role(args.role):
-                raise pki.PkiError(f"role must be national or regional:<code>, got {args.role!r}")
             ident = pki.Identity("analyst", args.name, role=args.role)
             path = authority.issue(args.out, "analyst", identity=ident)
         print(f"{ident.kind} {ident.name} certificate: {Path(path)}")
@@ -185,13 +214,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _dead_letters(args: argparse.Namespace, cfg: dict) -> int:
+    store = server.open_store(cfg)
+    try:
+        if args.dead_cmd == "list":
+            rows = store.dead_letters(args.limit)
+            for r in rows:
+                when = dt.datetime.fromtimestamp(r["last_try"], dt.UTC).strftime("%Y-%m-%d %H:%M")
+                what = r["kind"] + (f"/{r['rule']}" if r["rule"] else "")
+                print(
+                    f"{when}Z  {what:<24} agent {r['agent_id']} ({r['finess']}, {r['ght']}) "
+                    f"alert {r['alert_id']}  tries {r['attempts']}\n    {r['reason']}"
+                )
+            total = sum(store.dead_letter_counts().values())
+            print(f"{total} alert(s) held" + (f", {len(rows)} shown" if total > len(rows) else ""))
+            return 0
+        done, failed = store.retry_dead_letters()
+        print(f"{done} stored or correlated again, {failed} still held")
+        return 0 if not failed else 1
+    finally:
+        store.close()
+
+
 def _token_create(args: argparse.Namespace, cfg: dict, d: Path) -> int:
-    if not FINESS_RE.match(args.finess):
-        raise config.ConfigError(f"--finess {args.finess!r} is not a 9-character FINESS number")
-    for name in ("region", "ght"):
-        value = getattr(args, name)
-        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
-            raise config.ConfigError(f"--{name} {value!r}: 1-64 characters of [A-Za-z0-9._-]")
+    # --finess, --ght and --region were checked by argparse (the shared rules).
     ttl = parse_ttl(args.ttl)
     if not pki.Authority.exists(d) or not (d / "server.crt").exists():
         pki.init(d, cfg["pki"]["server_names"])

@@ -259,13 +259,17 @@ async def build(
         root_certificates=pki.trust_bundle(d),  # the issuing CA and any kept by a rollover
         require_client_auth=True,
     )
+    meters = meters or Metrics()
     ing = cfg["ingest"]
     limit = ing["max_message_bytes"]
     server = grpc.aio.server(
         # Analyst, renewal, health and reflection handlers are plain functions: they run
         # in this pool; the agents' streams are coroutines on the loop.
         migration_thread_pool=pool or futures.ThreadPoolExecutor(max_workers=ing["workers"]),
-        interceptors=[AuthInterceptor(revoked), AuditInterceptor(store)],
+        interceptors=[
+            AuthInterceptor(revoked, lambda reason: meters.refused.inc(1, reason)),
+            AuditInterceptor(store),
+        ],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -274,7 +278,6 @@ async def build(
         ],
         maximum_concurrent_rpcs=ing["max_streams"] + ing["workers"],
     )
-    meters = meters or Metrics()
     if store.dialect == "sqlite":
         # Writes go to a process of their own (see collector/ingest/writer.py).
         writes = WriterProcess(

@@ -16,6 +16,14 @@ def scrape(address: str) -> tuple[str, str]:
         return r.headers["Content-Type"], r.read().decode()
 
 
+def promtool_clean(text: str) -> None:
+    """Prometheus' own linter on a metrics page: no error, no lint problem."""
+    r = subprocess.run(
+        [tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
+
+
 def test_text_format() -> None:
     reg = metrics.Registry()
     c = reg.counter("x_total", "Things.", labels=("kind",))
@@ -99,6 +107,18 @@ def test_collector_and_agent_metrics(tmp_path: Path) -> None:
         assert 1 <= tx <= s["vigie_collector_batches_total"] + s["vigie_collector_heartbeats_total"]
         assert s["vigie_collector_heartbeats_total"] >= 1
         assert "vigie_collector_incident_changes" in s
+        # The failure counters exist from the start, at zero, so that an alerting rule on
+        # their rate has a series to read.
+        for name in (
+            'vigie_collector_batches_failed_total{reason="unavailable"}',
+            'vigie_collector_dead_letters_total{kind="store"}',
+            'vigie_collector_correlation_errors_total{rule="kill_chain"}',
+            'vigie_collector_refused_total{reason="unauthenticated"}',
+            "vigie_collector_dead_letters_held",
+        ):
+            assert s[name] == 0, name
+        promtool_clean(body)
+        promtool_clean(scrape(f"127.0.0.1:{port}")[1])
     finally:
         c.proc.terminate()
         c.proc.wait(10)
@@ -130,3 +150,4 @@ def test_agent_metrics_registry(tmp_path: Path) -> None:
     assert s["vigie_agent_kernel_dropped_total"] == 1
     assert s['vigie_agent_alerts_total{detector="net.portscan"}'] >= 1
     assert s["vigie_agent_selfguard_level"] == 0 and s["vigie_agent_rss_bytes"] > 0
+    promtool_clean(reg.render())

@@ -247,6 +247,12 @@ class Sender(threading.Thread):
                             items = in_flight.pop(msg.ack.seq, [])
                         self.outbox.ack(items)
                         self.acked += len(items)
+                        if msg.ack.dead_lettered:  # in the collector's custody, not lost
+                            log.warning(
+                                "alerts_held_by_collector",
+                                seq=msg.ack.seq,
+                                count=msg.ack.dead_lettered,
+                            )
                     elif body == "flow_control":
                         fc = msg.flow_control
                         with self._cv:

@@ -82,6 +82,7 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         now = time.time()
         out = analyst_pb2.ListAgentsResponse()
         rows = [r for r in self.store.list_agents() if not region or r["region"] == region]
+        held = self.store.dead_letter_counts()
         for r in rows:
             a = out.agents.add(
                 agent_version=r["agent_version"],
@@ -89,6 +90,7 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
                 outbox_depth=r["outbox_depth"],
                 outbox_shed=r["outbox_shed"],
                 silent=now - r["last_seen"] > self.silent_after,
+                dead_letters=held.get(r["agent_id"], 0),
             )
             a.origin.agent_id = r["agent_id"]
             a.origin.finess = r["finess"]
