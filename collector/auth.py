@@ -6,8 +6,10 @@ before any servicer code runs. Servicers then read the caller with `caller(conte
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import uuid
 from collections.abc import Callable
 
 import grpc
@@ -98,7 +100,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 )
             return None
 
-        return _wrap(handler, refusal)
+        return _wrap(handler, refusal, details.method)
 
 
 class _Undecodable:
@@ -143,9 +145,18 @@ async def _checked_async(requests):
         yield request
 
 
-def _wrap(handler: grpc.RpcMethodHandler, refusal: Callable) -> grpc.RpcMethodHandler:
-    """The handler, behind the caller check and the lenient decoding. Handlers written for
-    asyncio (the agents' stream) stay coroutines; the others run in the server's thread
+def _internal(method: str, exc: BaseException) -> str:
+    """What a caller is told of a failure of ours: a reference to the log line that holds
+    the detail, never the exception itself (paths, SQL, values of other sites)."""
+    ref = uuid.uuid4().hex[:12]
+    log.error("call_failed", method=method, ref=ref, error=f"{type(exc).__name__}: {exc}"[:500])
+    return f"internal error in the collector (ref {ref}); the operator can look it up"
+
+
+def _wrap(handler: grpc.RpcMethodHandler, refusal: Callable, method: str) -> grpc.RpcMethodHandler:
+    """The handler, behind the caller check and the lenient decoding, its unexpected
+    failures answered INTERNAL with a reference. Handlers written for asyncio (the
+    agents' stream, every watch) stay coroutines; the others run in the server's thread
     pool, where the context's abort() raises instead of being awaited."""
     decode = _lenient(handler.request_deserializer)
 
@@ -166,6 +177,10 @@ def _wrap(handler: grpc.RpcMethodHandler, refusal: Callable) -> grpc.RpcMethodHa
                     yield response
             except Undecodable:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_TEXT)
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await context.abort(grpc.StatusCode.INTERNAL, _internal(method, exc))
 
         return grpc.stream_stream_rpc_method_handler(
             async_stream_stream, decode, handler.response_serializer
@@ -179,8 +194,13 @@ def _wrap(handler: grpc.RpcMethodHandler, refusal: Callable) -> grpc.RpcMethodHa
                 await context.abort(*refused)
             if request is UNDECODABLE:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_TEXT)
-            async for response in inner_aus(request, context):
-                yield response
+            try:
+                async for response in inner_aus(request, context):
+                    yield response
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await context.abort(grpc.StatusCode.INTERNAL, _internal(method, exc))
 
         return grpc.unary_stream_rpc_method_handler(
             async_unary_stream, decode, handler.response_serializer
@@ -192,7 +212,12 @@ def _wrap(handler: grpc.RpcMethodHandler, refusal: Callable) -> grpc.RpcMethodHa
             check(context)
             if request is UNDECODABLE:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_TEXT)
-            return inner(request, context)
+            try:
+                return inner(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                context.abort(grpc.StatusCode.INTERNAL, _internal(method, exc))
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, decode, handler.response_serializer)
     if handler.unary_stream:
@@ -202,7 +227,12 @@ def _wrap(handler: grpc.RpcMethodHandler, refusal: Callable) -> grpc.RpcMethodHa
             check(context)
             if request is UNDECODABLE:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE_TEXT)
-            yield from inner_us(request, context)
+            try:
+                yield from inner_us(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                context.abort(grpc.StatusCode.INTERNAL, _internal(method, exc))
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream, decode, handler.response_serializer
@@ -212,7 +242,12 @@ def _wrap(handler: grpc.RpcMethodHandler, refusal: Callable) -> grpc.RpcMethodHa
 
         def stream_unary(requests, context):
             check(context)
-            return inner_su(_checked(requests, context), context)
+            try:
+                return inner_su(_checked(requests, context), context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                context.abort(grpc.StatusCode.INTERNAL, _internal(method, exc))
 
         return grpc.stream_unary_rpc_method_handler(
             stream_unary, decode, handler.response_serializer
@@ -221,6 +256,11 @@ def _wrap(handler: grpc.RpcMethodHandler, refusal: Callable) -> grpc.RpcMethodHa
 
     def stream_stream(requests, context):
         check(context)
-        yield from inner_ss(_checked(requests, context), context)
+        try:
+            yield from inner_ss(_checked(requests, context), context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            context.abort(grpc.StatusCode.INTERNAL, _internal(method, exc))
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, decode, handler.response_serializer)

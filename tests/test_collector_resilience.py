@@ -249,3 +249,20 @@ def test_a_store_that_fails_for_a_while_keeps_the_batch_at_the_agent(
         metrics.parse(_scrape(port))['vigie_collector_batches_failed_total{reason="unavailable"}']
         >= 1
     )
+
+
+def test_a_call_that_fails_says_a_reference_never_our_internals(national, tmp_path: Path) -> None:
+    """Any handler failing unexpectedly (here the store lost a table under a query) answers
+    INTERNAL with a reference the operator finds in the collector's log."""
+    c, _ = national
+    creds = c.issue_analyst(tmp_path / "analyst")
+    with sqlite3.connect(c.db()) as db:
+        db.execute("ALTER TABLE agents RENAME TO agents_elsewhere")
+    r = subprocess.run(
+        [tool("vigie"), "agents"], capture_output=True, text=True, env=c.analyst_env(creds)
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "no such table" not in out and "OperationalError" not in out, out
+    ref = out.split("(ref ")[1].split(")")[0]
+    assert f'"ref": "{ref}"' in c.log.read_text() and "no such table" in c.log.read_text()
