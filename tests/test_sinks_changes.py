@@ -101,6 +101,8 @@ def test_ack_and_close_in_one_millisecond_reach_every_sink_in_order(tmp_path: Pa
         key = _raise_incident(store)
         store.update_incident(key, ACKNOWLEDGED, "analyst-1", "looking", now=T0 + 10.0001)
         store.update_incident(key, CLOSED, "analyst-1", "blocked", now=T0 + 10.0002)
+        # The address comes back at a fourth site: new evidence reopens the closed incident.
+        store.ingest(Origin("agt-4", "750000004", "GHT-4", "11"), [_alert("a4", T0 + 20)])
         jobs.run_once()
         jobs.run_once()  # nothing new: nothing sent twice
 
@@ -111,10 +113,12 @@ def test_ack_and_close_in_one_millisecond_reach_every_sink_in_order(tmp_path: Pa
             ("updated", "open"),  # the third GHT joined
             ("acknowledged", "acknowledged"),
             ("closed", "closed"),
+            ("reopened", "open"),
         ]
         seqs = [c[0] for c in changes]
         assert seqs == sorted(set(seqs))
-        assert lines[-2]["status_comment"] == "looking" and lines[-1]["status_comment"] == "blocked"
+        assert [x["status_comment"] for x in lines[-3:-1]] == ["looking", "blocked"]
+        assert lines[-1]["status_comment"] == "reopened: new matching alerts"
 
         got = [SyslogMessage.parse(udp.recv(4096).decode()) for _ in seqs]
         assert [(int(_sd(m)["seq"]), _sd(m)["change"], _sd(m)["status"]) for m in got] == changes
@@ -125,7 +129,7 @@ def test_ack_and_close_in_one_millisecond_reach_every_sink_in_order(tmp_path: Pa
         for f in stix:  # file names sort by seq
             (inc,) = [o for o in json.loads(f.read_text())["objects"] if o["type"] == "incident"]
             states.append(json.dumps(inc))
-        assert "closed" in states[-1] and "acknowledged" in states[-2]
+        assert "acknowledged" in states[-3] and "closed" in states[-2]
 
         # The TCP receiver was down: the others went on; now it comes up and gets it all.
         assert tcp.messages == []
