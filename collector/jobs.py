@@ -107,6 +107,19 @@ class Jobs(threading.Thread):
             except Exception as exc:
                 if self.meters is not None:
                     self.meters.sink_errors.inc(1, sink.name)
+                if getattr(exc, "permanent", False):
+                    # The receiver refuses this payload for good (an HTTP 400, say): sending
+                    # it again would block every later change for this sink. Said loudly,
+                    # counted, and passed; the change stays in the store's change feed.
+                    log.error(
+                        "sink_refused_change",
+                        sink=sink.name,
+                        incident=change["key"],
+                        seq=change["seq"],
+                        detail=str(exc)[:200],
+                    )
+                    cursor = change["seq"]
+                    continue
                 log.warning(
                     "sink_failed",
                     sink=sink.name,

@@ -155,3 +155,44 @@ def _wait(cond, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return cond()
+
+
+class FlakySink:
+    """Refuses one change for good (say an HTTP 400), fails another once (a timeout)."""
+
+    name = "flaky"
+
+    def __init__(self, refuse_seq: int, fail_once_seq: int) -> None:
+        self.refuse_seq, self.fail_once_seq = refuse_seq, fail_once_seq
+        self.got: list[int] = []
+
+    def send(self, incident, alerts) -> None:
+        from collector.sinks import SinkError
+
+        if incident.seq == self.refuse_seq:
+            raise SinkError("HTTP 400: refused", permanent=True, status=400)
+        if incident.seq == self.fail_once_seq:
+            self.fail_once_seq = -1
+            raise SinkError("timed out")
+        self.got.append(incident.seq)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_change_refused_for_good_does_not_block_the_sink(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'vigie.db'}")
+    try:
+        key = _raise_incident(store)
+        store.update_incident(key, ACKNOWLEDGED, "a", "", now=T0 + 10)
+        store.update_incident(key, CLOSED, "a", "", now=T0 + 11)
+        seqs = [c["seq"] for c in store.list_changes(0)]
+        assert len(seqs) == 4
+        sink = FlakySink(refuse_seq=seqs[0], fail_once_seq=seqs[2])
+        jobs = Jobs(store, _cfg(tmp_path), [sink], clock=lambda: T0 + 100)
+        jobs.run_once()  # the refused one passed, the failing one holds the rest back
+        assert sink.got == [seqs[1]]
+        jobs.run_once()  # retried, in order
+        assert sink.got == seqs[1:]
+    finally:
+        store.close()
