@@ -66,6 +66,7 @@ def test_abandoned_watches_hold_nothing_and_shutdown_completes(tmp_path: Path) -
         log = c.log.read_text()
         assert "collector_stopped" in log, log[-2000:]
         assert took < STOP_TIMEOUT
+        print(f"collector stopped in {took:.1f} s with 200 watches open")
         # The watchers heard the collector go: NOT_SERVING, then the end of their call.
         still_open = [call for call in calls[1000:] if call in watches]
         statuses = set()
