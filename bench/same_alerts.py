@@ -80,10 +80,10 @@ def main() -> int:
         total += len(got)
         path = ref / f"{name(cap)}.jsonl"
         if args.save:
-            path.write_text("\n".join(got) + "\n")
+            path.write_text("".join(line + "\n" for line in got))
             print(f"{len(got):6d} alerts  {cap}")
             continue
-        want = path.read_text().splitlines() if path.exists() else None
+        want = [x for x in path.read_text().splitlines() if x] if path.exists() else None
         same = want == got
         differ += not same
         print(f"{'same' if same else 'DIFFERENT':9} {len(got):6d} alerts  {cap}")
