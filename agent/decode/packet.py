@@ -7,7 +7,7 @@ and `smac`/`dmac` the hardware addresses. `payload` is the captured L4 payload.
 
 from __future__ import annotations
 
-from agent.engine import Packet
+from agent.engine import P_ARP, Packet
 
 __all__ = ["ACK", "ARP", "CWR", "ECE", "FIN", "ICMP", "ICMP6", "PSH", "RST", "SYN", "TCP",
            "UDP", "URG", "Packet"]  # fmt: skip
@@ -16,4 +16,4 @@ __all__ = ["ACK", "ARP", "CWR", "ECE", "FIN", "ICMP", "ICMP6", "PSH", "RST", "SY
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 
 TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
-ARP = 0x0806  # `proto` of an ARP record (no IP protocol number applies)
+ARP = P_ARP  # `proto` of an ARP record (0x0806: no IP protocol number applies)

@@ -1,9 +1,14 @@
-"""The per-packet path, in C (`_engine.c`): capture-file walking, frame decoding, the
-flow table, and the counters detectors read instead of packets; `Scan` is net.portscan's
-per-source state, scored by the engine (scan.c).
+"""The per-packet path, in C (`_engine`, built from agent/engine/*.c; engine.h lists the
+units): capture-file walking, frame decoding, the flow table, and the counters detectors
+read instead of packets; `Scan` is net.portscan's per-source state, scored by the engine
+(scan.c).
 
 Python sees a packet only when a detector declared that it wants it; everything else
 arrives as events and per-tick counters. `Engine`'s docstrings list them.
+
+The numbers both sides use (event codes, flow states, pair classes, END_*/PAIRS_* bits,
+portscan styles, walker statuses) are defined once, in C, and exported by the module:
+import them from here rather than repeating them.
 """
 
 from agent.engine._engine import (
@@ -19,9 +24,33 @@ from agent.engine._engine import (
     EV_OUTCOME,
     EV_PACKET,
     EV_SCAN,
+    P_ARP,
+    PAIR_ICMP,
+    PAIR_ICMP_ERROR,
+    PAIR_OTHER,
+    PAIR_SYN,
+    PAIR_TCP,
+    PAIR_UDP,
     PAIRS_FLOODS,
     PAIRS_OUTBOUND,
     REASONS,
+    S_ATTEMPT,
+    S_CLOSED,
+    S_ESTABLISHED,
+    S_MIDSTREAM,
+    S_PROBE,
+    S_REJECTED,
+    STYLE_FIN,
+    STYLE_NULL,
+    STYLE_OTHER,
+    STYLE_SYN,
+    STYLE_UDP,
+    STYLE_XMAS,
+    WALK_BAD_LENGTH,
+    WALK_DONE,
+    WALK_EVENTS,
+    WALK_TICK,
+    WALK_TRUNCATED,
     Engine,
     Flow,
     Packet,
@@ -46,7 +75,31 @@ __all__ = [
     "EV_SCAN",
     "PAIRS_FLOODS",
     "PAIRS_OUTBOUND",
+    "PAIR_ICMP",
+    "PAIR_ICMP_ERROR",
+    "PAIR_OTHER",
+    "PAIR_SYN",
+    "PAIR_TCP",
+    "PAIR_UDP",
+    "P_ARP",
     "REASONS",
+    "STYLE_FIN",
+    "STYLE_NULL",
+    "STYLE_OTHER",
+    "STYLE_SYN",
+    "STYLE_UDP",
+    "STYLE_XMAS",
+    "S_ATTEMPT",
+    "S_CLOSED",
+    "S_ESTABLISHED",
+    "S_MIDSTREAM",
+    "S_PROBE",
+    "S_REJECTED",
+    "WALK_BAD_LENGTH",
+    "WALK_DONE",
+    "WALK_EVENTS",
+    "WALK_TICK",
+    "WALK_TRUNCATED",
     "Engine",
     "Flow",
     "Packet",

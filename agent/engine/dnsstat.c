@@ -1,45 +1,23 @@
-/* DNS counting for net.dns_tunnel and net.dga, done where the message is read.
- *
- * Why here: a resolver's clients send hundreds of thousands of DNS messages, and each
- * one handed to Python cost more (event, message object, three detectors' lookups) than
- * reading and decoding its whole packet. The detectors (agent/detect/dns_tunnel.py and
- * dga.py) keep their tunables, validation and documentation and turn the records counted
- * here into alerts; the decisions below follow what those modules documented when they
- * counted in Python (their git history), tested by the same replays.
- *
- * Included by _engine.c (one compilation unit: it uses its emit() and address helpers).
+/* DNS counting for net.dns_tunnel and net.dga (see dnsstat.h), done where the message is
+ * read.
  *
  * Names are handled as Python handled the message's qname: the Latin-1 text, lower-cased,
  * labels split on '.'. Distinct subdomains and domains are remembered as 64-bit hashes:
  * two different names collide with probability about n^2 / 2^65 (10^-10 for the 4,096 a
  * zone remembers), which would undercount one name.
  */
+#include "dnsstat.h"
 
 #include <math.h>
+
+#include "distinct.h"
+#include "dnsmsg.h"
+#include "flows.h"
 
 #define DNS_NAME_BUF (DNS_MAX_NAME + 64)
 
 /* ---- keyed window: states by key, forgotten after `window` s without a touch, bounded
  * in keys with the oldest made forgotten first (as agent/detect/window.py KeyedWindow) */
-
-typedef struct kent {
-    struct kent *older, *newer;
-    uint64_t h;
-    double seen;
-    uint8_t addr[16];
-    uint8_t alen;
-    uint16_t slen;
-    char *str; /* the rest of the key (a zone's registered domain), or NULL */
-} kent_t;
-
-typedef struct {
-    kent_t **idx;
-    uint32_t mask, n, max;
-    uint64_t forgotten;
-    kent_t *oldest, *newest;
-    double window;
-    void (*drop)(kent_t *);
-} ktab_t;
 
 static uint64_t kt_hash(const uint8_t *a, int alen, const char *s, int slen)
 {
@@ -148,40 +126,6 @@ static void kt_expire(ktab_t *t, double now)
 
 /* ---- names ------------------------------------------------------------------------- */
 
-typedef struct { char **s; int *len; int n; } strs_t;
-
-static void strs_free(strs_t *l)
-{
-    for (int i = 0; i < l->n; i++) PyMem_Free(l->s[i]);
-    PyMem_Free(l->s);
-    PyMem_Free(l->len);
-    l->s = NULL; l->len = NULL; l->n = 0;
-}
-
-static int strs_from(PyObject *seq_in, strs_t *l, const char *what)
-{
-    strs_free(l);
-    if (!seq_in || seq_in == Py_None) return 0;
-    PyObject *seq = PySequence_Fast(seq_in, what);
-    if (!seq) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    l->s = PyMem_Calloc(n ? n : 1, sizeof(char *));
-    l->len = PyMem_Calloc(n ? n : 1, sizeof(int));
-    if (!l->s || !l->len) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t len;
-        const char *s = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(seq, i), &len);
-        if (!s) { Py_DECREF(seq); PyErr_Format(PyExc_TypeError, "%s: strings only", what); return -1; }
-        l->s[i] = PyMem_Malloc(len ? len : 1);
-        if (!l->s[i]) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
-        memcpy(l->s[i], s, len);
-        l->len[i] = (int)len;
-        l->n++;
-    }
-    Py_DECREF(seq);
-    return 0;
-}
-
 static inline int ends_with(const char *s, int n, const char *suf, int m)
 {
     return m <= n && !memcmp(s + n - m, suf, m);
@@ -275,30 +219,6 @@ static void dclient_drop(kent_t *x)
     PyMem_Free(x->str);
     PyMem_Free(x);
 }
-
-typedef struct {
-    int on;
-    uint8_t ports[8192];
-    cidr_t *allow;
-    int nallow;
-    strs_t allow_domains;
-    ktab_t tab;
-    /* dns_tunnel */
-    int long_label, unique_subs, query_volume;
-    double label_entropy, odd_ratio, mean_label, report_interval;
-    /* dga */
-    int nx_domains, min_label;
-    double nx_ratio;
-    strs_t skip; /* suffixes never counted, tested on "." + domain */
-} dnsdet_t;
-
-typedef struct dnsstat_s {
-    dnsdet_t tunnel, dga;
-    strs_t shorts;
-    int up; /* messages also go to Python (net.ioc or another on_app) */
-    uint64_t inspected, decoded;
-    PyObject *malformed; /* reason -> count */
-} dnsstat_t;
 
 static inline int allowed(const dnsdet_t *d, const uint8_t *a, int alen)
 {
@@ -489,7 +409,7 @@ static void dnsdet_free(dnsdet_t *d)
     d->on = 0;
 }
 
-static void dnsstat_free(dnsstat_t *s)
+void dnsstat_free(dnsstat_t *s)
 {
     if (!s) return;
     dnsdet_free(&s->tunnel);
@@ -573,7 +493,7 @@ static int dnsdet_configure(dnsdet_t *d, PyObject *cfg, int is_tunnel, int fresh
 
 /* A DNS message over UDP: counted here, and handed up read when Python wants messages
  * too. 1: it went up (with its packet), 0: not, -1: error. */
-static int dns_udp(EngineObject *e, pkt_t *k, uint32_t slot, int want_pkt)
+int dns_udp(EngineObject *e, pkt_t *k, uint32_t slot, int want_pkt)
 {
     dnsstat_t *s = e->dns;
     dnsmsg_t m;
@@ -599,7 +519,7 @@ static int dns_udp(EngineObject *e, pkt_t *k, uint32_t slot, int want_pkt)
     return 1;
 }
 
-static dnsstat_t *dnsstat_new(void)
+dnsstat_t *dnsstat_new(void)
 {
     dnsstat_t *s = PyMem_Calloc(1, sizeof(dnsstat_t));
     if (!s) return NULL;
@@ -611,7 +531,7 @@ static dnsstat_t *dnsstat_new(void)
 
 /* ---- Engine methods ------------------------------------------------------------------ */
 
-static PyObject *engine_configure_dns(EngineObject *e, PyObject *args, PyObject *kw)
+PyObject *engine_configure_dns(EngineObject *e, PyObject *args, PyObject *kw)
 {
     static char *kwl[] = {"tunnel", "dga", "fresh", "up", "short_suffixes", NULL};
     PyObject *tunnel = NULL, *dga = NULL, *shorts = NULL;
@@ -627,7 +547,7 @@ static PyObject *engine_configure_dns(EngineObject *e, PyObject *args, PyObject 
     Py_RETURN_NONE;
 }
 
-static PyObject *engine_dns_tick(EngineObject *e, PyObject *arg)
+PyObject *engine_dns_tick(EngineObject *e, PyObject *arg)
 {
     /* at a tick: report what pacing held back, then forget what went quiet; an infinite
      * `now` (end of input) reports everything held and forgets nothing */

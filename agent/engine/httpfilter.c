@@ -1,18 +1,7 @@
-/* HTTP requests read here when no reader needs them.
- *
- * Why: net.cleartext_credentials, the one HTTP reader, only looks at requests carrying an
- * Authorization header (Basic credentials); every other request of a busy web client cost
- * a Python event and a header parse for nothing. When every HTTP reader declared the
- * headers it needs (`http_headers`), requests without any of them are counted here,
- * as agent/decode/deep/auth.py parse_http() counts them (a request, or a malformed
- * request line), and not handed up. Included by _engine.c after dnsstat.c.
- */
+/* HTTP requests counted instead of handed up (see httpfilter.h). */
+#include "httpfilter.h"
 
-typedef struct httpf_s {
-    strs_t methods, headers; /* headers: lower case; none: every request goes up */
-    int max_headers;
-    uint64_t inspected, decoded, bad_line;
-} httpf_t;
+#include "dnsstat.h"
 
 static inline int http_space(uint8_t c)
 {
@@ -20,7 +9,7 @@ static inline int http_space(uint8_t c)
 }
 
 /* 1: hand the payload up (a header a reader needs, or no filter); 0: counted here. */
-static int http_wanted(EngineObject *e, const uint8_t *pl, Py_ssize_t n)
+int http_wanted(EngineObject *e, const uint8_t *pl, Py_ssize_t n)
 {
     httpf_t *h = e->http;
     if (!h->headers.n) return 1;
@@ -75,7 +64,7 @@ static int http_wanted(EngineObject *e, const uint8_t *pl, Py_ssize_t n)
     return 0;
 }
 
-static PyObject *engine_configure_http(EngineObject *e, PyObject *args, PyObject *kw)
+PyObject *engine_configure_http(EngineObject *e, PyObject *args, PyObject *kw)
 {
     static char *kwl[] = {"methods", "headers", "max_headers", NULL};
     PyObject *methods = NULL, *headers = NULL;
@@ -101,7 +90,7 @@ static PyObject *engine_configure_http(EngineObject *e, PyObject *args, PyObject
 }
 
 /* What the engine read itself, DNS (dnsstat.c) and HTTP, as the deep decoder counts. */
-static PyObject *engine_read_stats(EngineObject *e, PyObject *unused)
+PyObject *engine_read_stats(EngineObject *e, PyObject *unused)
 {
     dnsstat_t *s = e->dns;
     httpf_t *h = e->http;

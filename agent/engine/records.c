@@ -1,26 +1,7 @@
-/* Records: what the engine counted for a tick (pairs(), activity()), handed to Python as
- * one C array that makes each record's tuple only when it is read.
- *
- * Why: at 16k new flows a second a tick's pairs and bursts are tens of thousands of
- * tuples (about 250 B each with their bytes, int and float objects); built as one list
- * they are several megabytes alive at once, and the allocator keeps that high-water mark
- * resident long after. A record here is 56-64 B, and a detector walking the records one
- * by one holds one tuple at a time. The array is freed with the object, so between ticks
- * nothing of it stays.
- *
- * Included by _engine.c (one compilation unit, one extension module).
- */
+/* Records, the Python sequence of a tick's records (see records.h). */
+#include "records.h"
 
-typedef PyObject *(*rec_tuple_fn)(const void *rec);
-
-/* A growing array of fixed-size records, filled between two ticks. */
-typedef struct {
-    char *items;
-    Py_ssize_t n, cap;
-    size_t size;
-} recbuf_t;
-
-static void *recbuf_push(recbuf_t *b)
+void *recbuf_push(recbuf_t *b)
 {
     if (b->n == b->cap) {
         Py_ssize_t nc = b->cap ? b->cap * 2 : 256;
@@ -41,10 +22,8 @@ typedef struct {
     rec_tuple_fn tuple;
 } RecordsObject;
 
-static PyTypeObject RecordsType;
-
 /* A Records object owning `items` (n of them, PyMem-allocated) and `order`. */
-static PyObject *records_own(char *items, uint32_t *order, Py_ssize_t n, size_t size, rec_tuple_fn fn)
+PyObject *records_own(char *items, uint32_t *order, Py_ssize_t n, size_t size, rec_tuple_fn fn)
 {
     RecordsObject *r = PyObject_New(RecordsObject, &RecordsType);
     if (!r) { PyMem_Free(items); PyMem_Free(order); return NULL; }
@@ -57,7 +36,7 @@ static PyObject *records_own(char *items, uint32_t *order, Py_ssize_t n, size_t 
 }
 
 /* The buffer's records as a Records object; the buffer starts again empty. */
-static PyObject *recbuf_take(recbuf_t *b, rec_tuple_fn fn)
+PyObject *recbuf_take(recbuf_t *b, rec_tuple_fn fn)
 {
     PyObject *r = records_own(b->items, NULL, b->n, b->size, fn);
     b->items = NULL;
@@ -89,7 +68,7 @@ static PySequenceMethods records_seq = {
     .sq_item = (ssizeargfunc)records_item,
 };
 
-static PyTypeObject RecordsType = {
+PyTypeObject RecordsType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "agent.engine._engine.Records",
     .tp_basicsize = sizeof(RecordsObject),

@@ -1,39 +1,23 @@
-/* net.portscan's per-attempt work, in C: included by _engine.c (it uses fnv1a, cidr_any,
- * NIL, O_SUCCESS, ST_* and EV_SCAN from there). agent/detect/portscan.py holds the
- * settings, their documentation and the alert text; this is its state and decisions.
- *
- * Why here: a scan makes one attempt per probe, and a Python call per attempt was the
- * biggest cost of a replay; a Python object per source the biggest detector memory.
- *
- * A `Scan` object belongs to the PortScan detector (so its state lives and dies with the
- * detector: restarted by new settings, it starts afresh). The engine, once given it by
- * configure(scan=...), scores every attempt outcome into it and queues a report record
- * (EV_SCAN) when a flagged source is due one; the detector's tick and finish flush the
- * rest. A record is
- *   (src, ts, count, failed, succeeded, hosts, ports, stealth, styles, llr, last_dst)
- * with `styles` the STYLE_* bits below (the ones portscan.py names).
+/* net.portscan's state and decisions (see scan.h).
  *
  * A source whose only first contact so far succeeded has no slot: `single` (a Table,
- * table.c) holds its target by a 64-bit hash of its address, until another contact
+ * table.h) holds its target by a 64-bit hash of its address, until another contact
  * makes its slot and replays that success into it (scan_single).
  *
- * Distinct sets (distinct.c) hold 64-bit hashes of their items (host addresses; (host, port)
+ * Distinct sets (distinct.h) hold 64-bit hashes of their items (host addresses; (host, port)
  * targets), not the items: two different items count as one only if their hashes
  * collide, about n^2 / 2^65 for n items (1e-10 for a full set of 65,536). Ports are held
  * as is. Hashes are not keyed: a scanner that found a collision between two of its own
  * targets would only make them count as one probe.                                     */
+#include "scan.h"
 
 #include <math.h>
 
-#define SCAN_CAP 65536 /* items a distinct set remembers; past it, counted only */
-#define STYLE_FIN 1
-#define STYLE_NULL 2
-#define STYLE_OTHER 4
-#define STYLE_SYN 8
-#define STYLE_UDP 16
-#define STYLE_XMAS 32
-static const uint8_t STEALTH_STYLE[] = {0, STYLE_NULL, STYLE_FIN, STYLE_XMAS, STYLE_OTHER};
+#include "distinct.h"
+#include "engine.h"
 
+#define SCAN_CAP 65536 /* items a distinct set remembers; past it, counted only */
+static const uint8_t STEALTH_STYLE[] = {0, STYLE_NULL, STYLE_FIN, STYLE_XMAS, STYLE_OTHER};
 
 /* Made at a source's second target, or when it is flagged: most sources only ever
  * contact one service and never need it. */
@@ -44,7 +28,7 @@ typedef struct {
     uint8_t last_dst[16];
 } scan_ext_t;
 
-typedef struct {
+typedef struct scan_src {
     uint8_t addr[16];
     double seen, llr;
     uint64_t first_host; /* without ext: hash of the one target's host (0: none yet) */
@@ -54,24 +38,6 @@ typedef struct {
     uint32_t hash, older, newer; /* creation order, oldest forgotten first at the bound */
     uint8_t alen, styles, flagged, used;
 } scan_src_t;
-
-typedef struct ScanObject {
-    PyObject_HEAD
-    scan_src_t *slots;
-    uint32_t nslots, nsrc, free_head, oldest, newest, max_sources;
-    uint32_t fresh; /* slots from here on were never used: untouched, so not resident */
-    uint32_t *index, mask;
-    double window, report_interval, ln_upper, ln_lower, ln_fail, ln_success;
-    unsigned long long fanout_ports, fanout_hosts, stealth_probes, forgotten;
-    cidr_t *allow;
-    int nallow;
-    /* Sources whose only first contact so far succeeded: their one target's host hash
-     * and port, by their own address's hash, at 32 B a source instead of a full slot
-     * (most sources at a busy site: a client that reached its one server). */
-    TableObject *single;
-} ScanObject;
-
-static PyTypeObject ScanType;
 
 static inline uint64_t host_hash(const uint8_t *p, size_t n)
 {
@@ -168,7 +134,7 @@ static void scan_free(ScanObject *s, uint32_t k)
     scan_src_t *x = &s->slots[k];
     uint32_t i = x->hash & s->mask;
     while (s->index[i] != k + 1) i = (i + 1) & s->mask;
-    s->index[i] = 0; /* backward-shift deletion, as index_remove() */
+    s->index[i] = 0; /* backward-shift deletion, as the flow table's index_remove() */
     for (uint32_t j = i;;) {
         j = (j + 1) & s->mask;
         uint32_t o = s->index[j];
@@ -280,10 +246,10 @@ static int scan_single(ScanObject *s, const uint8_t *src, int alen, uint64_t hos
     return 0;
 }
 
-/* One attempt's outcome (PortScan.on_outcome before it moved here); a report due now
- * goes to `events` as (EV_SCAN, record). */
-static int scan_outcome(ScanObject *s, PyObject *events, const uint8_t *src, const uint8_t *dst,
-                        int alen, int proto, int dport, int stealth, int success, double ts)
+/* One attempt's outcome, as PortScan.on_outcome scored it; a report due now goes to
+ * `events` as (EV_SCAN, record). */
+int scan_outcome(ScanObject *s, PyObject *events, const uint8_t *src, const uint8_t *dst,
+                 int alen, int proto, int dport, int stealth, int success, double ts)
 {
     if (alen == 4 ? dst[0] >= 224 || (dst[0] == 255 && dst[1] == 255 && dst[2] == 255 && dst[3] == 255)
                   : dst[0] == 0xFF)
@@ -445,7 +411,7 @@ static PyGetSetDef scan_getset[] = {
 
 static PySequenceMethods scan_seq = {.sq_length = (lenfunc)scan_len};
 
-static PyTypeObject ScanType = {
+PyTypeObject ScanType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "agent.engine.Scan",
     .tp_basicsize = sizeof(ScanObject),

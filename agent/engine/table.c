@@ -1,32 +1,7 @@
-/* Table: per-key numbers for detectors, windowed and bounded, at ~40 B a key.
- *
- * Why: a Python detector keeping a little state per pair or per host pays ~110 B a key
- * for the dict slot, the int key and a float, and ~200 B with a small object; with 100k
- * active flows between distinct hosts that was most of the agent's memory. A Table keeps
- * a 64-bit key (window.key_of), its last-seen time and `fields` doubles in one flat
- * open-addressed array, with the semantics of agent/detect/window.py KeyedWindow: keys
- * unseen for longer than `window` are forgotten by expire(), and past `max_keys` the
- * hundredth of them seen longest ago is forgotten (counted in `forgotten`).
- *
- * Included by _engine.c (one compilation unit, one extension module).
- */
+/* Table, per-key numbers (see table.h). */
+#include "table.h"
 
 #include <math.h>
-
-#define TABLE_EMPTY 0
-#define TABLE_ZERO (1ULL << 63) /* stands for key 0, which marks empty slots */
-
-typedef struct {
-    PyObject_HEAD
-    double *rows; /* per slot: key bits, seen, fields */
-    uint32_t cap, n, max, stride;
-    int fields;
-    double window;
-    unsigned long long forgotten;
-} TableObject;
-
-static inline uint64_t *tkey(TableObject *t, uint32_t i) { return (uint64_t *)&t->rows[(size_t)i * t->stride]; }
-static inline double *trow(TableObject *t, uint32_t i) { return &t->rows[(size_t)i * t->stride]; }
 
 static inline uint32_t tslot(TableObject *t, uint64_t k)
 {
@@ -43,7 +18,7 @@ static int table_key(PyObject *o, uint64_t *k)
 }
 
 /* The slot holding k, or the empty slot where it would go. */
-static uint32_t table_find(TableObject *t, uint64_t k)
+uint32_t table_find(TableObject *t, uint64_t k)
 {
     uint32_t i = tslot(t, k);
     while (*tkey(t, i) != TABLE_EMPTY && *tkey(t, i) != k) i = (i + 1) & (t->cap - 1);
@@ -68,7 +43,7 @@ static int table_resize(TableObject *t, uint32_t cap)
     return 0;
 }
 
-static void table_delete(TableObject *t, uint32_t i)
+void table_delete(TableObject *t, uint32_t i)
 {
     uint32_t mask = t->cap - 1;
     *tkey(t, i) = TABLE_EMPTY;
@@ -84,7 +59,7 @@ static void table_delete(TableObject *t, uint32_t i)
 }
 
 /* Rebuild without the keys `drop` says go; returns how many went. */
-static int64_t table_sweep(TableObject *t, double now, double before)
+int64_t table_sweep(TableObject *t, double now, double before)
 {
     uint32_t gone = 0;
     for (uint32_t i = 0; i < t->cap; i++) {
@@ -139,7 +114,7 @@ static PyObject *table_values(TableObject *t, uint32_t i)
 }
 
 /* (Re)start empty: `fields` numbers a key, forgotten after `window` unseen, `max` keys. */
-static int table_setup(TableObject *t, int fields, double window, uint32_t max)
+int table_setup(TableObject *t, int fields, double window, uint32_t max)
 {
     PyMem_Free(t->rows);
     t->fields = fields;
@@ -174,7 +149,7 @@ static void table_dealloc(TableObject *t)
 
 /* The row of key k (made, zeros, if new; the hundredth seen longest ago forgotten first
  * when full), seen at now: its slot, or -1 on error. */
-static int64_t table_insert(TableObject *t, uint64_t k, double now)
+int64_t table_insert(TableObject *t, uint64_t k, double now)
 {
     uint32_t i = table_find(t, k);
     if (*tkey(t, i) == TABLE_EMPTY) {
@@ -302,14 +277,14 @@ static PySequenceMethods table_seq = {
     .sq_contains = (objobjproc)table_contains,
 };
 
-static PyTypeObject TableType = {
+PyTypeObject TableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "agent.engine.Table",
     .tp_basicsize = sizeof(TableObject),
     .tp_dealloc = (destructor)table_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Table(fields=0, window=inf, max_keys=100000): per-key numbers, windowed and "
-              "bounded (see table.c)",
+              "bounded (see table.h)",
     .tp_methods = table_methods,
     .tp_getset = table_getset,
     .tp_as_sequence = &table_seq,

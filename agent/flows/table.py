@@ -10,7 +10,15 @@ session detectors consume.
 
 from __future__ import annotations
 
-from agent.engine import Flow
+from agent.engine import (  # TCP states (`Flow.state`), numbered by the engine
+    S_ATTEMPT,
+    S_CLOSED,
+    S_ESTABLISHED,
+    S_MIDSTREAM,
+    S_PROBE,
+    S_REJECTED,
+    Flow,
+)
 
 __all__ = ["REJECTED", "SUCCESS", "UNANSWERED", "Flow"]
 
@@ -21,8 +29,9 @@ UNANSWERED = "unanswered"  # TCP only: nothing came back before attempt_timeout
 # A UDP attempt with no answer is no evidence either way (syslog, NTP, multicast...):
 # it ends with no outcome; only an answer or an ICMP unreachable decide.
 
-# TCP states (`Flow.state`, a small subset of Zeek's conn_state)
-S_ATTEMPT, S_PROBE, S_ESTABLISHED, S_REJECTED, S_MIDSTREAM, S_CLOSED = range(6)
+# TCP states (`Flow.state`, a small subset of Zeek's conn_state): S_ATTEMPT, S_PROBE,
+# S_ESTABLISHED, S_REJECTED, S_MIDSTREAM, S_CLOSED, imported above from the engine.
+__all__ += ["S_ATTEMPT", "S_CLOSED", "S_ESTABLISHED", "S_MIDSTREAM", "S_PROBE", "S_REJECTED"]
 
 # `Flow.stealth`: how a TCP probe that opened without SYN looked
 STEALTH_NULL, STEALTH_FIN, STEALTH_XMAS, STEALTH_OTHER = "null", "fin", "xmas", "other"
