@@ -18,10 +18,17 @@ from agent.aggregate import Aggregator
 from agent.anonymise.policy import BUILTIN_INTERNAL, Anonymiser, Finding
 from agent.capture.pcapfile import MAX_CAPLEN, PcapLayout, PcapngLayout, ReadStats, iter_pcapng
 from agent.decode import DecodeStats
-from agent.decode.deep import PROTOCOL_OF_KIND, TCP_PORTS, DeepDecoder, DeepStats
+from agent.decode.deep import (
+    ALL_PROTOCOLS,
+    PROTOCOL_OF_KIND,
+    TCP_PORTS,
+    DeepDecoder,
+    DeepStats,
+)
 from agent.decode.deep.auth import HTTP_FIRST, HTTP_METHODS, MAX_HEADERS
 from agent.decode.packet import ARP, ICMP, ICMP6, TCP, UDP
 from agent.detect import registry
+from agent.detect.hooks import COUNTERS, HOOKS, Wants, handlers
 from agent.detect.window import KeyedWindow
 from agent.engine import (
     END_ALL,
@@ -29,19 +36,23 @@ from agent.engine import (
     END_SESSIONS,
     END_UNRESOLVED,
     EV_CLOSE,
-    EV_DGA,
     EV_DNS,
-    EV_DNS_TUNNEL,
     EV_END,
     EV_OUTCOME,
     EV_PACKET,
     EV_SCAN,
     PAIRS_FLOODS,
     PAIRS_OUTBOUND,
+    WALK_BAD_LENGTH,
+    WALK_DONE,
+    WALK_EVENTS,
+    WALK_TICK,
+    WALK_TRUNCATED,
     Engine,
     Scan,
 )
 from agent.host.intel import IntelFile
+from agent.selfguard import sample_rate
 from common import logs
 from common.files import write_atomic
 from common.suffixes import SHORT_SUFFIXES
@@ -56,6 +67,121 @@ EVENTS_PER_BATCH = 4096  # events the engine queues before Python handles them
 # built-in ranges detectors use (agent/detect/nets.py).
 _INTERNAL_NETS = [(n.network_address.packed, n.prefixlen) for n in BUILTIN_INTERNAL]
 _FLOW_ENDS = {"all": END_ALL, "unresolved": END_UNRESOLVED, "sessions": END_SESSIONS}
+_PAIRS = {"floods": PAIRS_FLOODS, "outbound": PAIRS_OUTBOUND}
+_PROTOS = frozenset((TCP, UDP, ICMP, ICMP6, ARP))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the enabled detectors' hooks and `wants` (agent/detect/hooks.py) ask of the
+    pipeline, the engine and the deep decoder; made by `plan` alone."""
+
+    on: dict[str, tuple[Callable[..., Any], ...]]  # per hook, the detectors' methods
+    wants: tuple[Wants, ...]  # as read, one per detector: a change is seen at a tick
+    packet: dict[int, tuple[Callable[..., Any], ...]]  # on_packet handlers per Packet.proto
+    app: dict[str, tuple[Callable[..., Any], ...]]  # on_app handlers per message kind
+    counted: dict[int, Callable[..., Any]]  # on_counted handler per engine record code
+    counters: dict[str, Any]  # engine DNS counter -> the detector it counts for
+    dns_up: bool  # DNS messages go up to Python
+    deep: frozenset[str] | None  # protocols the deep decoder decodes; None: no decoder
+    http_headers: list[str]  # HTTP requests go up only with one of these (none: all)
+    engine: dict[str, Any]  # Engine.configure's arguments
+
+
+def plan(detectors: list[Any], deep_off: bool = False) -> Plan:
+    """Everything the engine and the deep decoder must do for `detectors`, deep decoding
+    shed (`deep_off`, agent/selfguard.py) or not: the one reader of their `wants`."""
+    wants = tuple(d.wants for d in detectors)
+    on = {hook: handlers(detectors, hook) for hook in HOOKS}
+    pairs_ = list(zip(detectors, wants, strict=True))
+
+    def having(hook: str) -> list[tuple[Any, Wants]]:
+        return [(d, w) for d, w in pairs_ if hasattr(d, hook)]
+
+    def takes(w: Wants, kind: str) -> bool:
+        return w.app_kinds is None or kind in w.app_kinds
+
+    # The engine only hands up packets some on_packet asked for: ARP, ICMP, or TCP/UDP
+    # payloads the deep decoder reads or that match a declared signature.
+    packet = {
+        pr: tuple(
+            d.on_packet for d, w in having("on_packet") if pr in (w.packet_protocols or _PROTOS)
+        )
+        for pr in _PROTOS
+    }
+    apps = having("on_app")
+    app = {k: tuple(d.on_app for d, w in apps if takes(w, k)) for k in PROTOCOL_OF_KIND}
+    # Detectors the engine counts for (their per-message work is in C) need DNS read too.
+    counting = [(d, w) for d, w in pairs_ if w.counter is not None]
+    readers = [w for _, w in apps + counting]
+    deep: frozenset[str] | None = None
+    if readers:  # otherwise no decoder, and no packet pays for one
+        deep = ALL_PROTOCOLS
+        if all(w.app_kinds is not None for w in readers):
+            kinds = {k for w in readers for k in w.app_kinds or ()}
+            deep = frozenset(PROTOCOL_OF_KIND[k] for k in kinds if k in PROTOCOL_OF_KIND)
+    http = [w for _, w in apps if takes(w, "http")]
+    # HTTP requests go up only with a header some reader needs, when every reader
+    # declared the headers it needs
+    headers = (
+        sorted({h for w in http for h in w.http_headers or ()})
+        if all(w.http_headers is not None for w in http)
+        else []
+    )
+    watch = [w for _, w in having("on_activity")]
+    outcomes = [w.outcome_ports for _, w in having("on_outcome")]
+    every_outcome = any(p is None for p in outcomes)
+    pair_wants = [w.pairs for _, w in having("on_pairs")]
+    pairs_want = 0  # every pair, unless each reader said which it reads
+    if None not in pair_wants:
+        for x in pair_wants:
+            pairs_want |= _PAIRS[x]
+    ends = END_DEEP if deep is not None else 0  # the decoder's flow state is dropped then
+    for _, w in having("on_flow_end"):
+        ends |= _FLOW_ENDS[w.flow_end]
+    scans = [w.scan for w in wants if w.scan is not None]
+    if len(scans) > 1:
+        raise ValueError("several detectors declare a scan state; the engine scores one")
+    active = None if deep_off else deep
+    return Plan(
+        on=on,
+        wants=wants,
+        packet=packet,
+        app=app,
+        counted={COUNTERS[w.counter]: d.on_counted for d, w in counting if w.counter},
+        counters={w.counter: d for d, w in counting},
+        dns_up=any(w.dns for _, w in apps if takes(w, "dns")),
+        deep=deep,
+        http_headers=headers,
+        engine={
+            "pairs": bool(on["on_pairs"]),
+            "arp": bool(packet[ARP]),
+            "icmp": bool(packet[ICMP] or packet[ICMP6]),
+            "signatures": [sig for w in wants for sig in w.packet_payloads],
+            "deep": active,
+            "deep_tcp_ports": [p for p, pr in TCP_PORTS.items() if active and pr in active],
+            "http_first": bytes(sorted(HTTP_FIRST)),
+            "close_ports": frozenset().union(*(w.close_ports for _, w in having("on_close"))),
+            # One filter for all watchers: the ports every one ignores; each filters again.
+            "activity": bool(watch),
+            "activity_ignore": (
+                frozenset.intersection(*(w.activity_ignore for w in watch))
+                if watch
+                else frozenset()
+            ),
+            "activity_internal": any(w.activity_internal for w in watch),
+            "internal_nets": _INTERNAL_NETS,
+            "ends": ends,
+            # Handlers still filter: this only spares the outcomes nobody reads.
+            "outcomes": every_outcome,
+            "outcome_ports": frozenset()
+            if every_outcome
+            else frozenset().union(*(p for p in outcomes if p is not None)),
+            "scan": scans[0] if scans else None,
+            "activity_gap": min((w.activity_gap for w in watch), default=5.0),
+            "pairs_want": pairs_want,
+        },
+    )
 
 
 @dataclass
@@ -94,7 +220,8 @@ class Pipeline:
         self.host_samples: queue.Queue = queue.Queue(maxsize=HOST_QUEUE)
         self._deep_stats = DeepStats()
         self.deep: DeepDecoder | None = None
-        self._counting: dict[str, Any] = {}  # engine-counted detectors, as configured
+        self._deep: DeepDecoder | None = None  # self.deep unless shed
+        self.plan: Plan | None = None
         self._dns_up: bool | None = None
         # The intel list (state_dir/intel.json, written by the delivery stream when the
         # collector sends a bundle): detectors that match indicators re-read it on change.
@@ -113,7 +240,7 @@ class Pipeline:
             udp_idle=f["udp_idle_seconds"],
             active_timeout=f["active_timeout_seconds"],
         )
-        self._handlers()
+        self.use(self.detectors)
         self._next_tick = 0.0
         self._learned_dir = Path(state_dir) / "learned" if keep_learned and state_dir else None
         # Detectors already given their saved state (weak: a replaced one must not keep
@@ -122,182 +249,60 @@ class Pipeline:
         self._next_save = 0.0
         self._restore_learned()
 
-    def _handlers(self) -> None:
-        on = lambda event: [getattr(d, event) for d in self.detectors if hasattr(d, event)]  # noqa: E731
-        self._on_outcome = on("on_outcome")
-        self._on_scan = on("on_scan")
-        self._on_flow_end = on("on_flow_end")
-        self._on_close = on("on_close")
-        self._on_pairs = on("on_pairs")
-        self._on_activity = on("on_activity")
-        self._on_tick = on("on_tick")
-        self._on_app = on("on_app")
-        self._on_host = on("on_host")
-        # Per protocol, the on_packet handlers that declared they want it. The engine only
-        # hands up packets some detector asked for: ARP, ICMP, or TCP/UDP payloads that
-        # the deep decoder reads or that match a declared `packet_payloads` signature.
-        wanting = [d for d in self.detectors if hasattr(d, "on_packet")]
-        protos = {TCP, UDP, ICMP, ICMP6, ARP}
-        self._pkt = {
-            pr: tuple(d.on_packet for d in wanting if pr in (d.packet_protocols or protos))
-            for pr in protos
-        }
-        # Detectors the engine counts for (their per-message work is in C): their records
-        # by event code.
-        counted = [d for d in self.detectors if hasattr(d, "engine_counts")]
-        codes = {"tunnel": EV_DNS_TUNNEL, "dga": EV_DGA}
-        self._counted = {codes[d.engine_counts]: d.on_counted for d in counted}
-        # Per message kind, only the on_app handlers that want it.
-        apps = [d for d in self.detectors if hasattr(d, "on_app")]
-        self._dns_takers = [d for d in apps if d.app_kinds is None or "dns" in d.app_kinds]
-        http = [d for d in apps if d.app_kinds is None or "http" in d.app_kinds]
-        # HTTP requests go up only with a header some reader needs, when every reader
-        # declared the headers it needs
-        self._http_headers = (
-            sorted({h for d in http for h in d.http_headers})
-            if all(hasattr(d, "http_headers") for d in http)
-            else []
-        )
-        self._app = {
-            k: tuple(d.on_app for d in apps if d.app_kinds is None or k in d.app_kinds)
-            for k in PROTOCOL_OF_KIND
-        }
-        self._app_dns = self._app["dns"]
-        # The deep decoder decodes only the protocols some detector wants; it is only
-        # built when one wants application messages: otherwise no packet pays.
-        if self._on_app or counted:
-            wanted: set[str] | None = set()
-            for d in apps + counted:
-                if d.app_kinds is None:
-                    wanted = None
-                    break
-                wanted |= {PROTOCOL_OF_KIND[k] for k in d.app_kinds if k in PROTOCOL_OF_KIND}
-            fresh = DeepDecoder(self._deep_stats, protocols=wanted)
-            if self.deep is None or self.deep.protocols != fresh.protocols:
-                self.deep = fresh
-        self._deep = None if self._deep_off or not (self._on_app or counted) else self.deep
+    def use(self, detectors: list[Any]) -> None:
+        """Run `detectors` from now on (at start, after a reload; tests hand their own)."""
+        self.detectors = detectors
         if self.intel is not None:
-            for d in self.detectors:
-                if hasattr(d, "use_intel"):
-                    d.use_intel(self.intel)
-        self._configure_engine()
+            for use_intel in handlers(detectors, "use_intel"):
+                use_intel(self.intel)
+        self._configure(force=True)
 
-    def _configure_engine(self) -> None:
-        watchers = [d for d in self.detectors if hasattr(d, "on_activity")]
-        ignore: frozenset[int] = frozenset()
-        internal = False
-        gap = 5.0
-        if watchers:
-            # One filter for all: ports every watcher ignores; detectors filter again.
-            watches = [d.activity_watch() for d in watchers]
-            ignore = frozenset.intersection(*(w[0] for w in watches))
-            internal = any(w[1] for w in watches)
-            gap = min(w[2] for w in watches)
-        deep = self._deep.protocols if self._deep is not None else None
-        # net.portscan scores attempts in the engine, into the detector's own state.
-        scanners = [d for d in self.detectors if hasattr(d, "engine_state")]
-        self._outcomes = self._outcome_wants()
-        self.engine.configure(
-            pairs=bool(self._on_pairs),
-            arp=bool(self._pkt[ARP]),
-            icmp=bool(self._pkt[ICMP] or self._pkt[ICMP6]),
-            signatures=[sig for d in self.detectors for sig in getattr(d, "packet_payloads", ())],
-            deep=deep,
-            deep_tcp_ports=[p for p, proto in TCP_PORTS.items() if deep and proto in deep],
-            http_first=bytes(sorted(HTTP_FIRST)),
-            close_ports=frozenset().union(
-                *(d.close_ports for d in self.detectors if hasattr(d, "on_close"))
-            ),
-            activity=bool(watchers),
-            activity_ignore=ignore,
-            activity_internal=internal,
-            internal_nets=_INTERNAL_NETS,
-            ends=self._ends(),
-            outcomes=self._outcomes[0],
-            outcome_ports=self._outcomes[1],
-            scan=scanners[0].engine_state() if scanners else None,
-            activity_gap=gap,
-            pairs_want=self._pairs_want(),
-        )
-        self._configure_counting()
-        self.engine.configure_http(
-            methods=[m.decode() for m in HTTP_METHODS],
-            headers=self._http_headers,
-            max_headers=MAX_HEADERS,
-        )
-
-    def _configure_counting(self) -> None:
-        """The engine's counting for detectors that declared `engine_counts`: a detector
-        new since the last call (enabled, or restarted by new tunables) starts from empty
-        windows; one that stays keeps them (an allow-list change only re-applies)."""
+    def _configure(self, force: bool = False) -> None:
+        """Apply the detectors' plan: the deep decoder, then the engine when its part
+        changed (or `force`: the detectors or the shed level did), then DNS going up."""
+        old, p = self.plan, plan(self.detectors, self._deep_off)
+        self.plan = p
+        if p.deep is None:
+            self.deep = None
+        elif self.deep is None or self.deep.protocols != p.deep:
+            self.deep = DeepDecoder(self._deep_stats, protocols=p.deep)
+        self._deep = None if self._deep_off else self.deep
         eng = self.engine
-        now = {d.engine_counts: d for d in self.detectors if hasattr(d, "engine_counts")}
-        for which in ("tunnel", "dga"):
-            d = now.get(which)
-            eng.configure_dns(
-                **{which: d.engine_config() if d is not None else None},
-                fresh=d is not None and self._counting.get(which) is not d,
-                short_suffixes=sorted(SHORT_SUFFIXES),
+        if force or old is None or p.engine != old.engine:
+            eng.configure(**p.engine)
+            # A counting detector new since the last call (enabled, or restarted by new
+            # tunables) starts from empty windows; one that stays keeps them (an
+            # allow-list change only re-applies).
+            before = old.counters if old is not None else {}
+            for which in COUNTERS:
+                d = p.counters.get(which)
+                eng.configure_dns(
+                    **{which: d.engine_config() if d is not None else None},
+                    fresh=d is not None and before.get(which) is not d,
+                    short_suffixes=sorted(SHORT_SUFFIXES),
+                )
+            eng.configure_http(
+                methods=[m.decode() for m in HTTP_METHODS],
+                headers=p.http_headers,
+                max_headers=MAX_HEADERS,
             )
-        self._counting = now
-        self._dns_up = None
-        self._check_dns_up()
-
-    def _check_dns_up(self) -> None:
-        """DNS messages go up to Python only while an on_app handler wants them (net.ioc
-        only while its intel list holds domains)."""
-        up = any(d.wants_dns() if hasattr(d, "wants_dns") else True for d in self._dns_takers)
-        if up != self._dns_up:
-            self.engine.configure_dns(up=up)
-            self._dns_up = up
-
-    def _pairs_want(self) -> int:
-        """The pairs on_pairs handlers read (`pairs_want`: "floods", "outbound"), as the
-        engine's PAIRS_* bits; 0 (all) when one did not say."""
-        bits = {"floods": PAIRS_FLOODS, "outbound": PAIRS_OUTBOUND}
-        want = 0
-        for d in self.detectors:
-            if hasattr(d, "on_pairs"):
-                w = getattr(d, "pairs_want", None)
-                if w is None:
-                    return 0
-                want |= bits[w]
-        return want
-
-    def _outcome_wants(self) -> tuple[bool, frozenset[int]]:
-        """The attempt outcomes on_outcome handlers want: (all of them, else the TCP ones
-        on these responder ports). Handlers still filter: this only spares the others."""
-        ports: set[int] = set()
-        for d in self.detectors:
-            if hasattr(d, "on_outcome"):
-                want = d.outcome_ports
-                if want is None:
-                    return True, frozenset()
-                ports |= want
-        return False, frozenset(ports)
-
-    def _ends(self) -> int:
-        """The flow ends the engine reports: what on_flow_end handlers declared, and the
-        TCP flows the deep decoder may hold state for (forgotten at their end)."""
-        mask = END_DEEP if self.deep is not None else 0
-        for d in self.detectors:
-            if hasattr(d, "on_flow_end"):
-                mask |= _FLOW_ENDS[d.flow_end]
-        return mask
+            self._dns_up = None
+        if p.dns_up != self._dns_up:
+            eng.configure_dns(up=p.dns_up)
+            self._dns_up = p.dns_up
 
     def intel_changed(self) -> None:
         """A new bundle was stored: re-read it at the next check (safe from any thread)."""
         if self.intel is not None:
-            self.intel._stamp = None
+            self.intel.mark_stale()
 
     def set_shed(self, level: int) -> None:
         """Self-protection level (see agent/selfguard.py); safe from another thread (the
         engine runs under the GIL from start to end of each call)."""
         self._deep_off = level >= 1
-        self.sample_n = 1 if level < 2 else 2 ** (level - 1)
-        self._deep = None if self._deep_off or not self._on_app else self.deep
+        self.sample_n = sample_rate(level)
         self.engine.set_limits(sample_n=self.sample_n)
-        self._configure_engine()
+        self._configure(force=True)
         self.shed_level = level
 
     # counters read by the CLI, metrics and tests ----------------------------------------
@@ -361,19 +366,14 @@ class Pipeline:
             if cur is not None and cur.settings == new:
                 detectors.append(cur)
                 continue
-            fresh = cls(new, self.aggregator.report)
             if cur is not None and {k for k in new if new[k] != cur.settings.get(k)} == {"allow"}:
-                for attr in ("_allow", "_allow_cache", "_allow_names"):
-                    if hasattr(fresh, attr):
-                        setattr(cur, attr, getattr(fresh, attr))
-                cur.settings = new
+                cur.set_allow(new)
                 detectors.append(cur)
                 changes.append(f"detectors.{key}.allow: applied")
                 continue
-            detectors.append(fresh)
+            detectors.append(cls(new, self.aggregator.report))
             changes.append(f"detectors.{key}: " + ("restarted" if cur else "enabled"))
-        self.detectors = detectors
-        self._handlers()
+        self.use(detectors)
         self._restore_learned()  # a detector restarted by new settings keeps what it knew
         agg, f = cfg["aggregation"], cfg["flows"]
         a = self.aggregator
@@ -408,46 +408,47 @@ class Pipeline:
 
     def _dispatch(self, events: list) -> None:
         """Hand the engine's events to the detectors, in the order they happened."""
+        plan = self.plan
         for ev in events:
             code = ev[0]
             if code == EV_OUTCOME:
                 flow, outcome, ts = ev[1], ev[2], ev[3]
-                for h in self._on_outcome:
+                for h in plan.on["on_outcome"]:
                     h(flow, outcome, ts)
             elif code == EV_PACKET:
                 p, flow = ev[1], ev[2]
                 if ev[3]:  # asked for by an on_packet, not only for the deep decoder
-                    for h in self._pkt.get(p.proto, ()):
+                    for h in plan.packet.get(p.proto, ()):
                         h(p)
                 deep = self._deep
                 if deep is not None and flow is not None and p.payload:
-                    app = self._app
+                    app = plan.app
                     for msg in deep(p, flow):
                         for h in app.get(msg.kind, ()):
                             h(msg, flow, p)
             elif code == EV_DNS:  # a DNS message over UDP, read by the engine
                 p, flow = ev[1], ev[2]
                 if ev[4]:
-                    for h in self._pkt.get(p.proto, ()):
+                    for h in plan.packet.get(p.proto, ()):
                         h(p)
                 deep = self._deep
                 if deep is not None and (msg := deep.dns(p, flow, ev[3])) is not None:
-                    for h in self._app_dns:
+                    for h in plan.app["dns"]:
                         h(msg, flow, p)
             elif code == EV_END:
                 flow = ev[1]
-                for h in self._on_flow_end:
+                for h in plan.on["on_flow_end"]:
                     h(flow)
                 if self.deep is not None:
                     self.deep.forget(flow.key)
             elif code == EV_CLOSE:
-                for h in self._on_close:
+                for h in plan.on["on_close"]:
                     h(ev[1], ev[2])
             elif code == EV_SCAN:
-                for h in self._on_scan:
+                for h in plan.on["on_scan"]:
                     h(ev[1])
             else:  # a record the engine counted for a detector
-                self._counted[code](ev[1:])
+                plan.counted[code](ev[1:])
 
     def feed(self, ts: float, linktype: int, wirelen: int, frame: bytes) -> None:
         """One frame (live capture, pcapng)."""
@@ -469,15 +470,20 @@ class Pipeline:
             )  # fmt: skip
             records += n
             if not self._walked(status):
-                return records, {0: "", -1: "record_truncated", -2: "record_bad_length"}[status]
+                return records, {
+                    WALK_DONE: "",
+                    WALK_TRUNCATED: "record_truncated",
+                    WALK_BAD_LENGTH: "record_bad_length",
+                }[status]
 
     def _walked(self, status: int) -> bool:
         """After an engine walk stopped: its events to the detectors, the tick it stopped
-        at (status 1); whether it stopped early (1, or 2: events waiting) to go on."""
+        at (WALK_TICK); whether it stopped early (at a tick, or with events waiting) to go
+        on."""
         self._dispatch(self.engine.events())
-        if status == 1:
+        if status == WALK_TICK:
             self.tick(self.engine.last_ts)
-        return status in (1, 2)
+        return status in (WALK_TICK, WALK_EVENTS)
 
     def feed_ring(self, block: tuple[Any, int, int], snaplen: int) -> None:
         """A block of the live capture ring, (map, first frame's offset, frames): its
@@ -511,13 +517,14 @@ class Pipeline:
     def _restore_learned(self) -> None:
         if self._learned_dir is None:
             return
-        for d in self.detectors:
-            if not hasattr(d, "restore") or d in self._restored:
+        for restore in self.plan.on["restore"]:
+            d = restore.__self__  # the detector: its name names the file
+            if d in self._restored:
                 continue
             self._restored.add(d)
             path = self._learned_dir / f"{d.name}.json"
             try:
-                d.restore(json.loads(path.read_text()))
+                restore(json.loads(path.read_text()))
                 log.info("learned_restored", detector=d.name)
             except FileNotFoundError:
                 pass
@@ -529,12 +536,10 @@ class Pipeline:
         """Write each learning detector's state, atomically (never half a file)."""
         if self._learned_dir is None:
             return
-        for d in self.detectors:
-            if not hasattr(d, "learned"):
-                continue
-            path = self._learned_dir / f"{d.name}.json"
+        for learned in self.plan.on["learned"]:
+            path = self._learned_dir / f"{learned.__self__.name}.json"
             try:
-                write_atomic(path, json.dumps(d.learned(), separators=(",", ":")).encode(), 0o600)
+                write_atomic(path, json.dumps(learned(), separators=(",", ":")).encode(), 0o600)
             except OSError as exc:
                 log.warning("learned_not_saved", path=str(path), error=str(exc)[:200])
 
@@ -544,20 +549,19 @@ class Pipeline:
             if self._next_save:
                 self.save_learned()
             self._next_save = now + SAVE_LEARNED_SECONDS
-        if self._on_host:
+        on = self.plan.on
+        if on["on_host"]:
             self._drain_host()
         self.engine.tick(now)
-        if self._counting:
+        if self.plan.counters:
             self.engine.dns_tick(now)
         self._counters(now)
-        for h in self._on_tick:
+        for h in on["on_tick"]:
             h(now)
-        if self._dns_takers:
-            self._check_dns_up()
-        # net.ioc wants every outcome only while its intel list holds addresses, which
+        # A detector's wants may follow its state (net.ioc's follow its intel list), which
         # its on_tick may just have read.
-        if self._on_outcome and self._outcome_wants() != self._outcomes:
-            self._configure_engine()
+        if tuple(d.wants for d in self.detectors) != self.plan.wants:
+            self._configure()
         self.aggregator.tick(now)
         # High-water marks of the bounded state, read by stats() (once a tick: free).
         self.flows_peak = max(getattr(self, "flows_peak", 0), len(self.engine))
@@ -567,14 +571,15 @@ class Pipeline:
         """Events the engine queued, then the tick's counters."""
         eng = self.engine
         self._dispatch(eng.events())
-        if self._on_pairs:
+        on = self.plan.on
+        if on["on_pairs"]:
             pairs = eng.pairs()
-            for h in self._on_pairs:
+            for h in on["on_pairs"]:
                 h(pairs, now)
-        if self._on_activity:
+        if on["on_activity"]:
             act = eng.activity()
             if act:
-                for h in self._on_activity:
+                for h in on["on_activity"]:
                     h(act)
 
     def stats(self) -> dict[str, int]:
@@ -610,16 +615,16 @@ class Pipeline:
         self._dispatch(eng.events())
         eng.flush()
         self._counters(self.last_ts)
-        for h in self._on_tick:
+        on = self.plan.on
+        for h in on["on_tick"]:
             h(self.last_ts)
-        if self._counting:
+        if self.plan.counters:
             eng.dns_tick(self.last_ts)
             eng.dns_tick(float("inf"))  # every report paced until now
             self._dispatch(eng.events())
-        for d in self.detectors:
-            if hasattr(d, "on_finish"):
-                d.on_finish(self.last_ts)
-        if self._on_host:
+        for h in on["on_finish"]:
+            h(self.last_ts)
+        if on["on_host"]:
             self._drain_host()
         self.aggregator.flush()
         self.save_learned()
@@ -630,5 +635,5 @@ class Pipeline:
                 sample = self.host_samples.get_nowait()
             except queue.Empty:
                 return
-            for h in self._on_host:
+            for h in self.plan.on["on_host"]:
                 h(sample)

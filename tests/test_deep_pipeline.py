@@ -8,6 +8,7 @@ from agent import settings
 from agent.anonymise.policy import Anonymiser
 from agent.capture.pcapfile import read_capture
 from agent.decode.deep import DeepDecoder
+from agent.detect.hooks import Wants
 from agent.pipeline import Pipeline
 from common import config
 from tests.conftest import CORPUS
@@ -23,7 +24,7 @@ def pipeline(tmp_path: Path) -> Pipeline:
 
 def test_no_on_app_handler_means_no_deep_decoder(tmp_path: Path) -> None:
     pipe = pipeline(tmp_path)
-    if not pipe._on_app:
+    if not pipe.plan.on["on_app"] and not pipe.plan.counters:
         assert pipe.deep is None
 
 
@@ -33,13 +34,12 @@ def test_messages_reach_on_app_handlers(tmp_path: Path) -> None:
     seen: list = []
 
     class Spy:  # a detector that wants every message kind
-        app_kinds = None
+        wants = Wants(app_kinds=None)
 
         def on_app(self, msg, flow, packet) -> None:
             seen.append((msg, flow, packet))
 
-    pipe.detectors = [Spy()]
-    pipe._handlers()
+    pipe.use([Spy()])
     assert isinstance(pipe.deep, DeepDecoder)
     for rec in read_capture(CORPUS / "smb/smb2_psexec_service_add_user.pcap"):
         pipe.feed(*rec)
@@ -54,12 +54,11 @@ def test_deep_decoder_decodes_only_wanted_protocols(tmp_path: Path) -> None:
     pipe = pipeline(tmp_path)
 
     class DnsOnly:
-        app_kinds = frozenset({"dns"})
+        wants = Wants(app_kinds=frozenset({"dns"}))
 
         def on_app(self, msg, flow, packet) -> None:
             pass
 
-    pipe.detectors = [DnsOnly()]
-    pipe._handlers()
+    pipe.use([DnsOnly()])
     assert pipe.deep.protocols == {"dns"}
-    assert pipe._app["dns"] and not pipe._app["smb"]
+    assert pipe.plan.app["dns"] and not pipe.plan.app["smb"]

@@ -114,13 +114,13 @@ def test_outcomes_reach_python_only_while_the_list_holds_addresses(tmp_path):
     cfg = config.validate({"state_dir": str(tmp_path)}, settings.SCHEMA, "test")
     pipe = Pipeline(cfg, ANON, [].append, time.time)
     pipe.tick(100.0)
-    every, ports = pipe._outcomes
+    every, ports = pipe.plan.engine["outcomes"], pipe.plan.engine["outcome_ports"]
     assert not every and 22 in ports and 443 not in ports  # bruteforce's and lateral's
     path = tmp_path / "intel.json"
     path.write_text(json.dumps({"version": 3, "domains": ["evil.example"]}))
     pipe.tick(101.1)
-    assert not pipe._outcomes[0]  # domains only: flows are not matched
+    assert not pipe.plan.engine["outcomes"]  # domains only: flows are not matched
     path.write_text(json.dumps({"version": 4, "ips": ["203.0.113.9"]}))
     os.utime(path, ns=(1, 10**18))
     pipe.tick(102.2)
-    assert pipe._outcomes[0]
+    assert pipe.plan.engine["outcomes"]

@@ -52,7 +52,7 @@ class _Rig:
         self.reports: list[dict] = []
         self.d = PortScan(defaults(PortScan.schema()) | settings, self._got)
         self.e = Engine()
-        self.e.configure(scan=self.d.engine_state())
+        self.e.configure(scan=self.d.wants.scan)
         self.sport = 40000
 
     def _got(self, **kw) -> None:
@@ -149,8 +149,7 @@ def test_allowed_sources_are_not_scored():
         rig.probe(1.0, 1000 + i, src=OTHER)
     assert [r["subject"] for r in rig.reports] == [OTHER.hex()]
     assert len(rig.d.scan) == 1  # no state at all for the allowed one
-    rig.d._allow = []  # as a reload that empties the allow-list: the pipeline re-reads it
-    rig.e.configure(scan=rig.d.engine_state())
+    rig.d.set_allow(rig.d.settings | {"allow": []})  # as a reload that empties the list
     for i in range(4):
         rig.probe(2.0, 2000 + i)
     assert [r["subject"] for r in rig.reports] == [OTHER.hex(), SCANNER.hex()]

@@ -107,3 +107,21 @@ def test_from_settings(tmp_path: Path) -> None:
     finally:
         g.stop()
     assert levels and levels[0] == 1  # a real process over a tiny budget: shed
+
+
+def test_deep_decoder_comes_back_for_engine_counted_detectors(tmp_path: Path) -> None:
+    """With no on_app detector left, net.dns_tunnel still needs DNS read: a shed-and-restore
+    cycle must bring it back as the configure step had it (it used to stay off)."""
+    cfg = config.defaults(settings.SCHEMA)
+    for key in ("bruteforce", "lateral", "ioc", "cleartext_credentials", "medical"):
+        cfg["detectors"][key]["enabled"] = False
+    out: list = []
+    pipe = Pipeline(
+        cfg, Anonymiser.from_settings(cfg["anonymisation"], tmp_path), out.append, time.time
+    )
+    pipe.set_shed(1)
+    pipe.set_shed(0)
+    for rec in read_capture(DATA / "iodine_dns_tunnel_pirate_sea.pcap"):
+        pipe.feed(*rec)
+    pipe.finish()
+    assert any(a.detector == "net.dns_tunnel" for a in out)

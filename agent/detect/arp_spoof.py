@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import Entity
 from agent.decode.packet import ARP, Packet
 from agent.detect.base import Detector, ip_text
+from agent.detect.hooks import Wants
 from agent.detect.window import KeyedWindow, LeakyBucket, Stamped, Suppressor
 from common.config import Option, positive
 from vigie.v1 import alert_pb2
@@ -38,7 +39,7 @@ class ArpSpoof(Detector):
     technique = "T1557.002"
     severity = alert_pb2.SEVERITY_HIGH
     help = "ARP spoofing: an address claimed by a new MAC, and gratuitous ARP storms."
-    packet_protocols = frozenset((ARP,))
+    wants = Wants(packet_protocols=frozenset((ARP,)))
     options: ClassVar[dict[str, Option]] = {
         "binding_seconds": Option(
             float,

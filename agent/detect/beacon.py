@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
 from agent.detect.base import Detector, ip_text
+from agent.detect.hooks import Wants
 from agent.detect.nets import is_internal, is_unicast, port_list
 from agent.detect.window import (
     KeyedWindow,
@@ -109,6 +110,11 @@ class Beacon(Detector):
         s = settings
         self.gap = s["idle_gap_seconds"]
         self.ignore = frozenset(s["ignore_ports"])
+        self.wants = Wants(
+            activity_ignore=self.ignore,
+            activity_internal=s["internal_destinations"],
+            activity_gap=self.gap,
+        )
         cap = s["max_samples"]
         limit = min(KeyedWindow.limit, 100_000)
         # Series by key_of(source, destination, port). Most never get a second connection:
@@ -118,11 +124,6 @@ class Beacon(Detector):
         self.series: KeyedWindow[Series] = KeyedWindow(
             s["series_idle_seconds"], lambda now: Series(cap), limit
         )
-
-    def activity_watch(self) -> tuple[frozenset[int], bool, float]:
-        """(responder ports to ignore, whether internal responders are wanted, the silence
-        that ends a burst): what the engine reports to on_activity."""
-        return self.ignore, self.settings["internal_destinations"], self.gap
 
     def on_activity(self, records: list[tuple]) -> None:
         series = self.series

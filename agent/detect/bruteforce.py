@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import Entity
 from agent.decode.packet import TCP, Packet
 from agent.detect.base import Detector, ip_text
+from agent.detect.hooks import Wants
 from agent.detect.nets import port_list
 from agent.detect.window import Distinct, KeyedWindow, Stamped, key_of
 from agent.flows.table import REJECTED, S_ESTABLISHED, Flow
@@ -71,8 +72,6 @@ class BruteForce(Detector):
     technique = "T1110"
     severity = alert_pb2.SEVERITY_HIGH
     help = "Password guessing: repeated rejected or short sessions to an authentication port."
-    app_kinds = frozenset(("ftp", "telnet", "smb"))
-    flow_end = "sessions"  # established sessions on its ports that ended without a close
     options: ClassVar[dict[str, Option]] = {
         "ports": Option(
             list,
@@ -109,8 +108,13 @@ class BruteForce(Detector):
         super().__init__(settings, report)
         s = settings
         self.ports = frozenset(s["ports"])
-        self.close_ports = self.ports  # on_close for the sessions followed, no others
-        self.outcome_ports = self.ports  # on_outcome only counts TCP to these
+        self.wants = Wants(
+            app_kinds=frozenset(("ftp", "telnet", "smb")),
+            # established sessions on its ports that ended without a close
+            flow_end="sessions",
+            close_ports=self.ports,  # on_close for the sessions followed, no others
+            outcome_ports=self.ports,  # on_outcome only counts TCP to these
+        )
         self.sources: KeyedWindow[_Guesses] = KeyedWindow(s["window_seconds"], _Guesses)
         # Open sessions already counted through their protocol failures (on_app), by
         # key_of(src, sport, dst, dport): their close is not counted again. In order.

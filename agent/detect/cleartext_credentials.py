@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import Entity
 from agent.decode.packet import Packet
 from agent.detect.base import Detector, ip_text
+from agent.detect.hooks import Wants
 from agent.detect.window import Distinct, KeyedWindow, Stamped
 from common.config import Option, positive
 from vigie.v1 import alert_pb2
@@ -43,10 +44,12 @@ class CleartextCredentials(Detector):
     technique = "T1040"
     severity = alert_pb2.SEVERITY_LOW
     help = "Credentials sent in clear: FTP USER/PASS, Telnet logins, HTTP Basic authentication."
-    app_kinds = frozenset(("ftp", "telnet", "http"))
-    # Of HTTP, only requests with these headers matter (Basic credentials): the engine
-    # counts the others without handing them up.
-    http_headers = ("authorization", "proxy-authorization")
+    wants = Wants(
+        app_kinds=frozenset(("ftp", "telnet", "http")),
+        # Of HTTP, only requests with these headers matter (Basic credentials): the engine
+        # counts the others without handing them up.
+        http_headers=("authorization", "proxy-authorization"),
+    )
     options: ClassVar[dict[str, Option]] = {
         "protocols": Option(
             list,

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import BUILTIN_INTERNAL_SUFFIXES, Entity
 from agent.detect.base import Detector, ip_text
 from agent.detect.dns_tunnel import domain_list
+from agent.detect.hooks import Wants
 from agent.detect.nets import port_list
 from common.config import Option, between, positive
 from vigie.v1 import alert_pb2
@@ -32,7 +33,6 @@ class Dga(Detector):
     technique = "T1568.002"
     severity = alert_pb2.SEVERITY_HIGH
     help = "Domain generation algorithms: many random-looking non-existent domains."
-    app_kinds = frozenset(("dns",))
     options: ClassVar[dict[str, Any]] = {
         "ports": Option(list, [53], "DNS server ports scored (mDNS/LLMNR are not).", port_list),
         "nx_domains": Option(
@@ -63,7 +63,7 @@ class Dga(Detector):
 
     # The engine counts each answer (agent/engine/dnsstat.c); this class declares and
     # validates the tunables and turns the engine's records into alerts.
-    engine_counts = "dga"
+    wants = Wants(app_kinds=frozenset(("dns",)), counter="dga")
 
     def engine_config(self) -> dict[str, Any]:
         """The settings the engine counts with."""

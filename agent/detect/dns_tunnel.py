@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
 from agent.detect.base import Detector, ip_text
+from agent.detect.hooks import Wants
 from agent.detect.nets import port_list
 from common.config import Option, between, positive
 from vigie.v1 import alert_pb2
@@ -41,7 +42,6 @@ class DnsTunnel(Detector):
     technique = "T1071.004"
     severity = alert_pb2.SEVERITY_HIGH
     help = "DNS tunnelling: long high-entropy labels, many subdomains, odd query types."
-    app_kinds = frozenset(("dns",))
     options: ClassVar[dict[str, Any]] = {
         "ports": Option(list, [53], "DNS server ports scored (mDNS/LLMNR are not).", port_list),
         "long_label_length": Option(
@@ -85,7 +85,7 @@ class DnsTunnel(Detector):
     # The engine counts each message (agent/engine/dnsstat.c): a resolver's clients send
     # too many for a Python call each. This class declares and validates the tunables and
     # turns the engine's records into alerts.
-    engine_counts = "tunnel"
+    wants = Wants(app_kinds=frozenset(("dns",)), counter="tunnel")
 
     def engine_config(self) -> dict[str, Any]:
         """The settings the engine counts with."""

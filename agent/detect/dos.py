@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
 from agent.detect.base import PAIR_ICMP, PAIR_SYN, PAIR_UDP, Detector, ip_text
+from agent.detect.hooks import Wants
 from agent.detect.nets import is_unicast
 from agent.detect.window import Distinct, KeyedWindow, LeakyBucket, Suppressor
 from common.config import Option, positive
@@ -58,7 +59,7 @@ class Dos(Detector):
     technique = "T1498"
     severity = alert_pb2.SEVERITY_HIGH
     help = "Floods towards one target: SYN (half-open), UDP, ICMP; spoofed sources told apart."
-    pairs_want = "floods"  # the engine counts only SYN, UDP, ICMP towards unicast addresses
+    wants = Wants(pairs="floods")  # the engine counts only SYN, UDP, ICMP towards unicast
     options: ClassVar[dict[str, Option]] = {
         "syn_capacity": Option(
             float, 2000.0, "Half-open attempts a target may get in a burst.", positive

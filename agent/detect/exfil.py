@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
 from agent.detect.base import Detector, ip_text
+from agent.detect.hooks import Wants
 from agent.detect.nets import is_internal, is_unicast
 from agent.detect.window import KeyedWindow, Stamped, key_of
 from agent.engine import Table
@@ -44,7 +45,7 @@ class Exfil(Detector):
     severity = alert_pb2.SEVERITY_HIGH
     help = "Exfiltration: outbound volume far above a host's baseline, or a large upload "
     "to a new destination."
-    pairs_want = "outbound"  # the engine counts only internal -> external unicast pairs
+    wants = Wants(pairs="outbound")  # the engine counts only internal -> external unicast
     options: ClassVar[dict[str, Option]] = {
         "interval_seconds": Option(
             float,

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import Entity
 from agent.decode.packet import Packet
 from agent.detect.base import Detector, ip_text
+from agent.detect.hooks import Wants
 from agent.flows.table import Flow
 from agent.host.intel import EMPTY, Intel
 from common.config import Option, positive
@@ -53,13 +54,25 @@ def listed_domain(name: str, domains: frozenset[str]) -> str:
     return ""
 
 
+# (DNS wanted, every outcome wanted): one value each, so that the pipeline sees no change
+# from one tick to the next until the list's content changes.
+_WANTS = {
+    (dns, flows): Wants(
+        app_kinds=frozenset(("dns", "tls_client_hello")),
+        dns=dns,
+        flow_end="unresolved",  # a flow with an outcome was matched then
+        outcome_ports=None if flows else frozenset(),
+    )
+    for dns in (False, True)
+    for flows in (False, True)
+}
+
+
 class Ioc(Detector):
     name = "net.ioc"
     technique = "T1071"
     severity = alert_pb2.SEVERITY_HIGH
     help = "Indicator matches: addresses/CIDRs, domains, TLS SNI, JA3/JA4 from the intel list."
-    app_kinds = frozenset(("dns", "tls_client_hello"))
-    flow_end = "unresolved"  # a flow with an outcome was matched then
     options: ClassVar[dict[str, Option]] = {
         "check_seconds": Option(
             float, 1.0, "How often the intel file is looked at for a new bundle.", positive
@@ -79,7 +92,7 @@ class Ioc(Detector):
         """The pipeline's reader of state_dir/intel.json (or any callable snapshot)."""
         self._provider = provider
         self._next_check = float("-inf")
-        self.intel = provider()  # read now: wants_dns() is asked before the first packet
+        self.intel = provider()  # read now: `wants` is read before the first packet
 
     def _refresh(self, now: float) -> Intel:
         if now >= self._next_check or now < self._next_check - 3600:  # clock stepped back
@@ -90,17 +103,15 @@ class Ioc(Detector):
     def on_tick(self, now: float) -> None:
         self._refresh(now)
 
-    def wants_dns(self) -> bool:
-        """Whether DNS messages must reach on_app (the pipeline asks at each tick): only
-        while the list holds domains, so that without any the engine hands none up."""
-        return bool(self.intel.domains) and self.settings["match_dns"]
-
     @property
-    def outcome_ports(self) -> frozenset[int] | None:
-        """Every outcome while the list holds addresses to match flows against, else none
-        (the pipeline reads this every tick, after on_tick looked at the file)."""
+    def wants(self) -> Wants:
+        """Follows the list (the pipeline reads it every tick, after on_tick looked at the
+        file): DNS messages only while it holds domains, every attempt outcome only while
+        it holds addresses to match flows against, so that an empty list costs nothing."""
         intel = self.intel
-        return None if (intel.ips or intel.nets) and self.settings["match_flows"] else frozenset()
+        dns = bool(intel.domains) and self.settings["match_dns"]
+        flows = bool(intel.ips or intel.nets) and self.settings["match_flows"]
+        return _WANTS[dns, flows]
 
     def on_outcome(self, flow: Flow, outcome: str, ts: float) -> None:
         self._flow(flow, ts)

@@ -20,6 +20,7 @@ from agent.anonymise.policy import Entity
 from agent.decode.deep.smb import admin_share
 from agent.decode.packet import TCP, Packet
 from agent.detect.base import Detector, ip_text
+from agent.detect.hooks import Wants
 from agent.detect.nets import is_internal, port_list
 from agent.detect.window import Distinct, KeyedWindow, Stamped, Suppressor
 from agent.flows.table import SUCCESS, Flow
@@ -71,7 +72,6 @@ class Lateral(Detector):
         "Lateral movement: an internal host reaching many internal hosts on admin ports; "
         "remote service/task creation and executables dropped on admin shares."
     )
-    app_kinds = frozenset(("smb", "dcerpc"))
     options: ClassVar[dict[str, Option]] = {
         "ports": Option(
             list,
@@ -104,7 +104,8 @@ class Lateral(Detector):
     def __init__(self, settings: dict[str, Any], report) -> None:
         super().__init__(settings, report)
         self.ports = frozenset(settings["ports"])
-        self.outcome_ports = self.ports  # on_outcome only counts TCP to these
+        # on_outcome only counts TCP to these
+        self.wants = Wants(app_kinds=frozenset(("smb", "dcerpc")), outcome_ports=self.ports)
         self.sources: KeyedWindow[_Spread] = KeyedWindow(settings["window_seconds"], _Spread)
         self.rpc_actions = frozenset(settings["rpc_actions"])
         self.exts = tuple(str(e).lower() for e in settings["exec_extensions"])

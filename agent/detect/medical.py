@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import Entity
 from agent.decode.packet import Packet
 from agent.detect.base import Detector, ip_text
+from agent.detect.hooks import Wants
 from agent.detect.nets import is_internal
 from agent.detect.window import KeyedWindow, Suppressor
 from common.config import Option, at_least, positive
@@ -46,7 +47,7 @@ class Medical(Detector):
     technique = "T1071"
     severity = alert_pb2.SEVERITY_MEDIUM
     help = "DICOM and HL7/MLLP crossing the establishment boundary or from unknown peers."
-    app_kinds = frozenset(("dicom_assoc", "hl7"))
+    wants = Wants(app_kinds=frozenset(("dicom_assoc", "hl7")))
     options: ClassVar[dict[str, Option]] = {
         "learning_seconds": Option(
             float,

@@ -33,13 +33,29 @@ from typing import ClassVar
 
 from agent.anonymise.policy import Entity
 from agent.detect.base import Detector, ip_text
+from agent.detect.hooks import Wants
 from agent.detect.window import KeyedWindow
-from agent.engine import Scan
+from agent.engine import (
+    STYLE_FIN,
+    STYLE_NULL,
+    STYLE_OTHER,
+    STYLE_SYN,
+    STYLE_UDP,
+    STYLE_XMAS,
+    Scan,
+)
 from common.config import Option, between, positive
 from vigie.v1 import alert_pb2
 
-# Scan styles: the bits of a record's `styles` (scan.c STYLE_*), in name order.
-_STYLES = {"fin": 1, "null": 2, "other": 4, "syn": 8, "udp": 16, "xmas": 32}
+# Scan styles: the bits of a record's `styles`, in name order.
+_STYLES = {
+    "fin": STYLE_FIN,
+    "null": STYLE_NULL,
+    "other": STYLE_OTHER,
+    "syn": STYLE_SYN,
+    "udp": STYLE_UDP,
+    "xmas": STYLE_XMAS,
+}
 MAX_SOURCES = 100_000
 
 
@@ -82,7 +98,6 @@ class PortScan(Detector):
     }
 
     def __init__(self, settings: dict, report) -> None:
-        super().__init__(settings, report)
         s = settings
         pd, pf = s["detection_probability"], s["false_positive_probability"]
         t0, t1 = s["theta_benign"], s["theta_scanner"]
@@ -99,12 +114,13 @@ class PortScan(Detector):
             # as a KeyedWindow would be bounded
             max_sources=max(1, min(MAX_SOURCES, KeyedWindow.limit)),
         )
+        # The state the engine scores every attempt outcome into.
+        self.wants = Wants(scan=self.scan)
+        super().__init__(settings, report)  # after the scan: set_allow applies to it
 
-    def engine_state(self) -> Scan:
-        """The state the engine scores every attempt outcome into, with the allow-list
-        as it is now (the pipeline calls this whenever it configures the engine)."""
+    def set_allow(self, settings: dict) -> None:
+        super().set_allow(settings)
         self.scan.set_allow([(n.network_address.packed, n.prefixlen) for n in self._allow])
-        return self.scan
 
     def on_scan(self, record: tuple) -> None:
         """A flagged source's report, queued by the engine at the probe that made it due."""

@@ -47,6 +47,3 @@ if len(set(_keys)) != len(_keys):
     raise RuntimeError(
         f"detector config keys collide: {sorted(k for k in _keys if _keys.count(k) > 1)}"
     )
-_bad_ends = [d.name for d in DETECTORS if d.flow_end not in ("all", "unresolved", "sessions")]
-if _bad_ends:
-    raise RuntimeError(f"detectors with an unknown flow_end: {_bad_ends}")

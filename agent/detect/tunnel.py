@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import Entity
 from agent.decode.packet import ICMP, ICMP6, TCP, UDP, Packet
 from agent.detect.base import Detector, ip_text
+from agent.detect.hooks import Wants
 from agent.detect.window import Distinct, KeyedWindow, Stamped, Suppressor
 from common.config import Option, at_least, positive
 from vigie.v1 import alert_pb2
@@ -50,7 +51,6 @@ class Tunnel(Detector):
     technique = "T1095"
     severity = alert_pb2.SEVERITY_HIGH
     help = "ICMP echo tunnels (varying payloads) and protocol/port mismatches."
-    packet_protocols = frozenset((ICMP, ICMP6, TCP, UDP))
     options: ClassVar[dict[str, Option]] = {
         "min_packets": Option(
             int, 10, "Echo packets on one pair before it is judged.", at_least(2)
@@ -83,13 +83,16 @@ class Tunnel(Detector):
         super().__init__(settings, report)
         self.pairs: KeyedWindow[_Pair] = KeyedWindow(settings["window_seconds"], _Pair)
         self.suppress = Suppressor(settings["window_seconds"])
-        if settings["port_mismatch"]:
-            # The TCP/UDP payloads the engine hands up for the mismatch checks (it hands
-            # up ICMP because packet_protocols asks for it).
-            self.packet_payloads = (
-                (frozenset((TCP, UDP)), frozenset((53,)), b"\x16\x03"),
-                (frozenset((TCP,)), _SSH_PORTS, b"SSH-2.0-"),
-            )
+        # The TCP/UDP payloads the engine hands up for the mismatch checks (it hands up
+        # ICMP because packet_protocols asks for it).
+        mismatch = (
+            (frozenset((TCP, UDP)), frozenset((53,)), b"\x16\x03"),
+            (frozenset((TCP,)), _SSH_PORTS, b"SSH-2.0-"),
+        )
+        self.wants = Wants(
+            packet_protocols=frozenset((ICMP, ICMP6, TCP, UDP)),
+            packet_payloads=mismatch if settings["port_mismatch"] else (),
+        )
 
     def on_packet(self, p: Packet) -> None:
         proto = p.proto

@@ -121,6 +121,11 @@ class IntelFile:
         self._intel = EMPTY
         self.errors = 0
 
+    def mark_stale(self) -> None:
+        """Re-read the file at the next call even if its stat did not move (a bundle
+        written twice within the clock's resolution); safe from any thread."""
+        self._stamp = None
+
     def __call__(self) -> Intel:
         try:
             st = os.stat(self.path)

@@ -36,7 +36,9 @@ from typing import Any
 
 import psutil
 
+from agent.detect.registry import config_key
 from agent.host import procnet
+from agent.host.detectors import HOST_DETECTORS
 from agent.host.intel import EMPTY, Intel, IntelFile, provider
 from agent.host.sample import Busy, HostSample, ProcInfo, ProcKey, SamplerStats, Session, Socket
 from common import logs
@@ -65,34 +67,31 @@ class Needs:
 
     @classmethod
     def from_settings(cls, cfg: dict[str, Any], extra_watch: Iterable[str] = ()) -> Needs:
+        """What the enabled host detectors declared (`sampler_wants`), together;
+        `extra_watch`: the agent's own files, for a detector that watches them."""
         d = cfg["detectors"]
-
-        def on(key: str) -> bool:
-            return key in d and d[key]["enabled"]
-
-        mw, cpu, tamper = (
-            d.get("mass_write", {}),
-            d.get("cpu_saturation", {}),
-            d.get("agent_tamper", {}),
-        )
-        rate = mw["write_bytes_per_second"] if on("mass_write") else math.inf
+        wants = [
+            c.sampler_wants(d[key])
+            for c in HOST_DETECTORS
+            if (key := config_key(c)) in d and d[key]["enabled"]
+        ]
+        counters = [w.io_counter for w in wants if w.io_counter]
+        agent = tuple(extra_watch) if any(w.watch_agent for w in wants) else ()
+        units = [w for w in wants if w.service_unit]
+        every = min((w.service_check_seconds for w in units), default=60.0)
         return cls(
-            io=on("mass_write"),
-            io_counter=mw.get("counter", "write_bytes"),
-            cpu_floor=cpu["cpu_percent"] if on("cpu_saturation") else math.inf,
-            write_floor=rate,
-            open_files_above=rate,
-            listeners=on("listener"),
-            ioc=on("ioc_connection"),
-            sessions=on("login"),
+            io=bool(counters),
+            io_counter=counters[0] if counters else "write_bytes",
+            cpu_floor=min((w.cpu_floor for w in wants), default=math.inf),
+            write_floor=min((w.write_floor for w in wants), default=math.inf),
+            open_files_above=min((w.open_files_above for w in wants), default=math.inf),
+            listeners=any(w.listeners for w in wants),
+            ioc=any(w.ioc for w in wants),
+            sessions=any(w.sessions for w in wants),
             exe_recheck_every=cfg["host"]["exe_recheck_rounds"],
-            watch_files=tuple([*extra_watch, *tamper.get("watch_paths", [])])
-            if on("agent_tamper")
-            else (),
-            service_unit=tamper.get("service_unit", "") if on("agent_tamper") else "",
-            service_every=max(
-                1, round(tamper.get("service_check_seconds", 60) / cfg["host"]["interval_seconds"])
-            ),
+            watch_files=(*agent, *(f for w in wants for f in w.watch_files)),
+            service_unit=units[0].service_unit if units else "",
+            service_every=max(1, round(every / cfg["host"]["interval_seconds"])),
         )
 
 

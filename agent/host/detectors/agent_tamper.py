@@ -9,8 +9,9 @@ the alert (they may hold a user's name): only counts.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from agent.detect.hooks import HostWants
 from agent.host.detectors.base import HostDetector, names
 from agent.host.sample import HostSample
 from common.config import Option, positive
@@ -31,6 +32,15 @@ class AgentTamper(HostDetector):
         ),
         "service_check_seconds": Option(float, 60.0, "How often the unit is checked.", positive),
     }
+
+    @classmethod
+    def sampler_wants(cls, settings: dict[str, Any]) -> HostWants:
+        return HostWants(
+            watch_files=tuple(settings["watch_paths"]),
+            watch_agent=True,
+            service_unit=settings["service_unit"],
+            service_check_seconds=settings["service_check_seconds"],
+        )
 
     def __init__(self, settings: dict, report) -> None:
         super().__init__(settings, report)

@@ -1,7 +1,9 @@
 """What host detectors share on top of agent.detect.base.Detector.
 
 A host detector implements `on_host(sample)`; the pipeline calls it from its own thread
-with each sample the sampler queued. Its allow-list holds process base names (shell
+with each sample the sampler queued. It declares what the sampler must read for it with
+`sampler_wants(settings)` (a `HostWants`, agent/detect/hooks.py): the sampler reads only
+what the enabled detectors declared. Its allow-list holds process base names (shell
 globs), not addresses; everything else (declared options, report, technique) is the
 network detectors' own.
 """
@@ -12,7 +14,8 @@ import fnmatch
 from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
-from agent.detect.base import Detector, Report
+from agent.detect.base import Detector
+from agent.detect.hooks import HostWants
 from agent.host.sample import HostSample
 from common.config import Option
 from vigie.v1 import alert_pb2
@@ -45,17 +48,20 @@ class _As:
 class HostDetector(Detector):
     options: ClassVar[dict[str, Option]] = {}
 
-    def __init__(self, settings: dict[str, Any], report: Report) -> None:
-        # Not Detector.__init__: that one reads `allow` as CIDR ranges.
+    def set_allow(self, settings: dict[str, Any]) -> None:
+        # Not Detector's: this allow-list holds process names, not CIDR ranges.
         self.settings = settings
-        self._report = report
-        self._allow = []
-        self._allow_cache = {}
         self._allow_names = [str(n).lower() for n in settings["allow"]]
 
     @classmethod
     def schema(cls) -> dict[str, Option]:
         return HOST_COMMON | cls.options
+
+    @classmethod
+    def sampler_wants(cls, settings: dict[str, Any]) -> HostWants:
+        """What the sampler must read for this detector at these settings (the process
+        table is always read)."""
+        return HostWants()
 
     def allowed_process(self, base: str) -> bool:
         b = base.lower()

@@ -7,8 +7,9 @@ compression) belong in the allow-list.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from agent.detect.hooks import HostWants
 from agent.host.detectors.base import HostDetector, process_entities
 from agent.host.sample import HostSample, ProcKey
 from common.config import Option, positive
@@ -26,6 +27,10 @@ class CpuSaturation(HostDetector):
             int, 24, "Rounds in a row at or above it (24 x 5 s = 2 minutes).", positive
         ),
     }
+
+    @classmethod
+    def sampler_wants(cls, settings: dict[str, Any]) -> HostWants:
+        return HostWants(cpu_floor=settings["cpu_percent"])
 
     def __init__(self, settings: dict, report) -> None:
         super().__init__(settings, report)

@@ -7,9 +7,10 @@ on the list are matched on the wire by the network IOC detector: a socket has no
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
+from agent.detect.hooks import HostWants
 from agent.host.detectors.base import HostDetector, process_entities
 from agent.host.sample import HostSample
 from common.config import Option
@@ -22,6 +23,10 @@ class IocConnection(HostDetector):
     severity = alert_pb2.SEVERITY_HIGH
     help = "A process connected to an address or range on the intel list."
     options: ClassVar[dict[str, Option]] = {}
+
+    @classmethod
+    def sampler_wants(cls, settings: dict[str, Any]) -> HostWants:
+        return HostWants(ioc=True)
 
     def on_host(self, sample: HostSample) -> None:
         intel = sample.intel

@@ -11,9 +11,10 @@ by default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
+from agent.detect.hooks import HostWants
 from agent.host.detectors.base import HostDetector, process_entities
 from agent.host.sample import HostSample
 from common.config import Option, at_least
@@ -52,6 +53,10 @@ class Listener(HostDetector):
             bool, True, "Skip UDP sockets bound in the kernel's ephemeral port range."
         ),
     }
+
+    @classmethod
+    def sampler_wants(cls, settings: dict[str, Any]) -> HostWants:
+        return HostWants(listeners=True)
 
     def __init__(self, settings: dict, report) -> None:
         super().__init__(settings, report)

@@ -8,9 +8,10 @@ anonymiser pseudonymises; the summary says only the terminal and local/remote.
 from __future__ import annotations
 
 import ipaddress
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from agent.anonymise.policy import Entity
+from agent.detect.hooks import HostWants
 from agent.host.detectors.base import HostDetector, names
 from agent.host.sample import HostSample, Session
 from common.config import Option
@@ -37,6 +38,10 @@ class Login(HostDetector):
         "allow": Option(list, [], "User names (shell globs) never reported.", names),
         "remote_only": Option(bool, False, "Report only sessions from a remote host."),
     }
+
+    @classmethod
+    def sampler_wants(cls, settings: dict[str, Any]) -> HostWants:
+        return HostWants(sessions=True)
 
     def __init__(self, settings: dict, report) -> None:
         super().__init__(settings, report)

@@ -10,8 +10,9 @@ files; ransomware writes fast to many.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from agent.detect.hooks import HostWants
 from agent.detect.window import Distinct
 from agent.host.detectors.base import HostDetector, process_entities
 from agent.host.sample import HostSample, ProcKey
@@ -46,6 +47,12 @@ class MassWrite(HostDetector):
             one_of("write_bytes", "write_chars"),
         ),
     }
+
+    @classmethod
+    def sampler_wants(cls, settings: dict[str, Any]) -> HostWants:
+        # Open files are listed only for processes already above the rate: the costly part.
+        rate = settings["write_bytes_per_second"]
+        return HostWants(io_counter=settings["counter"], write_floor=rate, open_files_above=rate)
 
     def __init__(self, settings: dict, report) -> None:
         super().__init__(settings, report)
