@@ -278,7 +278,7 @@ async def build(
         ],
         maximum_concurrent_rpcs=ing["max_streams"] + ing["workers"],
     )
-    if store.dialect == "sqlite":
+    if store.backend.dialect.one_writer:
         # Writes go to a process of their own (see collector/ingest/writer.py).
         writes = WriterProcess(
             store_url(cfg), cfg["sqlite_synchronous"].upper(), cfg["correlation"]

@@ -7,12 +7,13 @@ never skips an incident another replica is still writing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from collector.store.backends import Tx
+if TYPE_CHECKING:  # at run time the store imports this module, not the other way round
+    from collector.store.backends import Tx
 
 OPEN, ACKNOWLEDGED, CLOSED = 1, 2, 3
 # The change an analyst's status update makes, as the change feed names it.
@@ -24,18 +25,6 @@ class SiteRef:
     finess: str
     ght: str
     region: str
-
-
-def lock(tx: Tx, dialect: str, *names: str) -> None:
-    """Serialise transactions about the same subject across replicas (no-op on SQLite,
-    whose BEGIN IMMEDIATE already serialises writers). Sorted to avoid deadlocks."""
-    if dialect != "postgresql":
-        return
-    for name in sorted(set(names)):
-        key = int.from_bytes(
-            hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
-        )
-        tx.execute("SELECT pg_advisory_xact_lock(?)", (key,))
 
 
 def next_seq(tx: Tx) -> int:

@@ -1,16 +1,19 @@
 """The two places alerts can live: SQLite (embedded default) and PostgreSQL (replicas).
 
-Only connection handling and dialect differences live here; every query is in sql.py,
-written once with `?` placeholders.
+Only connection handling and the `Dialect` live here: every difference between the two
+databases is a field or a method of it, so the rest of the store writes each query once,
+with `?` placeholders, and never asks which database it runs on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,86 @@ class Tx:
         self.execute(f"RELEASE SAVEPOINT {name}")
 
 
+def in_lists(values: Sequence[Any], size: int = 500) -> Iterator[tuple[Sequence[Any], str]]:
+    """`values` in chunks, each with its `?,?,...` marks, for `IN (...)` lists that stay
+    under the databases' limits on parameters per statement."""
+    for i in range(0, len(values), size):
+        chunk = values[i : i + size]
+        yield chunk, ",".join("?" * len(chunk))
+
+
+def lock_key(name: str) -> int:
+    """The advisory-lock key of a name (64 bits, as PostgreSQL takes them): every lock the
+    store takes, schema, job or correlation subject, is named, and keyed this one way."""
+    return int.from_bytes(
+        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between SQLite and PostgreSQL, and nothing else."""
+
+    name: str
+    # Column types the migrations name as {ID}, {REAL}, {INT} and {BLOB}.
+    types: Mapping[str, str]
+    # Several streams' batches in one transaction. Not on PostgreSQL: the correlation
+    # rules take advisory locks per subject, and one transaction taking several batches'
+    # locks in turn could deadlock against another replica doing the same in another order.
+    group_commit: bool
+    # One writer at a time (SQLite): the collector writes from a process of its own
+    # (collector/ingest/writer.py) through one thread; PostgreSQL takes several writers.
+    one_writer: bool
+    # Locks across replicas. SQLite has one writer (BEGIN IMMEDIATE) and needs none.
+    advisory_locks: bool
+    # last_seen rounded down to the hour, as text.
+    hour: str
+
+    def lock(self, tx: Tx, *names: str) -> None:
+        """Serialise transactions about the same names across replicas, until commit.
+        Taken in sorted order, so that two transactions never wait on each other."""
+        if not self.advisory_locks:
+            return
+        for name in sorted(set(names)):
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (lock_key(name),))
+
+    def try_lock(self, tx: Tx, name: str) -> bool:
+        """Take the lock of `name` until commit, unless another transaction holds it."""
+        if not self.advisory_locks:
+            return True
+        return bool(
+            tx.fetch("SELECT pg_try_advisory_xact_lock(?) AS ok", (lock_key(name),))[0]["ok"]
+        )
+
+
+SQLITE = Dialect(
+    name="sqlite",
+    types={
+        "ID": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "REAL": "REAL",
+        "INT": "INTEGER",
+        "BLOB": "BLOB",
+    },
+    group_commit=True,
+    one_writer=True,
+    advisory_locks=False,
+    hour="CAST(CAST(last_seen / 3600 AS INTEGER) * 3600 AS TEXT)",
+)
+POSTGRESQL = Dialect(
+    name="postgresql",
+    types={
+        "ID": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "REAL": "DOUBLE PRECISION",
+        "INT": "BIGINT",
+        "BLOB": "BYTEA",
+    },
+    group_commit=False,
+    one_writer=False,
+    advisory_locks=True,
+    hour="CAST(CAST(FLOOR(last_seen / 3600) AS BIGINT) * 3600 AS TEXT)",
+)
+
+
 class SqliteTx(Tx):
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -99,7 +182,7 @@ def _wal(db: sqlite3.Connection, wait: float = 10.0) -> None:
 
 
 class Sqlite:
-    dialect = "sqlite"
+    dialect = SQLITE
 
     def __init__(self, path: str, synchronous: str = "FULL") -> None:
         if path != ":memory:":
@@ -168,7 +251,7 @@ def _pg(sql: str) -> str:
 
 
 class Postgres:
-    dialect = "postgresql"
+    dialect = POSTGRESQL
 
     def __init__(self, url: str, min_size: int = 2, max_size: int = 16) -> None:
         try:

@@ -1,0 +1,291 @@
+"""What the correlation rules share: a batch as they read it, the rule contract, and the
+way a counting rule opens or extends its incident.
+
+Each rule counts in the database, not in this process, after taking an advisory lock on
+its subject: two replicas seeing matching alerts at the same moment serialise on the
+lock, the second sees the first's rows, and the incident key makes one incident.
+
+The counting reads small per-site summaries (indicator_sites, detector_sites,
+site_stages: at most one row per establishment and subject; indicator_ghts: one per GHT),
+never the window's alerts, so the cost of a batch does not grow with the alert rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from collector.correlate.incidents import CLOSED, MAX_LINKED_ALERTS, SiteRef, find_open, upsert
+from collector.store.backends import Dialect, Tx, in_lists
+from vigie.v1 import alert_pb2
+
+# Entity kinds that identify an attacker across sites (sent in clear by agents).
+INDICATOR_KINDS = {
+    alert_pb2.KIND_IP: "ip",
+    alert_pb2.KIND_DOMAIN: "domain",
+    alert_pb2.KIND_TLS_SNI: "sni",
+    alert_pb2.KIND_JA3: "ja3",
+    alert_pb2.KIND_JA4: "ja4",
+    alert_pb2.KIND_HASH: "hash",
+}
+
+HIGH, CRITICAL = alert_pb2.SEVERITY_HIGH, alert_pb2.SEVERITY_CRITICAL
+
+# One row per (subject, establishment): the newest sighting wins.
+SITE_UPSERT = (
+    "INSERT INTO {table} VALUES ({marks}) ON CONFLICT ({key}, finess) "
+    "DO UPDATE SET last_seen = excluded.last_seen, ght = excluded.ght, "
+    "region = excluded.region WHERE excluded.last_seen > {table}.last_seen"
+)
+
+
+@dataclass(frozen=True)
+class RuleFailure:
+    """A rule that failed on one batch of a transaction (its alerts are stored)."""
+
+    rule: str
+    batch_index: int
+    error: Exception
+
+
+class Batch:
+    """One batch as the rules read it: its site, and its alerts per indicator and detector
+    (each protobuf-derived fact read once, for every rule)."""
+
+    __slots__ = (
+        "agent",
+        "batch_index",
+        "by_detector",
+        "by_indicator",
+        "detectors",
+        "firsts",
+        "indicators",
+        "rows",
+        "site",
+    )
+
+    def __init__(self, origin: Any, facts: Sequence[tuple], batch_index: int = 0) -> None:
+        self.batch_index = batch_index
+        self.site = SiteRef(origin.finess, origin.ght, origin.region)
+        self.agent = agent = origin.agent_id
+        finess, ght, region = origin.finess, origin.ght, origin.region
+        # Latest last_seen per indicator (kind, value) and per detector, with their alerts.
+        self.indicators: dict[tuple[int, str], float] = {}
+        self.by_indicator: dict[tuple[int, str], list[str]] = {}
+        self.detectors: dict[str, float] = {}
+        self.by_detector: dict[str, list[str]] = {}
+        # Earliest and latest first_seen per detector.
+        self.firsts: dict[str, tuple[float, float]] = {}
+        # alert_indicators rows: (agent, alert, kind, value, finess, ght, region, seen).
+        self.rows: list[tuple] = []
+        indicators, by_indicator, detectors = self.indicators, self.by_indicator, self.detectors
+        firsts = self.firsts
+        kinds = INDICATOR_KINDS
+        for aid, detector, first, t, ents in facts:
+            if t > detectors.get(detector, 0.0):
+                detectors[detector] = t
+            self.by_detector.setdefault(detector, []).append(aid)
+            span = firsts.get(detector)
+            if span is None:
+                firsts[detector] = (first, first)
+            elif first < span[0] or first > span[1]:
+                firsts[detector] = (min(span[0], first), max(span[1], first))
+            for _role, kind, value, pseudo in ents:
+                if not pseudo and kind in kinds:
+                    k = (kind, value)
+                    if t > indicators.get(k, 0.0):
+                        indicators[k] = t
+                    by_indicator.setdefault(k, []).append(aid)
+                    self.rows.append((agent, aid, kind, value, finess, ght, region, t))
+
+
+class Rule:
+    """One correlation rule: its name, its options (the config schema is assembled from
+    them), what it locks and how it matches, together in one module."""
+
+    name: ClassVar[str]
+    options: ClassVar[dict[str, Any]]  # Option per key (or a table of them)
+    # Run on every stored batch; False for a rule a periodic job runs instead.
+    on_ingest_rule: ClassVar[bool] = True
+
+    def __init__(self, settings: dict[str, Any], dialect: Dialect) -> None:
+        self.settings = settings  # every rule's, as the correlator holds them
+        self.dialect = dialect
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        """This rule's settings, read at each use: a change made on a live correlator
+        (tests do) applies to its next run."""
+        return self.settings[self.name]
+
+    def lock_names(self, batches: Sequence[Batch]) -> Iterable[str]:
+        """The subjects this rule may write about for these batches: locked for the
+        transaction before any rule runs, all at once, in one order."""
+        return ()
+
+    def on_ingest(self, tx: Tx, batches: list[Batch], now: float) -> None:
+        """Correlate batches just stored, inside their transaction."""
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What one batch says about one subject of a counting rule."""
+
+    subject: str  # as incidents name it (e.g. "ip:198.51.100.4")
+    key: tuple  # as the rule's summary table keys it (e.g. (kind, value))
+    time: float  # the batch's latest alert of the subject
+    site: SiteRef
+    alerts: list[tuple[str, str]]  # (agent id, alert id)
+
+
+class CountingRule(Rule):
+    """A rule that opens an incident once enough distinct sites saw one subject within its
+    window (`window_seconds`), from a per-site summary table it keeps up to date."""
+
+    severity: ClassVar[int] = HIGH
+
+    def reached(self, tx: Tx, s: Sighting) -> bool:
+        """Whether the window now holds enough sites to open an incident."""
+        raise NotImplementedError
+
+    def sites(self, tx: Tx, s: Sighting) -> set[SiteRef]:
+        """Every site of the window, for a new incident."""
+        raise NotImplementedError
+
+    def window_alerts(self, tx: Tx, s: Sighting) -> list[dict[str, Any]]:
+        """The window's alerts (agent_id, alert_id), for a new incident."""
+        raise NotImplementedError
+
+    def summary(self, s: Sighting, sites: int, ghts: int) -> str:
+        """The incident's wording for that many establishments and GHTs."""
+        raise NotImplementedError
+
+    def quiet_updates(
+        self,
+        tx: Tx,
+        now: float,
+        items: list[tuple[SiteRef, dict[str, tuple[float, list[tuple[str, str]]]]]],
+    ) -> list[set[str]]:
+        """The common case in bulk: subjects whose incident is open and already counts the
+        batch's site only gain alerts. A few statements for the whole group instead of a
+        few per batch and subject. Returns, per batch, the subjects so handled."""
+        rule, window = self.name, self.cfg["window_seconds"]
+        subjects = list({subj for _, its in items for subj in its})
+        latest: dict[str, dict] = {}  # the open incident of each subject, latest first
+        for part, marks in in_lists(subjects, 500):
+            for r in tx.fetch(
+                f"SELECT key, subject, alert_count, last_seen FROM incidents WHERE rule = ? "
+                f"AND status <> ? AND subject IN ({marks})",
+                (rule, CLOSED, *part),
+            ):
+                cur = latest.get(r["subject"])
+                if cur is None or r["last_seen"] > cur["last_seen"]:
+                    latest[r["subject"]] = r
+        if not latest:
+            return [set() for _ in items]
+        keys = sorted({r["key"] for r in latest.values()})
+        finesses = sorted({site.finess for site, _ in items})
+        joined: set[tuple[str, str]] = set()
+        for kpart, kmarks in in_lists(keys, 400):
+            for fpart, fmarks in in_lists(finesses, 400):
+                joined |= {
+                    (r["incident_key"], r["finess"])
+                    for r in tx.fetch(
+                        f"SELECT incident_key, finess FROM incident_sites WHERE incident_key "
+                        f"IN ({kmarks}) AND finess IN ({fmarks})",
+                        (*kpart, *fpart),
+                    )
+                }
+        out: list[set[str]] = []
+        links: list[tuple[str, str, str]] = []
+        counts: dict[str, list] = {}  # incident key -> [alerts added, latest time]
+        room = {r["key"]: max(0, MAX_LINKED_ALERTS - r["alert_count"]) for r in latest.values()}
+        for site, its in items:
+            done = set()
+            for subj, (t, refs) in its.items():
+                r = latest.get(subj)
+                # The latest incident of the subject is the one to extend, if it is still
+                # in the window for this batch's time and already counts this site.
+                if (
+                    r is None
+                    or r["last_seen"] < t - window
+                    or (r["key"], site.finess) not in joined
+                ):
+                    continue
+                done.add(subj)
+                key = r["key"]
+                take = refs[: room[key]]
+                room[key] -= len(take)
+                links += [(key, a, i) for a, i in take]
+                c = counts.setdefault(key, [0, t])
+                c[0] += len(refs)
+                c[1] = max(c[1], t)
+            out.append(done)
+        tx.many("INSERT INTO incident_alerts VALUES (?, ?, ?) ON CONFLICT DO NOTHING", links)
+        tx.many(
+            "UPDATE incidents SET alert_count = alert_count + ?, last_seen = CASE WHEN "
+            "last_seen > ? THEN last_seen ELSE ? END, updated_at = ? WHERE key = ?",
+            [(n, t, t, now, key) for key, (n, t) in counts.items()],
+        )
+        return out
+
+    def raise_incident(self, tx: Tx, s: Sighting, now: float) -> None:
+        """Update the open incident with this batch, or, once the threshold is reached,
+        open one with every site and alert of the window. The common case (an incident
+        already open) costs a lookup and a few rows, whatever the window holds."""
+        window = self.cfg["window_seconds"]
+        site = s.site
+        existing = find_open(tx, self.name, s.subject, s.time - window)
+        if existing is not None:
+            joined = not tx.fetch(
+                "SELECT 1 AS x FROM incident_sites WHERE incident_key = ? AND finess = ?",
+                (existing["key"], site.finess),
+            )
+            text = None
+            if joined:  # the summary counts sites: say it again with the newcomer
+                # Counted in the database: an incident may span hundreds of establishments.
+                key = existing["key"]
+                n = tx.fetch(
+                    "SELECT COUNT(*) AS n, COUNT(DISTINCT ght) AS g FROM incident_sites "
+                    "WHERE incident_key = ?",
+                    (key,),
+                )[0]
+                new_ght = not tx.fetch(
+                    "SELECT 1 AS x FROM incident_sites WHERE incident_key = ? AND ght = ? LIMIT 1",
+                    (key, site.ght),
+                )
+                text = self.summary(s, n["n"] + 1, n["g"] + new_ght)
+            upsert(
+                tx,
+                rule=self.name,
+                subject=s.subject,
+                event_time=s.time,
+                window=window,
+                severity=self.severity,
+                summary=text,
+                sites=[site] if joined else [],
+                alerts=s.alerts,
+                now=now,
+                existing=existing,
+            )
+            return
+        if not self.reached(tx, s):
+            return
+        sites = self.sites(tx, s)
+        upsert(
+            tx,
+            rule=self.name,
+            subject=s.subject,
+            event_time=s.time,
+            window=window,
+            severity=self.severity,
+            summary=self.summary(s, len(sites), len({x.ght for x in sites})),
+            sites=sites,
+            alerts=[(r["agent_id"], r["alert_id"]) for r in self.window_alerts(tx, s)],
+            now=now,
+        )
+
+
+def site_refs(rows: list[dict]) -> set[SiteRef]:
+    return {SiteRef(r["finess"], r["ght"], r["region"]) for r in rows}
