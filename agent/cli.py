@@ -8,11 +8,18 @@ import gc
 import os
 import sys
 
-from agent import settings
+from agent import settings, statelock
 from agent.anonymise.policy import AnonymisationError
 from agent.capture.live import CaptureError as LiveError
 from agent.capture.pcapfile import CaptureError
-from agent.commands import EX_USAGE, cmd_doctor, cmd_enroll, cmd_explain, cmd_replay
+from agent.commands import (
+    EX_TEMPFAIL,
+    EX_USAGE,
+    cmd_doctor,
+    cmd_enroll,
+    cmd_explain,
+    cmd_replay,
+)
 from agent.outbox.store import OutboxError
 from agent.output import anonymiser
 from agent.service import Service, agent_metrics, cmd_run
@@ -104,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load(args.config, settings.SCHEMA)
         if args.state_dir:
             cfg["state_dir"] = args.state_dir
+        # Commands that write the identity or the outbox hold the state directory.
+        if args.cmd in ("enroll", "run") or getattr(args, "output", "") == "collector":
+            statelock.hold(cfg["state_dir"], args.cmd)
         if args.cmd == "enroll":
             return cmd_enroll(args, cfg)
         if getattr(args, "collector", None):
@@ -133,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ) as exc:
         print(f"vigie-agent: {exc}", file=sys.stderr)
         return EX_USAGE
+    except statelock.StateLocked as exc:
+        print(f"vigie-agent: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
