@@ -43,10 +43,24 @@ class EnrollError(Exception):
     pass
 
 
+# What `vigie-collector token create` prints: vgt1.<16 hex>.<32 of base64url>.<64 hex>.
+TOKEN_PARTS = (("id", 16, "0123456789abcdef"), ("secret", 32, None), ("CA fingerprint", 64, None))
+
+
 def token_fingerprint(token: str) -> str:
     parts = token.strip().split(".")
     if len(parts) not in (3, 4) or parts[0] != TOKEN_PREFIX:
         raise EnrollError("this is not an enrollment token (vgt1.<id>.<secret>[.<fingerprint>])")
+    # A token pasted from a terminal or a mail often loses its end: say that, rather than
+    # blame a fingerprint or the collector for what is a copy problem.
+    for (name, size, alphabet), part in zip(TOKEN_PARTS, parts[1:], strict=False):
+        if len(part) != size or (alphabet and part.strip(alphabet)):
+            raise EnrollError(
+                f"this token looks cut or mistyped: its {name} has {len(part)} of {size} "
+                "characters; copy the whole line that 'vigie-collector token create' "
+                f"printed (about {len(TOKEN_PREFIX) + 3 + sum(p[1] for p in TOKEN_PARTS)} "
+                "characters, one line)"
+            )
     return parts[3].lower() if len(parts) == 4 else ""
 
 

@@ -1,0 +1,37 @@
+"""Setup mistakes get a message that names the cause and the fix (issue #26, item 6)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tool
+
+
+@pytest.fixture(scope="module")
+def token(tmp_path_factory) -> str:
+    state = tmp_path_factory.mktemp("collector")
+    r = subprocess.run(
+        [tool("vigie-collector"), "token", "create", "--state-dir", str(state),
+         "--region", "11", "--ght", "GHT-A", "--finess", "750000001"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return r.stdout.strip()
+
+
+@pytest.mark.parametrize(("cut", "part"), [(40, "secret"), (60, "CA fingerprint"), (90, "CA")])
+def test_a_cut_token_is_called_cut_not_a_bad_fingerprint(
+    token: str, cut: int, part: str, tmp_path: Path
+) -> None:
+    assert len(token) == 119
+    r = subprocess.run(
+        [tool("vigie-agent"), "enroll", "--collector", "127.0.0.1:9", "--token", token[:cut],
+         "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "looks cut" in r.stderr and f"its {part}" in r.stderr and "whole line" in r.stderr
+    assert "is not a SHA-256" not in r.stderr
+    assert not (tmp_path / "tls").exists()
