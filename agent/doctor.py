@@ -27,6 +27,7 @@ CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
 EXPIRY_WARN_DAYS = 30
 SKEW_WARN_SECONDS = 5.0
 SKEW_FAIL_SECONDS = 300.0
+FULL_BYTES = 256 * 1024  # less free than this in state_dir: full for the outbox
 
 
 def effective_caps(status_text: str | None = None) -> int:
@@ -117,7 +118,60 @@ def check_state_dir(cfg: dict[str, Any]) -> Result:
             f"{d} is not writable by uid {os.getuid()}",
             f"chown -R vigie-agent: {d}",
         )
-    return Result(OK, "state dir", f"{d} writable")
+    return check_state_space(d, cfg["outbox"]["low_space_mb"], cfg["outbox"]["low_space_percent"])
+
+
+def _size(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MB" if n < 10 * 1024**3 else f"{n / 1024**3:.1f} GB"
+
+
+def check_state_space(
+    d: Path, low_space_mb: float = 100.0, low_space_percent: float = 5.0
+) -> Result:
+    """Free space of the state directory, and a real write: os.access says "writable" on
+    a full filesystem, where the outbox can then only hold alerts in memory."""
+    fix = (
+        f"free space on the filesystem of {d} (df -h {d}; old logs, core dumps), or move "
+        "state_dir to a larger one; until then alerts are only held in memory"
+    )
+    probe = d / f".doctor-write-test-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 64 * 1024)  # a few SQLite pages' worth, really allocated
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        st = _statvfs(d)
+        free = f" ({_size(st[0])} free of {_size(st[1])})" if st else ""
+        return Result(FAIL, "state dir", f"{d} cannot be written{free}: {exc.strerror}", fix)
+    finally:
+        probe.unlink(missing_ok=True)
+    st = _statvfs(d)
+    if st is None:
+        return Result(OK, "state dir", f"{d} writable")
+    free, total = st
+    text = f"{d} writable, {_size(free)} free of {_size(total)}"
+    if free < FULL_BYTES:  # the probe fitted, the outbox's next WAL pages may not
+        return Result(FAIL, "state dir", f"{d} is full: {_size(free)} free of {_size(total)}", fix)
+    if free < low_space_mb * 1024 * 1024 or free * 100 < total * low_space_percent:
+        return Result(
+            WARN,
+            "state dir",
+            text + " (low)",
+            (
+                f"free space on the filesystem of {d} before it fills (df -h {d}): a full "
+                "one leaves alerts only in memory"
+            ),
+        )
+    return Result(OK, "state dir", text)
+
+
+def _statvfs(d: Path) -> tuple[int, int] | None:
+    try:
+        st = os.statvfs(d)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
 def _load_certs(path: Path):

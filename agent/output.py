@@ -50,8 +50,13 @@ class Delivery:
         from agent.deliver.stream import Credentials, Sender
 
         c = cfg["collector"]
+        o = cfg["outbox"]
         self.outbox = Outbox(
-            settings.path(cfg, cfg["outbox"]["path"], "outbox.db"), cfg["outbox"]["max_alerts"]
+            settings.path(cfg, o["path"], "outbox.db"),
+            o["max_alerts"],
+            memory_alerts=o["memory_alerts"],
+            low_space_mb=o["low_space_mb"],
+            low_space_percent=o["low_space_percent"],
         )
         creds = Credentials(
             settings.path(cfg, c["ca"], "tls/ca.crt"),
@@ -107,6 +112,7 @@ class Delivery:
         return hb
 
     def __call__(self, alert: alert_pb2.Alert) -> None:
+        # Never raises for a full state disk: the outbox then holds the alert in memory.
         self.outbox.put(alert)
         # Opaque ids only (no entity, no summary): lets an operator or a test follow an
         # alert from detection to the collector's ack.
@@ -120,6 +126,13 @@ class Delivery:
         self.sender.stop()
         self.sender.join(timeout=5)
         depth = self.outbox.depth()
-        log.info("delivery_stopped", acked=self.sender.acked, queued=depth)
+        shed = self.outbox.shed_counts()
+        log.info(
+            "delivery_stopped",
+            acked=self.sender.acked,
+            queued=depth,
+            shed_disk_full=shed["disk_full"],
+            shed_max_alerts=shed["max_alerts"],
+        )
         self.outbox.close()
         return drained

@@ -22,6 +22,7 @@ from agent.pipeline import Pipeline
 from common import config, logs, sdnotify
 
 if TYPE_CHECKING:
+    from agent.outbox.store import Outbox
     from agent.selfguard import SelfGuard
     from common.metrics import Registry
 # psutil, the metrics server, self-protection and the host sampler are loaded when the
@@ -68,6 +69,7 @@ class Service:
         if self.delivery is not None:
             text += f", outbox {self.delivery.outbox.depth()}"
             text += ", connected" if self.delivery.sender.connected.is_set() else ", offline"
+            text += outbox_status(self.delivery.outbox)
         if p.shed_level:
             from agent.selfguard import describe
 
@@ -108,6 +110,16 @@ class Service:
         if restart:
             log.warning("reload_needs_restart", keys=restart, hint="systemctl restart vigie-agent")
         self.notifier.ready(self.status())
+
+
+def outbox_status(box: Outbox) -> str:
+    """The STATUS= words about a full or filling state disk ('' when all is well)."""
+    if box.disk_full:
+        shed = box.shed_counts()["disk_full"]
+        return f", disk full: {box.memory_queued()} alerts held in memory, {shed} shed"
+    if box.low_space and box.free_bytes is not None:
+        return f", state dir low on space ({box.free_bytes // (1024 * 1024)} MB free)"
+    return ""
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -202,11 +214,29 @@ def agent_metrics(svc: Service, cap: LiveCapture, stats: Callable[[], tuple[int,
         reg.callback(
             "vigie_agent_outbox_depth", "Alerts waiting for the collector.", d.outbox.depth
         )
+        box = d.outbox
         reg.callback(
             "vigie_agent_outbox_shed_total",
-            "Alerts shed from a full outbox.",
-            d.outbox.shed,
+            "Alerts shed: max_alerts (outbox bound), disk_full (memory bound while the state "
+            "disk was full).",
+            lambda: [((k,), v) for k, v in box.shed_counts().items()],
+            labels=("reason",),
             kind="counter",
+        )
+        reg.callback(
+            "vigie_agent_outbox_memory_queued",
+            "Alerts held in memory because the state disk is full.",
+            box.memory_queued,
+        )
+        reg.callback(
+            "vigie_agent_outbox_disk_full",
+            "1 while outbox writes fail for lack of space.",
+            lambda: int(box.disk_full),
+        )
+        reg.callback(
+            "vigie_agent_state_dir_free_bytes",
+            "Free space of the state directory's filesystem (looked at once a second).",
+            lambda: box.free_bytes if box.free_bytes is not None else float("nan"),
         )
         reg.callback(
             "vigie_agent_stream_connected",

@@ -6,18 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.detect import registry
-from common.config import Option, at_least, check_listen, host_port, one_of, positive
+from common.config import Option, at_least, check_listen, cidrs, host_port, one_of, positive
 
 
 def _ranges(value: list) -> str | None:
-    import ipaddress
-
-    for item in value:
-        try:
-            ipaddress.ip_network(str(item), strict=False)
-        except ValueError:
-            return f"holds {item!r}, which is not a CIDR range"
-    return None
+    return cidrs(value, "a CIDR range")
 
 
 def _bounds(lo: int, hi: int):
@@ -134,6 +127,26 @@ SCHEMA: dict[str, Any] = {
             100_000,
             "Bound; beyond it the oldest low-severity alerts are shed (counted).",
             _bounds(10, 10_000_000),
+        ),
+        "memory_alerts": Option(
+            int,
+            5_000,
+            "While the state filesystem is full: alerts held in memory (still sent to the "
+            "collector, written out when space returns); beyond it the oldest "
+            "low-severity ones are shed (counted).",
+            _bounds(10, 1_000_000),
+        ),
+        "low_space_mb": Option(
+            float,
+            100.0,
+            "Warn (log, STATUS, doctor) when the state filesystem has less free than this.",
+            at_least(0),
+        ),
+        "low_space_percent": Option(
+            float,
+            5.0,
+            "Warn as well when its free space falls under this share of its size.",
+            at_least(0),
         ),
     },
     "host": {

@@ -145,3 +145,14 @@ def test_doctor_fails_with_remedies(collector: Collector, tmp_path: Path) -> Non
     assert r.returncode == 1, r.stdout
     assert "FAIL  bpf filter" in r.stdout and "FAIL  collector tcp" in r.stdout
     assert r.stdout.count("fix: ") >= 2
+
+
+def test_state_dir_reports_free_space_and_warns_when_low(tmp_path: Path) -> None:
+    ok = doctor.check_state_space(tmp_path, low_space_mb=0, low_space_percent=0)
+    assert ok.status == "OK" and " free of " in ok.message
+    low = doctor.check_state_space(tmp_path, low_space_mb=1e12)  # more than any disk here
+    assert low.status == "WARN" and "(low)" in low.message and "df -h" in low.remedy
+    assert list(tmp_path.iterdir()) == []  # the write probe cleaned up after itself
+    cfg = {"state_dir": str(tmp_path), "outbox": {"low_space_mb": 0, "low_space_percent": 0}}
+    assert doctor.check_state_dir(cfg).status == "OK"
+    # FAIL on a really full filesystem: tests/test_full_disk.py (a filled tmpfs, as root).
