@@ -139,6 +139,28 @@ def one_of(*choices: str) -> Callable[[str], str | None]:
     return check
 
 
+def cidrs(value: list, what: str = "an address or CIDR range") -> str | None:
+    """A list of addresses and CIDR ranges. A range with host bits set (10.1.2.3/16) is
+    refused with the range it probably means: accepted silently it was read as 10.1.0.0/16,
+    which may not be what the operator wrote it for."""
+    import ipaddress
+
+    for item in value:
+        text = str(item).strip()
+        try:
+            ipaddress.ip_network(text)
+        except ValueError:
+            try:
+                net = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                return f"holds {item!r}, which is not {what}"
+            return (
+                f"holds {item!r}, which has host bits set: write {str(net)!r} "
+                "(or the address alone)"
+            )
+    return None
+
+
 def host_port(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:

@@ -35,3 +35,25 @@ def test_a_cut_token_is_called_cut_not_a_bad_fingerprint(
     assert "looks cut" in r.stderr and f"its {part}" in r.stderr and "whole line" in r.stderr
     assert "is not a SHA-256" not in r.stderr
     assert not (tmp_path / "tls").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), [("anonymisation", "internal_ranges"), ("detectors.portscan", "allow")]
+)
+def test_a_range_with_host_bits_is_refused_with_the_range_meant(
+    section: str, key: str, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[{section}]\n{key} = ["10.1.2.3/16"]\n')
+    r = subprocess.run(
+        [tool("vigie-agent"), "explain-anonymisation", "--config", str(cfg), "10.1.2.3"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert f"key '{section}.{key}'" in r.stderr and "'10.1.0.0/16'" in r.stderr
+    cfg.write_text(f'[{section}]\n{key} = ["10.1.0.0/16", "10.9.9.9"]\n')
+    ok = subprocess.run(
+        [tool("vigie-agent"), "explain-anonymisation", "--config", str(cfg), "10.1.2.3"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr

@@ -20,7 +20,7 @@ from agent.engine import PAIR_OTHER as PAIR_OTHER
 from agent.engine import PAIR_SYN as PAIR_SYN
 from agent.engine import PAIR_TCP as PAIR_TCP
 from agent.engine import PAIR_UDP as PAIR_UDP
-from common.config import Option
+from common.config import Option, cidrs
 
 Report = Callable[..., None]
 
@@ -36,12 +36,7 @@ Report = Callable[..., None]
 
 
 def _cidrs(value: list) -> str | None:
-    for item in value:
-        try:
-            ipaddress.ip_network(str(item), strict=False)
-        except ValueError:
-            return f"holds {item!r}, which is not an address or CIDR range"
-    return None
+    return cidrs(value)
 
 
 COMMON_OPTIONS: dict[str, Option] = {
