@@ -6,12 +6,13 @@ import argparse
 import datetime as dt
 import re
 import sys
+import time
 from pathlib import Path
 
 from collector import server, settings
 from collector.pki import ca as pki
 from collector.pki import intel
-from collector.pki.registry import format_token
+from collector.pki.registry import RevocationCache, format_token
 from common import config, logs
 from common import identity as rules
 
@@ -24,6 +25,10 @@ AGENT_ID = rules.argument(rules.check_agent_id)
 ANALYST_NAME = rules.argument(rules.check_analyst_name)
 ROLE = rules.argument(rules.check_role)
 TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A running collector sees a revocation within its cache's recheck period and cuts the
+# agent's stream at its next message; `agent retire` waits that long (and a group commit
+# in flight) before it removes the agent's row, so a last heartbeat cannot write it back.
+RETIRE_WAIT = 3 * RevocationCache.RECHECK
 
 
 def parse_ttl(text: str) -> float:
@@ -100,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     tc.add_argument("--ght", required=True, type=GHT)
     tc.add_argument("--finess", required=True, type=FINESS, help="9-character FINESS number")
     tc.add_argument("--ttl", default="24h", help="lifetime: 30m, 24h, 7d (default 24h)")
+    tl = tsub.add_parser("list", help="every token: site, dates, used by which agent (no secret)")
+    common_args(tl)
+    tv = tsub.add_parser("revoke", help="refuse an unused token from now on")
+    common_args(tv)
+    tv.add_argument("token_id", help="the id shown by 'token list' (2nd part of the token)")
 
     ag = sub.add_parser("agent", help="manage enrolled agents")
     agsub = ag.add_subparsers(dest="agent_cmd", required=True)
@@ -107,6 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     common_args(ar)
     ar.add_argument("agent_id")
     ar.add_argument("--reason", default="")
+    al = agsub.add_parser(
+        "list", help="every agent: site, certificate dates, revoked or retired, last seen"
+    )
+    common_args(al)
+    at = agsub.add_parser(
+        "retire",
+        help="a decommissioned or re-enrolled agent: revoke it and take it out of the fleet "
+        "view (no longer shown silent, nor counted by the dark-site rule)",
+    )
+    common_args(at)
+    at.add_argument("agent_id", type=AGENT_ID)
+    at.add_argument("--reason", default="")
 
     dr = sub.add_parser(
         "doctor", help="check the store, PKI, dead letters, agents and sinks; exit 1 on a failure"
@@ -149,7 +171,15 @@ def main(argv: list[str] | None = None) -> int:
             return _dead_letters(args, cfg)
         d = server.pki_dir(cfg)
         if args.cmd == "token":
+            if args.token_cmd == "list":
+                return _token_list(cfg)
+            if args.token_cmd == "revoke":
+                return _token_revoke(args, cfg)
             return _token_create(args, cfg, d)
+        if args.cmd == "agent" and args.agent_cmd == "list":
+            return _agent_list(cfg)
+        if args.cmd == "agent" and args.agent_cmd == "retire":
+            return _agent_retire(args, cfg)
         if args.cmd == "agent":
             reg = server.open_registry(cfg)
             reg.revoke(args.agent_id, args.reason)
@@ -164,10 +194,19 @@ def main(argv: list[str] | None = None) -> int:
             counts = ", ".join(f"{len(bundle[k])} {k}" for k in intel.KEYS)
             print(f"intel version {version} loaded: {counts}")
             return 0
+        names = pki.configured_names(cfg["pki"]["server_names"], cfg["listen"])
         if args.pki_cmd == "init":
-            pki.init(d, cfg["pki"]["server_names"])
+            pki.init(d, names)
             print(f"CA and server certificate in {d}")
             print(f"CA fingerprint (SHA-256): {pki.server_ca_fingerprint(d)}")
+            # init never replaces a server certificate: say so when the names moved on.
+            missing = pki.missing_server_names(d, names)
+            if missing:
+                print(
+                    f"vigie-collector: the server certificate does not cover {', '.join(missing)}"
+                    ": run 'vigie-collector pki reissue-server'",
+                    file=sys.stderr,
+                )
             return 0
         if args.pki_cmd == "rollover":
             new = pki.rollover(d)
@@ -194,8 +233,18 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 2
-            cert = pki.reissue_server(d)
+            before = pki.server_certificate_names(d)
+            cert = pki.reissue_server(d, names)
             print(f"server certificate reissued by {cert.issuer.rfc4514_string()}")
+            print(f"names: {', '.join(pki.certificate_names(cert))}")
+            dropped = pki.missing_server_names(d, before)
+            if dropped:
+                # Agents configured with these would now fail hostname verification.
+                print(
+                    f"no longer covered (not in [pki] server_names nor listen): "
+                    f"{', '.join(dropped)}",
+                    file=sys.stderr,
+                )
             print("restart the collector to serve it")
             return 0
         authority = pki.Authority(d)
@@ -240,7 +289,7 @@ def _token_create(args: argparse.Namespace, cfg: dict, d: Path) -> int:
     # --finess, --ght and --region were checked by argparse (the shared rules).
     ttl = parse_ttl(args.ttl)
     if not pki.Authority.exists(d) or not (d / "server.crt").exists():
-        pki.init(d, cfg["pki"]["server_names"])
+        pki.init(d, pki.configured_names(cfg["pki"]["server_names"], cfg["listen"]))
     fp = pki.server_ca_fingerprint(d)
     reg = server.open_registry(cfg)
     token_id, secret, expires = reg.create_token(args.finess, args.ght, args.region, ttl)
@@ -251,6 +300,172 @@ def _token_create(args: argparse.Namespace, cfg: dict, d: Path) -> int:
         f"one-time token {token_id} for FINESS {args.finess}, GHT {args.ght}, region "
         f"{args.region}; expires {until}; CA fingerprint (SHA-256) {fp}",
         file=sys.stderr,
+    )
+    return 0
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M") + "Z"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    # Columns as wide as their longest value: a GHT or agent id is never cut.
+    widths = [max(len(str(v)) for v in col) for col in zip(header, *rows, strict=True)]
+    for r in (header, *rows):
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _token_list(cfg: dict) -> int:
+    reg = server.open_registry(cfg)
+    try:
+        tokens = reg.tokens()
+    finally:
+        reg.close()
+    now = time.time()
+    rows = []
+    for t in tokens:
+        if t["used_at"] is not None:
+            state = f"used {_when(t['used_at'])} by {t['agent_id']}"
+        elif t["revoked_at"] is not None:
+            state = f"revoked {_when(t['revoked_at'])}"
+        elif t["expires_at"] < now:
+            state = "expired"
+        else:
+            state = "unused"
+        rows.append(
+            [
+                t["id"],
+                t["finess"],
+                t["ght"],
+                t["region"],
+                _when(t["created_at"]),
+                _when(t["expires_at"]),
+                state,
+            ]
+        )
+    _table(["TOKEN", "FINESS", "GHT", "REGION", "CREATED", "EXPIRES", "STATE"], rows)
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace, cfg: dict) -> int:
+    reg = server.open_registry(cfg)
+    try:
+        t = reg.revoke_token(args.token_id)
+    except KeyError:
+        print(f"vigie-collector: no token {rules.shown(args.token_id)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(
+            f"vigie-collector: {exc}; revoke or retire that agent instead "
+            "('vigie-collector agent retire AGENT_ID')",
+            file=sys.stderr,
+        )
+        return 2
+    finally:
+        reg.close()
+    print(
+        f"token {t['id']} (FINESS {t['finess']}, GHT {t['ght']}) revoked: enrollment with it "
+        "is refused from now on"
+    )
+    return 0
+
+
+def _last_seen(cfg: dict) -> dict[str, dict] | None:
+    """The store's agents rows by agent id; None when there is no store yet (a SQLite file
+    not created: opening it would create one just to list nothing)."""
+    url = server.store_url(cfg)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None
+    store = server.open_store(cfg)
+    try:
+        return {r["agent_id"]: r for r in store.list_agents()}
+    finally:
+        store.close()
+
+
+def _agent_list(cfg: dict) -> int:
+    reg = server.open_registry(cfg)
+    try:
+        issued = {a["agent_id"]: a for a in reg.agents()}
+        states = reg.agent_states()
+    finally:
+        reg.close()
+    seen = _last_seen(cfg) or {}
+    now = time.time()
+    rows = []
+    # Agents the store knows but the registry never issued to (development certificates
+    # from `pki issue-agent`) are listed too, without certificate dates.
+    for agent_id in sorted(issued.keys() | seen.keys(), key=lambda a: (
+        (issued.get(a) or seen[a])["finess"], a)):  # fmt: skip
+        a = issued.get(agent_id) or seen[agent_id]
+        revoked_at, reason, retired_at = states.get(agent_id, (None, "", None))
+        if retired_at is not None:
+            state = f"retired {_when(retired_at)}"
+        elif revoked_at is not None:
+            state = f"revoked {_when(revoked_at)}" + (f" ({reason})" if reason else "")
+        elif agent_id in issued and a["not_after"] < now:
+            state = "expired"
+        else:
+            state = "active"
+        cert = issued.get(agent_id, {})
+        rows.append(
+            [
+                agent_id,
+                a["finess"],
+                a["ght"],
+                a["region"],
+                _when(cert.get("enrolled_at")),
+                _when(cert.get("renewed_at")),
+                _when(cert.get("not_after")),
+                state,
+                _when(seen[agent_id]["last_seen"]) if agent_id in seen else "-",
+            ]
+        )
+    _table(
+        [
+            "AGENT",
+            "FINESS",
+            "GHT",
+            "REGION",
+            "ENROLLED",
+            "RENEWED",
+            "CERT EXPIRES",
+            "STATE",
+            "LAST SEEN",
+        ],
+        rows,
+    )
+    return 0
+
+
+def _agent_retire(args: argparse.Namespace, cfg: dict) -> int:
+    reg = server.open_registry(cfg)
+    try:
+        seen = _last_seen(cfg) or {}
+        if not reg.known_agent(args.agent_id) and args.agent_id not in seen:
+            print(f"vigie-collector: no agent {args.agent_id}", file=sys.stderr)
+            return 2
+        reg.retire(args.agent_id, args.reason)
+    finally:
+        reg.close()
+    if args.agent_id in seen:
+        # Retired means out of the fleet view: the store's agents row is what `vigie
+        # agents` shows silent and what the dark-site rule counts, so it goes. Its alerts
+        # and incidents stay. The row is deleted rather than flagged so that neither the
+        # store's schema nor its readers change; the revocation (above, and final) keeps
+        # the agent from ever writing the row again, once the collector has cut it.
+        time.sleep(RETIRE_WAIT)
+        store = server.open_store(cfg)
+        try:
+            with store.backend.tx() as tx:
+                tx.execute("DELETE FROM agents WHERE agent_id = ?", (args.agent_id,))
+        finally:
+            store.close()
+    print(
+        f"agent {args.agent_id} retired: its certificate is revoked and it is no longer "
+        "listed among the agents (its alerts stay)"
     )
     return 0
 

@@ -249,11 +249,22 @@ async def build(
     d = pki_dir(cfg)
     registry = registry or open_registry(cfg)
     revoked = RevocationCache(registry)
+    names = pki.configured_names(cfg["pki"]["server_names"], cfg["listen"])
     if not pki.Authority.exists(d) or not (d / "server.crt").exists():
         if not cfg["pki"]["auto_init"]:
             raise StartError(f"no PKI in {d}: run 'vigie-collector pki init'")
-        pki.init(d, cfg["pki"]["server_names"])
+        pki.init(d, names)
         log.info("pki_created", dir=str(d))
+    # The certificate's names are fixed when it is issued: names configured later reach no
+    # agent (hostname verification fails at enrollment) until the certificate is reissued.
+    missing = pki.missing_server_names(d, names)
+    if missing:
+        log.warning(
+            "server_certificate_names",
+            missing=missing,
+            covered=pki.server_certificate_names(d),
+            fix="vigie-collector pki reissue-server (then restart)",
+        )
     creds = grpc.ssl_server_credentials(
         [((d / "server.key").read_bytes(), (d / "server.crt").read_bytes())],
         root_certificates=pki.trust_bundle(d),  # the issuing CA and any kept by a rollover

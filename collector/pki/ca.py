@@ -344,17 +344,89 @@ def last_rollover(directory: str | Path) -> float | None:
     return max(stamps).timestamp() + 1.0 if stamps else None
 
 
-def reissue_server(directory: str | Path) -> x509.Certificate:
-    """A new server certificate from the current issuing CA, for the same names: the last
-    step of a rollover, once every agent has renewed and so trusts the new CA."""
-    d = Path(directory)
-    old = x509.load_pem_x509_certificate((d / "server.crt").read_bytes())
+def certificate_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses a server certificate answers for."""
     try:
-        san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = [str(v) for v in (*san.get_values_for_type(x509.DNSName),
-                                  *san.get_values_for_type(x509.IPAddress))]  # fmt: skip
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        names = []
+        return []
+    return [str(v) for v in (*san.get_values_for_type(x509.DNSName),
+                             *san.get_values_for_type(x509.IPAddress))]  # fmt: skip
+
+
+def configured_names(server_names: list[str], listen: str) -> list[str]:
+    """The names the server certificate must cover: [pki] server_names, then the host of
+    `listen` unless it is a wildcard address (0.0.0.0, ::), which no agent dials. Order
+    kept, duplicates dropped (an address written two ways counts once)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    wanted = list(server_names)
+    try:
+        if host and not ipaddress.ip_address(host).is_unspecified:
+            wanted.append(host)
+    except ValueError:
+        if host:
+            wanted.append(host)
+    out: list[str] = []
+    seen: set[str] = set()
+    for n in wanted:
+        key = _name_key(n)
+        if key not in seen:
+            seen.add(key)
+            out.append(n)
+    return out
+
+
+def _name_key(name: str) -> str:
+    # TLS compares addresses by value and DNS names without case: "::1" and "0:0::1",
+    # or "Collector.Test" and "collector.test", are the same name.
+    try:
+        return str(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        return name.strip().rstrip(".").lower()
+
+
+def _covers(pattern: str, name: str) -> bool:
+    if pattern == name:
+        return True
+    # A wildcard covers exactly one left-most label (RFC 6125), never an address.
+    if pattern.startswith("*.") and "." in name:
+        return name.split(".", 1)[1] == pattern[2:] and not _is_ip(name)
+    return False
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def server_certificate_names(directory: str | Path) -> list[str]:
+    """The names the server certificate in `directory` covers; [] without one."""
+    path = Path(directory) / "server.crt"
+    if not path.exists():
+        return []
+    return certificate_names(x509.load_pem_x509_certificate(path.read_bytes()))
+
+
+def missing_server_names(directory: str | Path, names: list[str]) -> list[str]:
+    """Those of `names` that the current server certificate does not cover (agents dialing
+    them fail hostname verification); every name when there is no server certificate."""
+    have = [_name_key(n) for n in server_certificate_names(directory)]
+    return [n for n in names if not any(_covers(h, _name_key(n)) for h in have)]
+
+
+def reissue_server(directory: str | Path, names: list[str] | None = None) -> x509.Certificate:
+    """A new server certificate from the current issuing CA: for `names` (the configured
+    ones: see configured_names), or the old certificate's names when None. Used to change
+    the names after the first start, and as the last step of a rollover, once every agent
+    has renewed and so trusts the new CA."""
+    d = Path(directory)
+    if names is None:
+        names = server_certificate_names(d)
+    if not names:
+        raise PkiError("no server name to put in the certificate: set [pki] server_names")
     Authority(d).issue(d, "server", server_names=names)
     return x509.load_pem_x509_certificate((d / "server.crt").read_bytes())
 

@@ -2,8 +2,9 @@
 
 A small SQLite file of its own (state_dir/registry.db, WAL), behind a narrow interface, so
 that it can move to another backend without touching its callers. The collector process
-and the operator's commands (`token create`, `agent revoke`, `intel load`) open it at the
-same time; `changed()` tells a long-running reader that another connection committed.
+and the operator's commands (`token create/list/revoke`, `agent list/revoke/retire`,
+`intel load`) open it at the same time; `changed()` tells a long-running reader that
+another connection committed.
 
 Tokens are stored as a SHA-256 of their secret only: the token itself is printed once.
 """
@@ -50,6 +51,15 @@ CREATE TABLE IF NOT EXISTS revoked (
     revoked_at  REAL NOT NULL,
     reason      TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS retired (
+    agent_id    TEXT PRIMARY KEY,
+    retired_at  REAL NOT NULL,
+    reason      TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    id          TEXT PRIMARY KEY,
+    revoked_at  REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS intel (
     version     INTEGER PRIMARY KEY,
     bundle      TEXT NOT NULL,
@@ -61,7 +71,8 @@ TOKEN_PREFIX = "vgt1"
 
 
 class TokenRefused(Exception):
-    """The token is unknown, malformed, already used or expired (the caller is not told which)."""
+    """The token is unknown, malformed, already used, revoked or expired (the caller is not
+    told which; the collector's log is)."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +155,13 @@ class Registry:
                 "WHERE id = ?",
                 (token_id,),
             ).fetchone()
+            revoked = self._db.execute(
+                "SELECT 1 FROM revoked_tokens WHERE id = ?", (token_id,)
+            ).fetchone()
         if row is None or not hmac.compare_digest(row[0], _hash(secret)):
             raise TokenRefused("unknown token")
+        if revoked is not None:
+            raise TokenRefused("token revoked")
         if row[5] is not None:
             raise TokenRefused("token already used")
         if row[4] < time.time():
@@ -158,12 +174,43 @@ class Registry:
         with self._lock:
             cur = self._db.execute(
                 "UPDATE tokens SET used_at = ?, agent_id = ? "
-                "WHERE id = ? AND used_at IS NULL AND expires_at >= ?",
+                "WHERE id = ? AND used_at IS NULL AND expires_at >= ? "
+                # In the same statement: a revoke racing this enrollment wins or loses whole.
+                "AND id NOT IN (SELECT id FROM revoked_tokens)",
                 (time.time(), agent_id, token_id, time.time()),
             )
         if cur.rowcount != 1:
-            raise TokenRefused("token already used")
+            raise TokenRefused("token already used or revoked")
         return binding
+
+    def tokens(self) -> list[dict]:
+        """Every token, oldest first: id, site, created_at, expires_at, used_at, agent_id,
+        revoked_at. Never the secret, nor its hash."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT t.id, t.finess, t.ght, t.region, t.created_at, t.expires_at, "
+                "t.used_at, t.agent_id, r.revoked_at FROM tokens t "
+                "LEFT JOIN revoked_tokens r ON r.id = t.id ORDER BY t.created_at, t.id"
+            )
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def revoke_token(self, token_id: str) -> dict:
+        """Refuse a token from now on; return it as tokens() shows it (revoked_at set).
+        Raises KeyError for an unknown id, ValueError for a token already used (revoking it
+        would change nothing: the agent it enrolled is what to revoke or retire)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT used_at, agent_id FROM tokens WHERE id = ?", (token_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(token_id)
+            if row[0] is not None:
+                raise ValueError(f"token {token_id} was already used, by agent {row[1]}")
+            self._db.execute(
+                "INSERT OR IGNORE INTO revoked_tokens VALUES (?, ?)", (token_id, time.time())
+            )
+        return next(t for t in self.tokens() if t["id"] == token_id)
 
     # Certificates and revocation -----------------------------------------------------------
     def record_certificate(
@@ -222,6 +269,55 @@ class Registry:
         with self._lock:
             return frozenset(r[0] for r in self._db.execute("SELECT agent_id FROM revoked"))
 
+    def retire(self, agent_id: str, reason: str = "") -> None:
+        """Revoke the agent and remember that it was retired on purpose (a decommissioned or
+        reinstalled host), not cut for misbehaving: `agent list` tells the two apart."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO revoked VALUES (?, ?, ?)",
+                    (agent_id, now, reason or "retired"),
+                )
+                self._db.execute(
+                    "INSERT OR IGNORE INTO retired VALUES (?, ?, ?)", (agent_id, now, reason)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def agents(self) -> list[dict]:
+        """Every agent the CA issued a certificate to, by agent id: site (of its newest
+        certificate), enrolled_at (first issued), renewed_at (newest issued, None if never
+        renewed), not_after (of the newest), revoked_at, retired_at."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT c.agent_id, c.finess, c.ght, c.region, c.enrolled_at, c.renewed_at, "
+                "c.not_after, r.revoked_at, r.reason, t.retired_at FROM ("
+                "  SELECT agent_id, finess, ght, region, not_after, "
+                "    MIN(issued_at) OVER w AS enrolled_at, "
+                "    CASE WHEN COUNT(*) OVER w > 1 THEN MAX(issued_at) OVER w END AS renewed_at, "
+                "    ROW_NUMBER() OVER (PARTITION BY agent_id ORDER BY issued_at DESC) AS k "
+                "  FROM certificates WINDOW w AS (PARTITION BY agent_id)"
+                ") c LEFT JOIN revoked r ON r.agent_id = c.agent_id "
+                "LEFT JOIN retired t ON t.agent_id = c.agent_id WHERE c.k = 1 "
+                "ORDER BY c.finess, c.agent_id"
+            )
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def agent_states(self) -> dict[str, tuple[float, str, float | None]]:
+        """agent id -> (revoked_at, reason, retired_at or None), for every revoked agent,
+        those issued nowhere else too (development certificates, `pki issue-agent`)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT r.agent_id, r.revoked_at, r.reason, t.retired_at FROM revoked r "
+                "LEFT JOIN retired t ON t.agent_id = r.agent_id"
+            ).fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
     # Intel bundle ----------------------------------------------------------------------------
     def load_intel(self, bundle: dict) -> int:
         """Store a validated bundle as the next version; return that version."""
@@ -252,7 +348,9 @@ class RevocationCache:
     """Revoked agent ids, re-read only when the registry changed, looked at most every
     `recheck` seconds: the interceptor asks on every call, a revoke is seen within that."""
 
-    def __init__(self, registry: Registry, recheck: float = 0.5) -> None:
+    RECHECK = 0.5
+
+    def __init__(self, registry: Registry, recheck: float = RECHECK) -> None:
         self.registry = registry
         self.recheck = recheck
         registry.changed("revocations")
