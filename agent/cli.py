@@ -71,6 +71,11 @@ def parser() -> argparse.ArgumentParser:
     en = sub.add_parser("enroll", help="get this agent's certificate with a one-time token")
     # Not the shared --collector: this one is the enrollment port, and required.
     en.add_argument("--collector", required=True, metavar="HOST:PORT", help="enrollment port")
+    en.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the identity an earlier enrollment left in state_dir/tls",
+    )
     en.add_argument("--token", required=True, help="from 'vigie-collector token create'")
     pin = en.add_mutually_exclusive_group()
     pin.add_argument("--ca-fingerprint", default="", metavar="SHA256", help="pin the CA")

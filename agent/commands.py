@@ -81,11 +81,24 @@ def cmd_replay(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
-    from agent.enroll import EnrollError, enroll
+    from agent.enroll import EnrollError, enroll, enrolled_as
 
     if problem := config.host_port(args.collector):
         raise config.ConfigError(f"--collector {problem}")
     tls = settings.path(cfg, "", "tls")
+    # Enrolling again makes a new identity: the old one goes silent at the collector, and
+    # stays listed there until retired. Never by accident.
+    before = enrolled_as(tls)
+    if before and not args.force:
+        print(
+            f"vigie-agent: this server is already enrolled as {before}. Enrolling again "
+            "replaces that identity: pass --force to do it, then retire the old one on the "
+            "collector (vigie-collector agent retire AGENT_ID)",
+            file=sys.stderr,
+        )
+        return EX_USAGE
+    if before:
+        print(f"replacing {before}", file=sys.stderr)
     try:
         agent_id = enroll(args.collector, args.token, tls, args.ca_fingerprint, args.ca)
     except EnrollError as exc:

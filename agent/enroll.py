@@ -137,6 +137,32 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def enrolled_as(tls_dir: Path) -> str | None:
+    """The identity an earlier enrollment left in tls_dir, in words, or None."""
+    from urllib.parse import parse_qs, unquote, urlparse
+
+    try:
+        cert = x509.load_pem_x509_certificate((tls_dir / "agent.crt").read_bytes())
+    except (OSError, ValueError):
+        return None
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    until = cert.not_valid_after_utc.strftime("%Y-%m-%d")
+    for uri in uris:
+        u = urlparse(uri)
+        if u.scheme == "vigie" and u.path.startswith("agent/"):
+            q = {k: v[0] for k, v in parse_qs(u.query).items()}
+            return (
+                f"agent {unquote(u.path.removeprefix('agent/'))} (FINESS {q.get('finess', '?')}, "
+                f"GHT {q.get('ght', '?')}, region {q.get('region', '?')}), certificate valid "
+                f"until {until}"
+            )
+    return f"a certificate valid until {until}"
+
+
 def enroll(
     address: str,
     token: str,

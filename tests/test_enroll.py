@@ -149,15 +149,22 @@ def test_token_enroll_deliver_and_reenroll(enrolling, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert origins(c) == {(ident.name, "750000001", "GHT-IDF-75", "11")}
 
-    # The token is spent: a second use is refused and changes nothing.
+    # Enrolling again over an identity is refused unless asked for, saying what it is.
     before = (state / "tls" / "agent.crt").read_bytes()
-    r = enroll(enroll_at, tok, state)
+    r = enroll(enroll_at, token(c), state)
+    assert r.returncode == 2 and f"already enrolled as agent {ident.name}" in r.stderr
+    assert "--force" in r.stderr and "agent retire" in r.stderr
+    assert (state / "tls" / "agent.crt").read_bytes() == before
+
+    # The token is spent: a second use is refused and changes nothing.
+    r = enroll(enroll_at, tok, state, "--force")
     assert r.returncode == 2 and "UNAUTHENTICATED" in r.stderr
     assert (state / "tls" / "agent.crt").read_bytes() == before
 
     # Reinstalled server, same state dir: a new token, a fresh agent id, no collision.
-    r = enroll(enroll_at, token(c), state)
+    r = enroll(enroll_at, token(c), state, "--force")
     assert r.returncode == 0, r.stderr
+    assert f"replacing agent {ident.name} (FINESS 750000001, GHT GHT-IDF-75" in r.stderr
     again = Identity.from_certificate(cert_of(state))
     assert again.name != ident.name and again.finess == "750000001"
     assert replay(c, state).returncode == 0
