@@ -96,6 +96,16 @@ def pin_ca(address: str, fingerprint: str, timeout: float = 10.0) -> bytes:
         ) from None
     if not chain:
         raise EnrollError("the collector presented no certificate")
+    if len(chain) == 1:
+        # The enrollment listener sends its CA with its certificate; the main listener
+        # (mutual TLS) does not: this is the operator's most common slip, not an attack.
+        host_part, _, port_part = address.rpartition(":")
+        nxt = f"{host_part}:{int(port_part) + 1}" if port_part.isdigit() else "its port + 1"
+        raise EnrollError(
+            f"{address} presented its certificate without its CA: it is probably the "
+            f"collector's main port; enrollment listens on a port of its own (by default "
+            f"the main port + 1): try --collector {nxt}. Nothing was sent"
+        )
     leaf = x509.load_der_x509_certificate(chain[0])
     for der in chain[1:]:
         if hashlib.sha256(der).hexdigest() != fingerprint:

@@ -57,3 +57,43 @@ def test_a_range_with_host_bits_is_refused_with_the_range_meant(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
+
+
+def test_the_two_ports_mixed_up_are_named(tmp_path: Path) -> None:
+    """The main port given to enroll, the enrollment port given as the collector: each
+    says which port it probably is, instead of an interception or "Method not found!"."""
+    from tests import _delivery_kit as kit
+    from tests.conftest import DATA, free_port
+
+    port = free_port()
+    c = kit.start(tmp_path / "collector", port=port, enroll_port=port + 1)
+    try:
+        tok = subprocess.run(
+            [tool("vigie-collector"), "token", "create", "--state-dir", str(c.state_dir),
+             "--region", "11", "--ght", "GHT-A", "--finess", "750000001"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        state = tmp_path / "agent"
+        r = subprocess.run(
+            [tool("vigie-agent"), "enroll", "--collector", c.address, "--token", tok,
+             "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 2 and "probably the collector's main port" in r.stderr
+        assert f"--collector 127.0.0.1:{port + 1}" in r.stderr and "interception" not in r.stderr
+        ok = subprocess.run(
+            [tool("vigie-agent"), "enroll", "--collector", f"127.0.0.1:{port + 1}", "--token",
+             tok, "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+        cfg = kit.agent_config(tmp_path / "agent.toml", collector={"drain_timeout_seconds": 3})
+        streamed = subprocess.run(
+            [tool("vigie-agent"), "replay", str(DATA / "nmap_syn_scan_1000ports.pcap"),
+             "--state-dir", str(state), "--output", "collector", "--collector",
+             f"127.0.0.1:{port + 1}", "--config", str(cfg)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert "not the collector's main port" in streamed.stdout + streamed.stderr
+    finally:
+        kit.stop(c)

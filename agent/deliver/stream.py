@@ -144,7 +144,7 @@ class Sender(threading.Thread):
             except grpc.RpcError as exc:
                 if not self._stopping.is_set():
                     code = exc.code() if hasattr(exc, "code") else None
-                    log.warning("stream_failed", code=str(code), detail=_detail(exc))
+                    log.warning("stream_failed", code=str(code), detail=_detail(exc), **_hint(code))
             except (OSError, ValueError) as exc:
                 log.error("stream_setup_failed", error=str(exc))
             finally:
@@ -301,6 +301,18 @@ def _stored_intel_version(path: Path | None) -> int:
         return int(json.loads(path.read_text(encoding="utf-8")).get("version", 0))
     except (OSError, ValueError, AttributeError, TypeError, OverflowError, RecursionError):
         return 0  # damaged: ask the collector for the whole bundle again
+
+
+def _hint(code: grpc.StatusCode | None) -> dict[str, str]:
+    """What an operator should check for the failures that mean a wrong address rather than
+    a collector having trouble (gRPC's own texts, "Method not found!", say neither)."""
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return {
+            "hint": "this address answers gRPC but is not the collector's main port: the "
+            "enrollment port serves only enrollment (the main port is one less by default); "
+            "check [collector] address"
+        }
+    return {}
 
 
 def _detail(exc: grpc.RpcError) -> str:
