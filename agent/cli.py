@@ -23,7 +23,8 @@ from agent.commands import (
 from agent.outbox.store import OutboxError
 from agent.output import anonymiser
 from agent.service import Service, agent_metrics, cmd_run
-from common import config, logs
+from agent.status import cmd_status
+from common import config, logs, ownership
 
 # tests/ and bench/ reach these through agent.cli, under the names they had here before
 # the commands got modules of their own.
@@ -102,6 +103,12 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("values", nargs="+", metavar="VALUE", help="address or name")
     _settings_flags(ex)
     ex.add_argument("--json", action="store_true", help="machine-readable output")
+
+    st = sub.add_parser(
+        "status", help="identity, outbox, last queued alert, from the state directory alone"
+    )
+    _settings_flags(st)
+    st.add_argument("--json", action="store_true", help="one JSON object")
     return p
 
 
@@ -118,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg["state_dir"] = args.state_dir
         # Commands that write the identity or the outbox hold the state directory.
         if args.cmd in ("enroll", "run") or getattr(args, "output", "") == "collector":
+            # Before the lock: even agent.lock, made by root, would stop the service.
+            ownership.check_writer(
+                cfg["state_dir"], ownership.AGENT_USER, f"vigie-agent {args.cmd}"
+            )
             statelock.hold(cfg["state_dir"], args.cmd)
         if args.cmd == "enroll":
             return cmd_enroll(args, cfg)
@@ -128,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(stream, cfg["log_level"])
         if args.cmd == "explain-anonymisation":
             return cmd_explain(args, cfg)
+        if args.cmd == "status":
+            return cmd_status(args, cfg)
         if args.cmd in ("replay", "run"):
             # The packet path allocates an event tuple, a packet or a message per flow:
             # at 700 allocations per collection the collector ran thousands of times a
@@ -145,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         OutboxError,
         AnonymisationError,
         FileNotFoundError,
+        ownership.WrongUser,
     ) as exc:
         print(f"vigie-agent: {exc}", file=sys.stderr)
         return EX_USAGE

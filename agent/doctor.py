@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent import settings
-from common import config
+from common import config, ownership
 from common.checks import FAIL, OK, WARN, Result
 
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
@@ -92,6 +92,9 @@ def check_bpf(expr: str, interface: str | None) -> Result:
 
     try:
         bpf.compile_filter(expr)  # live capture is on Ethernet-type links (lo's too)
+    except bpf.LibpcapMissing as exc:
+        fix = "apt install libpcap0.8 (RHEL: dnf install libpcap)"
+        return Result(FAIL, "bpf filter", str(exc).split(":")[0], fix)
     except bpf.BpfError as exc:
         return Result(
             FAIL,
@@ -372,7 +375,13 @@ def run(
         results.append(Result(OK, "config", f"{config_path or 'built-in defaults'} is valid"))
     except config.ConfigError as exc:
         results.append(
-            Result(FAIL, "config", str(exc), "fix the key named, see configs/agent.toml")
+            Result(
+                FAIL,
+                "config",
+                str(exc),
+                "fix the key named, in the file named (the installed one, e.g. "
+                "/etc/vigie/agent.toml, lists every key with its default and meaning)",
+            )
         )
         cfg = config.defaults(settings.SCHEMA)
     for key, value in (overrides or {}).items():
@@ -383,6 +392,9 @@ def run(
     results.append(check_interface(interface))
     results.append(check_bpf(cfg["capture"]["bpf_filter"], interface))
     results.append(check_state_dir(cfg))
+    # Root-owned files in the service's directory (a command once run as root) pass the
+    # writability check above when doctor runs as root, and stop the service all the same.
+    results += ownership.check(cfg["state_dir"], ownership.AGENT_USER)
     c = cfg["collector"]
     ca = settings.path(cfg, c["ca"], "tls/ca.crt")
     cert = settings.path(cfg, c["cert"], "tls/agent.crt")

@@ -13,7 +13,7 @@ from collector import server, settings
 from collector.pki import ca as pki
 from collector.pki import intel
 from collector.pki.registry import RevocationCache, format_token
-from common import config, logs
+from common import config, logs, ownership
 from common import identity as rules
 
 # Every value that names a site or a person is checked by the rules shared with the CA
@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = _load(args)
         logs.setup(sys.stdout, cfg["log_level"])
+        if args.cmd != "doctor":
+            _check_writer(args, cfg)
         if args.cmd == "serve":
             if args.enroll_listen is not None:
                 cfg["enroll"]["listen"] = args.enroll_listen
@@ -258,9 +260,29 @@ def main(argv: list[str] | None = None) -> int:
             path = authority.issue(args.out, "analyst", identity=ident)
         print(f"{ident.kind} {ident.name} certificate: {Path(path)}")
         return 0
-    except (config.ConfigError, server.StartError, pki.PkiError, intel.IntelError) as exc:
+    except (
+        config.ConfigError,
+        server.StartError,
+        pki.PkiError,
+        intel.IntelError,
+        ownership.WrongUser,
+    ) as exc:
         print(f"vigie-collector: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_writer(args: argparse.Namespace, cfg: dict) -> None:
+    """Every subcommand but doctor opens the registry, the store or the PKI, and SQLite
+    creates a database (and its -wal) on opening it: as root, in the service's directory,
+    that leaves files `serve` then cannot write. `pki issue-*` writes to --out too, which
+    is the operator's to choose and not checked."""
+    words = " ".join(
+        [args.cmd] + [v for k, v in sorted(vars(args).items()) if k.endswith("_cmd") and v]
+    )
+    command = f"vigie-collector {words}"
+    ownership.check_writer(cfg["state_dir"], ownership.COLLECTOR_USER, command)
+    if cfg["pki"]["dir"]:  # a PKI kept elsewhere (replicas sharing /etc/vigie/pki)
+        ownership.check_writer(server.pki_dir(cfg), ownership.COLLECTOR_USER, command)
 
 
 def _dead_letters(args: argparse.Namespace, cfg: dict) -> int:

@@ -17,6 +17,7 @@ from collector import server
 from collector.pki import ca as pki
 from collector.store import Store, StoreError
 from collector.store.sql import MIGRATIONS
+from common import ownership
 from common.checks import FAIL, OK, WARN, Result
 
 EXPIRY_WARN_DAYS = 30
@@ -122,12 +123,26 @@ def check_sinks(store: Store, cfg: dict[str, Any]) -> list[Result]:
 
 
 def run(cfg: dict[str, Any], out: TextIO) -> int:
-    results = [check_disk(cfg), check_pki(cfg)]
-    try:
-        store = server.open_store(cfg)
-    except (server.StartError, StoreError) as exc:
-        results.append(Result(FAIL, "store", str(exc), "check [storage] and the database"))
-        store = None
+    # Ownership before the store is opened: opening it (as root, often) creates files.
+    results = [
+        check_disk(cfg),
+        *ownership.check(cfg["state_dir"], ownership.COLLECTOR_USER),
+        check_pki(cfg),
+    ]
+    url = server.store_url(cfg)
+    db = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    store = None
+    if db is not None and not db.exists():
+        # Opening it would create it, as whoever runs doctor (often root): the service
+        # would then find a database it cannot write.
+        results.append(
+            Result(WARN, "store", f"{db} does not exist yet", "start the collector once")
+        )
+    else:
+        try:
+            store = server.open_store(cfg)
+        except (server.StartError, StoreError) as exc:
+            results.append(Result(FAIL, "store", str(exc), "check [storage] and the database"))
     if store is not None:
         try:
             results += [

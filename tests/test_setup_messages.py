@@ -97,3 +97,19 @@ def test_the_two_ports_mixed_up_are_named(tmp_path: Path) -> None:
         assert "not the collector's main port" in streamed.stdout + streamed.stderr
     finally:
         kit.stop(c)
+
+
+def test_missing_libpcap_is_not_called_a_bad_filter(monkeypatch) -> None:
+    import ctypes
+
+    from agent import doctor
+    from agent.capture import bpf
+
+    def no_such_library(name: str, *a: object, **kw: object):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(bpf, "_lib", None)
+    monkeypatch.setattr(ctypes, "CDLL", no_such_library)
+    r = doctor.check_bpf("tcp port 22", None)
+    assert r.status == "FAIL" and "libpcap is not installed" in r.message
+    assert "does not compile" not in r.message and "libpcap0.8" in r.remedy

@@ -15,6 +15,17 @@ LINKTYPE_ETHERNET = 1
 PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
 
 
+class LibpcapMissing(Exception):
+    """No libpcap on this machine: the filter may well be right, it cannot be compiled."""
+
+    def __str__(self) -> str:
+        return (
+            "libpcap is not installed, so the BPF filter cannot be compiled: install it "
+            "(Debian/Ubuntu: apt install libpcap0.8; RHEL: dnf install libpcap), or set "
+            '[capture] bpf_filter = "" to capture without a kernel filter'
+        )
+
+
 class BpfError(Exception):
     pass
 
@@ -46,7 +57,7 @@ def _pcap() -> ctypes.CDLL:
         try:
             lib = ctypes.CDLL(name)
         except OSError:
-            raise BpfError("libpcap is not installed (Debian package libpcap0.8)") from None
+            raise LibpcapMissing() from None
         lib.pcap_open_dead.restype = ctypes.c_void_p
         lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
         lib.pcap_compile.argtypes = [

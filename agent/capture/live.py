@@ -120,6 +120,9 @@ class LiveCapture:
     def _attach(self, bpf_filter: str) -> None:
         try:
             bpf.attach(self.sock, bpf_filter)
+        except bpf.LibpcapMissing as exc:
+            self.close()
+            raise CaptureError(str(exc)) from None
         except bpf.BpfError as exc:
             self.close()
             raise CaptureError(f"bad BPF filter {bpf_filter!r}: {exc}") from None
