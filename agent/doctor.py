@@ -273,6 +273,16 @@ def check_certificate(
 def check_collector(
     address: str, ca: Path, cert: Path, key: Path, timeout: float = 5.0
 ) -> list[Result]:
+    if problem := config.host_port(address):
+        # "collector.example" alone: the port is part of the address, no default is assumed
+        return [
+            Result(
+                FAIL,
+                "collector",
+                f"address {address!r} {problem}",
+                "give HOST:PORT, the collector's main port (e.g. collector.example:4443)",
+            )
+        ]
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     try:

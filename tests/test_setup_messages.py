@@ -113,3 +113,21 @@ def test_missing_libpcap_is_not_called_a_bad_filter(monkeypatch) -> None:
     r = doctor.check_bpf("tcp port 22", None)
     assert r.status == "FAIL" and "libpcap is not installed" in r.message
     assert "does not compile" not in r.message and "libpcap0.8" in r.remedy
+
+
+def test_doctor_with_a_collector_address_without_port_says_so(tmp_path: Path) -> None:
+    from tests.conftest import start_collector
+
+    c = start_collector(tmp_path / "collector")
+    try:
+        state = tmp_path / "agent"
+        c.issue_agent(state / "tls")
+        r = subprocess.run(
+            [tool("vigie-agent"), "doctor", "--state-dir", str(state), "--collector", "localhost"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "Traceback" not in r.stderr and r.returncode == 1
+        assert "must be HOST:PORT" in r.stdout and "main port" in r.stdout
+    finally:
+        c.proc.terminate()
+        c.proc.wait(10)
