@@ -4,6 +4,7 @@ the stream that empties it to the collector. Every alert has passed the anonymis
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -83,6 +84,9 @@ class Delivery:
             on_intel=self.on_intel,
         )
         self.drain_timeout = c["drain_timeout_seconds"]
+        # Pseudonymised as every host name that leaves (the same key, the same pseudonym
+        # as in alerts): the collector tells this agent from the site's others by it.
+        self.host_label = anonymiser(cfg).pseudonym(alert_pb2.KIND_HOSTNAME, socket.gethostname())
 
     def on_intel(self, bundle: dict) -> None:
         """A new intel bundle (already stored in state_dir/intel.json): the pipeline's
@@ -101,6 +105,7 @@ class Delivery:
             packets_dropped=dropped,
             outbox_depth=self.outbox.depth(),
             outbox_shed=self.outbox.shed(),
+            host_label=self.host_label,
         )
         hb.sent_at.GetCurrentTime()
         hb.host.cpu_percent = psutil.cpu_percent(interval=None)

@@ -88,6 +88,8 @@ def print_agents(agents: Sequence[Any], as_json: bool) -> None:
                 json.dumps(
                     {
                         "agent_id": a.origin.agent_id,
+                        "name": a.name,
+                        "host": a.host_label,
                         "finess": a.origin.finess,
                         "ght": a.origin.ght,
                         "region": a.origin.region,
@@ -102,15 +104,22 @@ def print_agents(agents: Sequence[Any], as_json: bool) -> None:
                 )
             )
         return
+    # Columns as wide as their longest value: a GHT or an agent id cut short is the one
+    # an operator then cannot find. HOST is the agent's pseudonymised host name (its
+    # site maps it back), NAME the operator's (vigie-collector agent rename).
+    agent_w = max([5, *(len(a.origin.agent_id) for a in agents)])
+    name_w = max([4, *(len(a.name or a.host_label) for a in agents)])
+    ght_w = max([3, *(len(a.origin.ght) for a in agents)])
     print(
-        f"{'STATE':<7} {'LAST SEEN':<16} {'GHT':<10} {'FINESS':<9} {'VERSION':<10} "
-        f"{'DROPS':>7} {'BACKLOG':>8} {'HELD':>5}"
+        f"{'STATE':<7} {'LAST SEEN':<16} {'AGENT':<{agent_w}} {'NAME/HOST':<{name_w}} "
+        f"{'GHT':<{ght_w}} {'FINESS':<9} {'VERSION':<10} {'DROPS':>7} {'BACKLOG':>8} {'HELD':>5}"
     )
     for a in agents:
         # HELD: alerts of this agent the collector could not store (its dead letters).
         print(
             f"{'SILENT' if a.silent else 'ok':<7} {_local(a.last_seen):<16} "
-            f"{_fit(a.origin.ght, 10):<10} {a.origin.finess:<9} {_fit(a.agent_version, 10):<10} "
+            f"{a.origin.agent_id:<{agent_w}} {a.name or a.host_label or '-':<{name_w}} "
+            f"{a.origin.ght:<{ght_w}} {a.origin.finess:<9} {_fit(a.agent_version, 10):<10} "
             f"{a.packets_dropped:>7} {a.outbox_depth:>8} {a.dead_letters:>5}"
         )
     if not agents:

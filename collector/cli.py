@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import re
 import sys
 import time
@@ -129,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     common_args(at)
     at.add_argument("agent_id", type=AGENT_ID)
     at.add_argument("--reason", default="")
+    an = agsub.add_parser(
+        "rename",
+        help="give an agent a name shown by 'agent list' and 'vigie agents' ('' forgets it)",
+    )
+    common_args(an)
+    an.add_argument("agent_id", type=AGENT_ID)
+    an.add_argument("name", help="e.g. 'PACS, building B' (at most 64 characters)")
 
     dr = sub.add_parser(
         "doctor", help="check the store, PKI, dead letters, agents and sinks; exit 1 on a failure"
@@ -182,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             return _agent_list(cfg)
         if args.cmd == "agent" and args.agent_cmd == "retire":
             return _agent_retire(args, cfg)
+        if args.cmd == "agent" and args.agent_cmd == "rename":
+            return _agent_rename(args, cfg)
         if args.cmd == "agent":
             reg = server.open_registry(cfg)
             reg.revoke(args.agent_id, args.reason)
@@ -412,6 +422,7 @@ def _agent_list(cfg: dict) -> int:
     try:
         issued = {a["agent_id"]: a for a in reg.agents()}
         states = reg.agent_states()
+        names = reg.names()
     finally:
         reg.close()
     seen = _last_seen(cfg) or {}
@@ -432,9 +443,16 @@ def _agent_list(cfg: dict) -> int:
         else:
             state = "active"
         cert = issued.get(agent_id, {})
+        label = ""
+        if agent_id in seen:
+            try:
+                label = str(json.loads(seen[agent_id]["host"] or "{}").get("label", ""))
+            except (ValueError, AttributeError):
+                label = ""
         rows.append(
             [
                 agent_id,
+                names.get(agent_id) or label or "-",
                 a["finess"],
                 a["ght"],
                 a["region"],
@@ -448,6 +466,7 @@ def _agent_list(cfg: dict) -> int:
     _table(
         [
             "AGENT",
+            "NAME/HOST",
             "FINESS",
             "GHT",
             "REGION",
@@ -459,6 +478,23 @@ def _agent_list(cfg: dict) -> int:
         ],
         rows,
     )
+    return 0
+
+
+def _agent_rename(args: argparse.Namespace, cfg: dict) -> int:
+    name = " ".join(args.name.split())  # one line: it goes in tables and logs
+    if len(name) > 64 or not name.isprintable():
+        print("vigie-collector: a name is at most 64 printable characters", file=sys.stderr)
+        return 2
+    reg = server.open_registry(cfg)
+    try:
+        if not reg.known_agent(args.agent_id) and args.agent_id not in (_last_seen(cfg) or {}):
+            print(f"vigie-collector: no agent {args.agent_id}", file=sys.stderr)
+            return 2
+        reg.rename(args.agent_id, name)
+    finally:
+        reg.close()
+    print(f"agent {args.agent_id} " + (f"named {name!r}" if name else "no longer named"))
     return 0
 
 

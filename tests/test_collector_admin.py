@@ -217,10 +217,10 @@ def test_agents_are_listed_and_retired(enrolling, tmp_path: Path) -> None:
     line = _row(r.stdout, agent_id)
     assert "750000001" in line and ght in line and "active" in line
     cols = re.split(r"\s{2,}", line)
-    assert cols[:4] == [agent_id, "750000001", ght, "11"]
+    assert cols[:5] == [agent_id, "-", "750000001", ght, "11"]  # no heartbeat yet: no host
     # enrolled, never renewed, certificate expiry, state, last seen
-    assert cols[4].endswith("Z") and cols[5] == "-" and cols[6].endswith("Z")
-    assert cols[7] == "active" and cols[8].endswith("Z")
+    assert cols[5].endswith("Z") and cols[6] == "-" and cols[7].endswith("Z")
+    assert cols[8] == "active" and cols[9].endswith("Z")
     assert agent_id in _listed(c, analyst)
     assert _dark_sites(c) == 1
 

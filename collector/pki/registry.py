@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS retired (
     retired_at  REAL NOT NULL,
     reason      TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS agent_names (
+    agent_id    TEXT PRIMARY KEY,
+    name        TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS revoked_tokens (
     id          TEXT PRIMARY KEY,
     revoked_at  REAL NOT NULL
@@ -287,6 +291,22 @@ class Registry:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def rename(self, agent_id: str, name: str) -> None:
+        """The operator's name for an agent ("PACS server, building B"); "" forgets it."""
+        with self._lock:
+            if name:
+                self._db.execute(
+                    "INSERT INTO agent_names VALUES (?, ?) ON CONFLICT (agent_id) "
+                    "DO UPDATE SET name = excluded.name",
+                    (agent_id, name),
+                )
+            else:
+                self._db.execute("DELETE FROM agent_names WHERE agent_id = ?", (agent_id,))
+
+    def names(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT agent_id, name FROM agent_names").fetchall())
 
     def agents(self) -> list[dict]:
         """Every agent the CA issued a certificate to, by agent id: site (of its newest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import grpc
@@ -83,7 +84,12 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         out = analyst_pb2.ListAgentsResponse()
         rows = [r for r in self.store.list_agents() if not region or r["region"] == region]
         held = self.store.dead_letter_counts()
+        names = self.registry.names() if self.registry is not None else {}
         for r in rows:
+            try:
+                label = str(json.loads(r["host"] or "{}").get("label", ""))
+            except (ValueError, AttributeError):
+                label = ""
             a = out.agents.add(
                 agent_version=r["agent_version"],
                 packets_dropped=r["packets_dropped"],
@@ -91,6 +97,8 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
                 outbox_shed=r["outbox_shed"],
                 silent=now - r["last_seen"] > self.silent_after,
                 dead_letters=held.get(r["agent_id"], 0),
+                host_label=label,
+                name=names.get(r["agent_id"], ""),
             )
             a.origin.agent_id = r["agent_id"]
             a.origin.finess = r["finess"]

@@ -309,6 +309,7 @@ class Alerts:
             "uptime_seconds": hb.host.uptime_seconds,
             "agent_cpu_percent": hb.host.agent_cpu_percent,
             "agent_rss_bytes": hb.host.agent_rss_bytes,
+            "label": hb.host_label,
         }
         self._touch_agent(tx, origin, now)
         tx.execute(

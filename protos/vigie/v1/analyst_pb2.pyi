@@ -79,7 +79,7 @@ class ListAgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("origin", "last_seen", "agent_version", "packets_dropped", "outbox_depth", "outbox_shed", "silent", "dead_letters")
+    __slots__ = ("origin", "last_seen", "agent_version", "packets_dropped", "outbox_depth", "outbox_shed", "silent", "dead_letters", "host_label", "name")
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,8 @@ class AgentStatus(_message.Message):
     OUTBOX_SHED_FIELD_NUMBER: _ClassVar[int]
     SILENT_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    HOST_LABEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     origin: Origin
     last_seen: _timestamp_pb2.Timestamp
     agent_version: str
@@ -96,7 +98,9 @@ class AgentStatus(_message.Message):
     outbox_shed: int
     silent: bool
     dead_letters: int
-    def __init__(self, origin: _Optional[_Union[Origin, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., packets_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., outbox_shed: _Optional[int] = ..., silent: _Optional[bool] = ..., dead_letters: _Optional[int] = ...) -> None: ...
+    host_label: str
+    name: str
+    def __init__(self, origin: _Optional[_Union[Origin, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., packets_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., outbox_shed: _Optional[int] = ..., silent: _Optional[bool] = ..., dead_letters: _Optional[int] = ..., host_label: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
     __slots__ = ("agents",)

@@ -35,7 +35,7 @@ class HostHealth(_message.Message):
     def __init__(self, cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., disk_percent: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., agent_cpu_percent: _Optional[float] = ..., agent_rss_bytes: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("sent_at", "agent_version", "agent_uptime_seconds", "packets_captured", "packets_dropped", "outbox_depth", "outbox_shed", "host", "intel_version")
+    __slots__ = ("sent_at", "agent_version", "agent_uptime_seconds", "packets_captured", "packets_dropped", "outbox_depth", "outbox_shed", "host", "intel_version", "host_label")
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class Heartbeat(_message.Message):
     OUTBOX_SHED_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     INTEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HOST_LABEL_FIELD_NUMBER: _ClassVar[int]
     sent_at: _timestamp_pb2.Timestamp
     agent_version: str
     agent_uptime_seconds: float
@@ -54,7 +55,8 @@ class Heartbeat(_message.Message):
     outbox_shed: int
     host: HostHealth
     intel_version: int
-    def __init__(self, sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., agent_uptime_seconds: _Optional[float] = ..., packets_captured: _Optional[int] = ..., packets_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., outbox_shed: _Optional[int] = ..., host: _Optional[_Union[HostHealth, _Mapping]] = ..., intel_version: _Optional[int] = ...) -> None: ...
+    host_label: str
+    def __init__(self, sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., agent_uptime_seconds: _Optional[float] = ..., packets_captured: _Optional[int] = ..., packets_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., outbox_shed: _Optional[int] = ..., host: _Optional[_Union[HostHealth, _Mapping]] = ..., intel_version: _Optional[int] = ..., host_label: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("batch", "heartbeat")
