@@ -84,6 +84,7 @@ class Delivery:
             on_intel=self.on_intel,
         )
         self.drain_timeout = c["drain_timeout_seconds"]
+        self.last_alert: tuple[float, str, int] | None = None  # for vigie-agent status
         # Pseudonymised as every host name that leaves (the same key, the same pseudonym
         # as in alerts): the collector tells this agent from the site's others by it.
         self.host_label = anonymiser(cfg).pseudonym(alert_pb2.KIND_HOSTNAME, socket.gethostname())
@@ -119,6 +120,7 @@ class Delivery:
     def __call__(self, alert: alert_pb2.Alert) -> None:
         # Never raises for a full state disk: the outbox then holds the alert in memory.
         self.outbox.put(alert)
+        self.last_alert = (time.time(), alert.detector, alert.severity)
         # Opaque ids only (no entity, no summary): lets an operator or a test follow an
         # alert from detection to the collector's ack.
         log.debug("alert_queued", id=alert.id, revision=alert.revision, detector=alert.detector)

@@ -5,6 +5,8 @@ stop, the metrics endpoint, self-protection and the host sampler."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import signal
 import sys
@@ -20,6 +22,7 @@ from agent.capture.live import LiveCapture
 from agent.output import Delivery, anonymiser, jsonl
 from agent.pipeline import Pipeline
 from common import config, logs, sdnotify
+from common.files import write_atomic
 
 if TYPE_CHECKING:
     from agent.outbox.store import Outbox
@@ -29,6 +32,10 @@ if TYPE_CHECKING:
 # service starts: the other commands start without them (about 0.1 s of every start-up).
 
 log = logs.get("agent")
+
+
+STATUS_FILE = "status.json"  # read by `vigie-agent status` (agent/status.py)
+STATUS_EVERY = 5.0  # seconds between its rewrites
 
 
 class Service:
@@ -75,6 +82,31 @@ class Service:
 
             text += f", shedding level {p.shed_level} ({describe(p.shed_level)})"
         return text
+
+    def write_status(self, now: float, stopped: bool = False) -> None:
+        """state_dir/status.json, for `vigie-agent status`: what only this process knows
+        (the connection, the last alert), without a metrics port. Nothing personal: counts,
+        times, a detector name. Skipped when the disk cannot take it (a full state disk
+        is reported elsewhere)."""
+        d = self.delivery
+        body: dict[str, Any] = {"pid": os.getpid(), "updated_at": now, "stopped": stopped}
+        if self.pipe is not None:
+            body["packets"] = self.pipe.packets
+            body["alerts"] = sum(self.pipe.counters.alerts.values())
+        if d is not None:
+            body["collector"] = {
+                "address": d.sender.address,
+                "connected": d.sender.connected.is_set(),
+                "acked": d.sender.acked,
+                "last_ack_at": d.sender.last_ack_at or None,
+            }
+            if d.last_alert is not None:
+                t, detector, severity = d.last_alert
+                body["last_alert"] = {"at": t, "detector": detector, "severity": severity}
+        with contextlib.suppress(OSError):
+            write_atomic(
+                Path(self.cfg["state_dir"]) / STATUS_FILE, json.dumps(body).encode(), 0o600
+            )
 
     def reload(self) -> None:
         """SIGHUP: re-read and validate the file, apply what can be applied live."""
@@ -309,7 +341,7 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any], stream: TextIO = sys.
         items, feed = cap.blocks(svc.stop), partial(pipe.feed_ring, snaplen=cap.snaplen)
     else:
         items, feed = cap.packets(svc.stop), lambda rec: pipe.feed(*rec)
-    next_tick = next_beat = 0.0
+    next_tick = next_beat = next_status = 0.0
     try:
         for item in items:
             if item is not None:
@@ -321,6 +353,9 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any], stream: TextIO = sys.
                 # watchdog.
                 next_beat = now + beat_every
                 beat()
+                if now >= next_status:
+                    svc.write_status(now)
+                    next_status = now + STATUS_EVERY
                 if now >= next_tick:
                     tick(now)
                     next_tick = now + 1.0
@@ -330,6 +365,7 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any], stream: TextIO = sys.
                 while svc.stall.is_set() and not svc.stop.is_set():
                     time.sleep(0.05)
     finally:
+        svc.write_status(time.time(), stopped=True)
         svc.notifier.stopping("stopping: flushing findings to the outbox")
         if watchdog is not None:
             watchdog.stop()

@@ -12,10 +12,9 @@ whether the service runs or not and never disturbs it:
   could name a person or a host leaves this command either);
 - whether a process holds the state directory (state_dir/agent.lock) and its pid.
 
-The connection to the collector lives in the running service's memory only; the outbox
-forgets an alert once it is acknowledged and keeps no acknowledgement time. So the
-connection is shown by systemd (`systemctl status vigie-agent`, its "Status:" line), not
-here.
+- the connection and the last alert: what only the running service knows, it writes to
+  state_dir/status.json every few seconds (agent/service.py); shown when that file is
+  fresh and written by the process that holds the state directory.
 """
 
 from __future__ import annotations
@@ -40,9 +39,33 @@ from common.alertjson import severity_name
 from vigie.v1 import alert_pb2
 
 CONNECTION_HINT = (
-    "not recorded in the state directory: `systemctl status vigie-agent` shows it "
-    "(its Status: line says connected or offline)"
+    "unknown: no running `vigie-agent run` has written state_dir/status.json lately "
+    "(`systemctl status vigie-agent` shows the service's own Status: line)"
 )
+STATUS_FRESH_SECONDS = 30.0  # the service rewrites it every 5 s
+
+
+def service_status(state_dir: Path, lock: dict[str, Any], now: float) -> dict[str, Any]:
+    """The running service's own report (status.json), when fresh and from the holder."""
+    from agent.service import STATUS_FILE
+
+    try:
+        body = json.loads((state_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        pid, updated = int(body["pid"]), float(body["updated_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"known": False, "note": CONNECTION_HINT}
+    if body.get("stopped") or not lock.get("held") or f"pid {pid}," not in lock.get("by", ""):
+        return {"known": False, "note": CONNECTION_HINT}
+    if now - updated > STATUS_FRESH_SECONDS:
+        return {
+            "known": False,
+            "note": f"the service (pid {pid}) last reported {_age(now - updated)} ago: hung?",
+        }
+    out: dict[str, Any] = {"known": True, "reported_at": updated, "pid": pid}
+    for key in ("collector", "last_alert", "packets", "alerts"):
+        if key in body:
+            out[key] = body[key]
+    return out
 
 
 def identity(cert_path: Path, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -176,10 +199,14 @@ def collect(cfg: dict[str, Any], now: float | None = None) -> dict[str, Any]:
             settings.path(cfg, cfg["collector"]["cert"], "tls/agent.crt"),
             dt.datetime.fromtimestamp(now, dt.UTC),
         ),
-        "lock": holder(state),
+        "lock": (lock := holder(state)),
         "outbox": outbox(settings.path(cfg, cfg["outbox"]["path"], "outbox.db"), now),
-        "connection": {"known": False, "note": CONNECTION_HINT},
+        "connection": service_status(state, lock, now),
     }
+
+
+def _when(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _age(seconds: float) -> str:
@@ -235,7 +262,25 @@ def render(s: dict[str, Any], out: TextIO) -> None:
             )
         else:
             print("last queued: none waiting (acknowledged alerts leave the outbox)", file=out)
-    print(f"connection:  {s['connection']['note']}", file=out)
+    conn = s["connection"]
+    if not conn["known"]:
+        print(f"connection:  {conn['note']}", file=out)
+        return
+    col = conn.get("collector")
+    if col is None:
+        print("connection:  none (alerts go to standard output)", file=out)
+    else:
+        acked = f", last acknowledgement {_when(col['last_ack_at'])}" if col["last_ack_at"] else ""
+        state = "connected" if col["connected"] else "offline, retrying"
+        print(f"connection:  {state} to {col['address']} ({col['acked']} alerts acked{acked})",
+              file=out)  # fmt: skip
+    last = conn.get("last_alert")
+    if last:
+        print(
+            f"last alert:  {_when(last['at'])} {last['detector']} "
+            f"({severity_name(last['severity'])})",
+            file=out,
+        )
 
 
 def cmd_status(args: argparse.Namespace, cfg: dict[str, Any], out: TextIO | None = None) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from agent import statelock, status
 from agent.cli import main
 from agent.outbox.store import Outbox
+from tests.conftest import tool
 from vigie.v1 import alert_pb2
 
 SECRET_VALUE = "p:0123456789abcdef0123"  # an entity value: must never appear in the status
@@ -168,3 +171,51 @@ def test_unreadable_certificate_is_said(tmp_path: Path) -> None:
     ident = status.identity(crt)
     assert ident["enrolled"] is False
     assert "error" in ident
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="vigie-agent run captures: needs root")
+def test_status_shows_the_running_services_connection(tmp_path: Path) -> None:
+    """What only the running service knows (its connection, its acknowledgements) reaches
+    `vigie-agent status` through state_dir/status.json, and only while it runs."""
+    from tests._delivery_kit import stop
+    from tests.conftest import start_collector
+
+    c = start_collector(tmp_path / "collector")
+    state = tmp_path / "agent"
+    c.issue_agent(state / "tls")
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[capture]\nbpf_filter = "tcp port 9"\n[metrics]\nlisten = ""\n')
+    log = tmp_path / "agent.log"
+    agent = subprocess.Popen(
+        [tool("vigie-agent"), "run", "-i", "lo", "--output", "collector", "--collector",
+         c.address, "--state-dir", str(state), "--config", str(cfg)],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+    )  # fmt: skip
+
+    def status() -> dict:
+        r = subprocess.run(
+            [tool("vigie-agent"), "status", "--state-dir", str(state), "--json"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        return json.loads(r.stdout)
+
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            s = status()
+            if s["connection"].get("collector", {}).get("connected"):
+                break
+            time.sleep(0.5)
+        conn = s["connection"]
+        assert conn["known"] and conn["pid"] == agent.pid, (s, log.read_text()[-2000:])
+        assert conn["collector"]["address"] == c.address and conn["collector"]["connected"]
+        text = subprocess.run(
+            [tool("vigie-agent"), "status", "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=30,
+        ).stdout  # fmt: skip
+        assert f"connection:  connected to {c.address}" in text
+    finally:
+        agent.terminate()
+        agent.wait(30)
+        stop(c)
+    assert not status()["connection"]["known"]  # stopped: no stale "connected"

@@ -87,6 +87,7 @@ class Sender(threading.Thread):
         self._rate = 0.0  # alerts per second allowed; 0 until the collector says
         self.connected = threading.Event()
         self.acked = 0
+        self.last_ack_at = 0.0  # wall clock of the last acknowledgement (vigie-agent status)
         self.connects = 0
         self.renewals = 0
         self.intel_path = intel_path
@@ -247,6 +248,7 @@ class Sender(threading.Thread):
                             items = in_flight.pop(msg.ack.seq, [])
                         self.outbox.ack(items)
                         self.acked += len(items)
+                        self.last_ack_at = time.time()
                         if msg.ack.dead_lettered:  # in the collector's custody, not lost
                             log.warning(
                                 "alerts_held_by_collector",
