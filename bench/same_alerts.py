@@ -5,8 +5,8 @@ differ. For restructuring work: save before, compare after.
     .venv/bin/python bench/same_alerts.py --save /tmp/before [CAPTURE ...]
     .venv/bin/python bench/same_alerts.py --compare /tmp/before [CAPTURE ...]
 
-Default captures: tests/data/*.pcap* and ../shared/pcaps/**. Every replay starts from an
-empty state directory holding the same pseudonymisation key (made on the first --save),
+Default captures: tests/data/*.pcap* and the labelled corpus tests/data/corpus/**. Every
+replay starts from an empty state directory holding the same pseudonymisation key (made on the first --save),
 so that pseudonyms compare.
 """
 
@@ -28,9 +28,8 @@ def captures(given: list[str]) -> list[Path]:
     if given:
         return [Path(p) for p in given]
     found = sorted((ROOT / "tests" / "data").glob("*.pcap*"))
-    shared = ROOT.parent / "shared" / "pcaps"  # the corpus beside the checkout, if there
-    if shared.is_dir():
-        found += sorted(p for p in shared.rglob("*") if p.suffix in (".pcap", ".pcapng"))
+    corpus = ROOT / "tests" / "data" / "corpus"
+    found += sorted(p for p in corpus.rglob("*") if p.suffix in (".pcap", ".pcapng"))
     return found
 
 

@@ -17,7 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
-CORPUS = ROOT.parent / "shared" / "pcaps"
+# The labelled capture corpus (shared/pcaps, copied byte for byte with its MANIFEST,
+# EXPECT and licences): a clone runs every detection test.
+CORPUS = DATA / "corpus"
 BIN = Path(sys.executable).parent
 
 

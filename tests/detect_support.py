@@ -16,7 +16,7 @@ from common import config
 from vigie.v1 import alert_pb2
 
 DATA = Path(__file__).resolve().parent / "data"
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
+CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 SECRET = b"detector-tests-secret-0123456789"
 ANON = Anonymiser(SECRET)
 ATTACK_DETECTORS = frozenset(

@@ -25,7 +25,7 @@ from collector.store.sqlite import Origin, SqliteStore
 from common.config import defaults
 from vigie.v1 import alert_pb2
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
+CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 SCAN_TARGET = "64.13.134.52"  # scan.nmap.org, the target of scan/nmap_syn_scan_1000ports
 
 

@@ -32,7 +32,7 @@ from agent.decode import DecodeStats, make_decoder
 from agent.decode.packet import ACK, ARP, FIN, ICMP6, PSH, RST, SYN, URG, Packet
 
 # CI clones the repo next to `shared/`, as here: <parent>/main and <parent>/shared.
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
+CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 needs_corpus = pytest.mark.skipif(
     not CORPUS.is_dir(), reason=f"shared capture corpus not found at {CORPUS}"
 )

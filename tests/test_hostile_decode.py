@@ -19,7 +19,7 @@ from agent.capture.pcapfile import CaptureError, ReadStats, read_capture
 from tests.fuzz import targets as T
 from tests.fuzz.pipe import check_accounting, new_pipeline
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
+CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 needs_corpus = pytest.mark.skipif(
     not CORPUS.is_dir(), reason=f"shared capture corpus not found at {CORPUS}"
 )

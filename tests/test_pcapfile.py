@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from agent.capture.pcapfile import MAX_CAPLEN, CaptureError, ReadStats, read_capture
 
 # CI clones the repo next to `shared/`, as here: <parent>/main and <parent>/shared.
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "pcaps"
+CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 needs_corpus = pytest.mark.skipif(
     not CORPUS.is_dir(), reason=f"shared capture corpus not found at {CORPUS}"
 )

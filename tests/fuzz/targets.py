@@ -37,7 +37,7 @@ from agent.decode.deep.tls import parse_client_hello
 from agent.decode.packet import TCP, UDP, Packet
 from agent.engine import EV_END, Engine
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "pcaps"
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
 
 # First input byte of the "fast" target picks the link type (index modulo the list).
 LINKTYPES = (1, 0, 108, 101, 12, 14, 228, 229, 113, 276, 147)
