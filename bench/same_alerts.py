@@ -6,8 +6,8 @@ differ. For restructuring work: save before, compare after.
     .venv/bin/python bench/same_alerts.py --compare /tmp/before [CAPTURE ...]
 
 Default captures: tests/data/*.pcap* and the labelled corpus tests/data/corpus/**. Every
-replay starts from an empty state directory holding the same pseudonymisation key (made on the first --save),
-so that pseudonyms compare.
+replay starts from an empty state directory holding the same pseudonymisation key (made
+on the first --save), so that pseudonyms compare.
 """
 
 from __future__ import annotations
