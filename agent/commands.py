@@ -47,8 +47,11 @@ def cmd_replay(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     read_stats = ReadStats()
     capture = open_capture(args.pcap, read_stats)  # raises CaptureError before any record
     pipe: Pipeline
-    delivery = Delivery(cfg, lambda: (pipe.packets, 0)) if args.output == "collector" else None
-    pipe = Pipeline(cfg, anonymiser(cfg), delivery or jsonl, time.time)
+    anon = anonymiser(cfg)
+    delivery = (
+        Delivery(cfg, lambda: (pipe.packets, 0), anon) if args.output == "collector" else None
+    )
+    pipe = Pipeline(cfg, anon, delivery or jsonl, time.time)
     if delivery:
         delivery.start()
     t0 = time.perf_counter()

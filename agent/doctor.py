@@ -133,6 +133,8 @@ def check_state_space(
 ) -> Result:
     """Free space of the state directory, and a real write: os.access says "writable" on
     a full filesystem, where the outbox can then only hold alerts in memory."""
+    from agent.outbox.store import low_on_space
+
     fix = (
         f"free space on the filesystem of {d} (df -h {d}; old logs, core dumps), or move "
         "state_dir to a larger one; until then alerts are only held in memory"
@@ -156,7 +158,7 @@ def check_state_space(
     text = f"{d} writable, {_size(free)} free of {_size(total)}"
     if free < FULL_BYTES:  # the probe fitted, the outbox's next WAL pages may not
         return Result(FAIL, "state dir", f"{d} is full: {_size(free)} free of {_size(total)}", fix)
-    if free < low_space_mb * 1024 * 1024 or free * 100 < total * low_space_percent:
+    if low_on_space(free, total, low_space_mb, low_space_percent):
         return Result(
             WARN,
             "state dir",
@@ -170,11 +172,12 @@ def check_state_space(
 
 
 def _statvfs(d: Path) -> tuple[int, int] | None:
+    from agent.outbox.store import free_space
+
     try:
-        st = os.statvfs(d)
+        return free_space(d)
     except OSError:
         return None
-    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
 def _load_certs(path: Path):

@@ -44,7 +44,9 @@ def jsonl(alert: alert_pb2.Alert) -> None:
 class Delivery:
     """--output collector: outbox plus the stream that empties it."""
 
-    def __init__(self, cfg: dict[str, Any], stats: Callable[[], tuple[int, int]]) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], stats: Callable[[], tuple[int, int]], anon: Anonymiser
+    ) -> None:
         # gRPC is loaded only by the commands that stream (a replay to a file never does).
         import psutil
 
@@ -87,7 +89,7 @@ class Delivery:
         self.last_alert: tuple[float, str, int] | None = None  # for vigie-agent status
         # Pseudonymised as every host name that leaves (the same key, the same pseudonym
         # as in alerts): the collector tells this agent from the site's others by it.
-        self.host_label = anonymiser(cfg).pseudonym(alert_pb2.KIND_HOSTNAME, socket.gethostname())
+        self.host_label = anon.pseudonym(alert_pb2.KIND_HOSTNAME, socket.gethostname())
 
     def on_intel(self, bundle: dict) -> None:
         """A new intel bundle (already stored in state_dir/intel.json): the pipeline's

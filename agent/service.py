@@ -21,6 +21,7 @@ from agent import settings
 from agent.capture.live import LiveCapture
 from agent.output import Delivery, anonymiser, jsonl
 from agent.pipeline import Pipeline
+from agent.status import STATUS_FILE
 from common import config, logs, sdnotify
 from common.files import write_atomic
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 log = logs.get("agent")
 
 
-STATUS_FILE = "status.json"  # read by `vigie-agent status` (agent/status.py)
 STATUS_EVERY = 5.0  # seconds between its rewrites
 
 
@@ -314,8 +314,9 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any], stream: TextIO = sys.
         with stats_lock:
             return cap.stats()
 
-    delivery = Delivery(cfg, stats) if args.output == "collector" else None
-    pipe = Pipeline(cfg, anonymiser(cfg), delivery or jsonl, time.time, keep_learned=True)
+    anon = anonymiser(cfg)
+    delivery = Delivery(cfg, stats, anon) if args.output == "collector" else None
+    pipe = Pipeline(cfg, anon, delivery or jsonl, time.time, keep_learned=True)
     svc.pipe, svc.delivery = pipe, delivery
     if delivery:
         delivery.start()

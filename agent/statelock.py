@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
+from typing import Any
 
 LOCK_NAME = "agent.lock"
 
@@ -32,11 +33,9 @@ def hold(state_dir: str | Path, doing: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = ""
-        with contextlib.suppress(OSError, ValueError):
-            holder = os.pread(fd, 200, 0).decode("ascii", "replace").strip()
+        said = _said(fd)
         os.close(fd)
-        who = f" ({holder})" if holder else ""
+        who = f" ({said})" if said else ""
         raise StateLocked(
             f"{d} is in use by another vigie-agent{who}: one agent per state directory. "
             "Stop it first (systemctl stop vigie-agent), or give this command a --state-dir "
@@ -45,3 +44,34 @@ def hold(state_dir: str | Path, doing: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()}, {doing}\n".encode("ascii"), 0)
     return fd
+
+
+def holder(state_dir: str | Path) -> dict[str, Any]:
+    """Whether a live process holds the state directory, and what its lock file says.
+
+    The lock is tried shared and non-blocking and let go at once: it never waits and is
+    never kept (an agent starting in that instant would be told the directory is in use,
+    and systemd restarts it). The file is opened read-only: nothing is created or written."""
+    path = Path(state_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {"held": False}
+    except OSError as exc:
+        return {"held": None, "error": str(exc)}
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return {"held": True, "by": _said(fd)}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return {"held": False}
+    finally:
+        os.close(fd)
+
+
+def _said(fd: int) -> str:
+    """What the holder wrote in the lock file: "pid N, COMMAND"."""
+    with contextlib.suppress(OSError):
+        return os.pread(fd, 200, 0).decode("ascii", "replace").strip()
+    return ""

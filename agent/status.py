@@ -20,11 +20,8 @@ whether the service runs or not and never disturbs it:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import fcntl
 import json
-import os
 import sqlite3
 import sys
 import time
@@ -42,13 +39,13 @@ CONNECTION_HINT = (
     "unknown: no running `vigie-agent run` has written state_dir/status.json lately "
     "(`systemctl status vigie-agent` shows the service's own Status: line)"
 )
+# Written by the running service (agent/service.py) every few seconds.
+STATUS_FILE = "status.json"
 STATUS_FRESH_SECONDS = 30.0  # the service rewrites it every 5 s
 
 
 def service_status(state_dir: Path, lock: dict[str, Any], now: float) -> dict[str, Any]:
     """The running service's own report (status.json), when fresh and from the holder."""
-    from agent.service import STATUS_FILE
-
     try:
         body = json.loads((state_dir / STATUS_FILE).read_text(encoding="utf-8"))
         pid, updated = int(body["pid"]), float(body["updated_at"])
@@ -66,6 +63,9 @@ def service_status(state_dir: Path, lock: dict[str, Any], now: float) -> dict[st
         if key in body:
             out[key] = body[key]
     return out
+
+
+holder = statelock.holder  # what status shows of the lock, read as statelock writes it
 
 
 def identity(cert_path: Path, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -162,33 +162,6 @@ def outbox(path: Path, now: float | None = None) -> dict[str, Any]:
     return out
 
 
-def holder(state_dir: Path) -> dict[str, Any]:
-    """Whether a live process holds the state directory, and what its lock file says.
-
-    The lock is tried shared and non-blocking and let go at once: it never waits and is
-    never kept (an agent starting in that instant would be told the directory is in use,
-    and systemd restarts it). The file is opened read-only: nothing is created or written."""
-    path = state_dir / statelock.LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return {"held": False}
-    except OSError as exc:
-        return {"held": None, "error": str(exc)}
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = ""
-            with contextlib.suppress(OSError):
-                text = os.pread(fd, 200, 0).decode("ascii", "replace").strip()
-            return {"held": True, "by": text}
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return {"held": False}
-    finally:
-        os.close(fd)
-
-
 def collect(cfg: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     state = Path(cfg["state_dir"])
     now = time.time() if now is None else now
@@ -199,7 +172,7 @@ def collect(cfg: dict[str, Any], now: float | None = None) -> dict[str, Any]:
             settings.path(cfg, cfg["collector"]["cert"], "tls/agent.crt"),
             dt.datetime.fromtimestamp(now, dt.UTC),
         ),
-        "lock": (lock := holder(state)),
+        "lock": (lock := statelock.holder(state)),
         "outbox": outbox(settings.path(cfg, cfg["outbox"]["path"], "outbox.db"), now),
         "connection": service_status(state, lock, now),
     }

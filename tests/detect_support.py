@@ -13,10 +13,10 @@ from agent.anonymise.policy import Anonymiser
 from agent.capture.pcapfile import PcapLayout, ReadStats, open_capture
 from agent.pipeline import Pipeline
 from common import config
+from tests.conftest import CORPUS
 from vigie.v1 import alert_pb2
 
 DATA = Path(__file__).resolve().parent / "data"
-CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 SECRET = b"detector-tests-secret-0123456789"
 ANON = Anonymiser(SECRET)
 ATTACK_DETECTORS = frozenset(

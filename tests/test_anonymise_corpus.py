@@ -1,5 +1,5 @@
-"""Every capture of the shared corpus, end to end: no internal address reaches the outbox
-or the collector's store, and external indicators stay in clear.
+"""Every capture of the labelled corpus (tests/data/corpus), end to end: no internal
+address reaches the outbox or the collector's store, and external indicators stay in clear.
 
 The assertions run on whatever alerts each capture produces, so they cover more captures
 as detectors are added.
@@ -23,9 +23,9 @@ from agent.outbox.store import Outbox
 from agent.pipeline import Pipeline
 from collector.store.sqlite import Origin, SqliteStore
 from common.config import defaults
+from tests.conftest import CORPUS
 from vigie.v1 import alert_pb2
 
-CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 SCAN_TARGET = "64.13.134.52"  # scan.nmap.org, the target of scan/nmap_syn_scan_1000ports
 
 

@@ -30,12 +30,9 @@ from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 from agent.capture.pcapfile import ReadStats, read_capture
 from agent.decode import DecodeStats, make_decoder
 from agent.decode.packet import ACK, ARP, FIN, ICMP6, PSH, RST, SYN, URG, Packet
+from tests.conftest import CORPUS
+from tests.deep_support import needs_corpus
 
-# CI clones the repo next to `shared/`, as here: <parent>/main and <parent>/shared.
-CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
-needs_corpus = pytest.mark.skipif(
-    not CORPUS.is_dir(), reason=f"shared capture corpus not found at {CORPUS}"
-)
 TCPDUMP = shutil.which("tcpdump")
 needs_tcpdump = pytest.mark.skipif(TCPDUMP is None, reason="tcpdump is not installed")
 

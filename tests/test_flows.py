@@ -22,8 +22,8 @@ from agent.flows.table import (
     UNANSWERED,
     Flow,
 )
+from tests.conftest import CORPUS
 
-CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 A, B, C = b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", b"\x0a\x00\x00\x03"
 
 

@@ -16,13 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.capture.pcapfile import CaptureError, ReadStats, read_capture
+from tests.conftest import CORPUS
+from tests.deep_support import needs_corpus
 from tests.fuzz import targets as T
 from tests.fuzz.pipe import check_accounting, new_pipeline
 
-CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
-needs_corpus = pytest.mark.skipif(
-    not CORPUS.is_dir(), reason=f"shared capture corpus not found at {CORPUS}"
-)
 FAST = settings(
     max_examples=40,
     deadline=None,

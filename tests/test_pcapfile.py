@@ -13,12 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.capture.pcapfile import MAX_CAPLEN, CaptureError, ReadStats, read_capture
-
-# CI clones the repo next to `shared/`, as here: <parent>/main and <parent>/shared.
-CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
-needs_corpus = pytest.mark.skipif(
-    not CORPUS.is_dir(), reason=f"shared capture corpus not found at {CORPUS}"
-)
+from tests.conftest import CORPUS
+from tests.deep_support import needs_corpus
 
 
 def corpus_params() -> list:

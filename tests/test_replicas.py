@@ -26,9 +26,9 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def replicas(tmp_path: Path, pg_url: str) -> Iterator[list[Collector]]:
-    shared = tmp_path / "shared"
+    ca_home = tmp_path / "ca-home"  # the one CA every replica trusts
     subprocess.run(
-        [tool("vigie-collector"), "pki", "init", "--state-dir", str(shared)],
+        [tool("vigie-collector"), "pki", "init", "--state-dir", str(ca_home)],
         check=True,
         capture_output=True,
     )
@@ -37,7 +37,7 @@ def replicas(tmp_path: Path, pg_url: str) -> Iterator[list[Collector]]:
         for i in range(3):
             cfg = tmp_path / f"c{i}.toml"
             cfg.write_text(
-                f'storage = "{pg_url}"\n[pki]\ndir = "{shared / "pki"}"\n'
+                f'storage = "{pg_url}"\n[pki]\ndir = "{ca_home / "pki"}"\n'
                 f'auto_init = false\n[enroll]\nlisten = ""\n'
             )
             out.append(start_collector(tmp_path / f"replica{i}", config=cfg))
@@ -100,7 +100,7 @@ def test_three_replicas_one_incident_each_alert_once(
     replicas: list[Collector], tmp_path: Path, pg_url: str
 ) -> None:
     # Credentials come from the CA the replicas share.
-    first = Collector(replicas[0].address, tmp_path / "shared", replicas[0].proc, replicas[0].log)
+    first = Collector(replicas[0].address, tmp_path / "ca-home", replicas[0].proc, replicas[0].log)
     agents = [
         first.issue_agent(
             tmp_path / f"agent{i}", finess=f"{i + 1:09d}", ght=f"GHT-{i % 3}", region="11"

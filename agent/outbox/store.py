@@ -89,6 +89,11 @@ def free_space(path: Path) -> tuple[int, int]:
     return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
+def low_on_space(free: int, total: int, low_space_mb: float, low_space_percent: float) -> bool:
+    """The warning line, before the disk is full: under either bound."""
+    return free < low_space_mb * MB or free * 100 < total * low_space_percent
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     # SQLite may already have rolled back on SQLITE_FULL: a second ROLLBACK would raise
     # "cannot rollback - no transaction is active" over the real error.
@@ -112,7 +117,7 @@ class Outbox:
         self.path = p
         self.max_alerts = max_alerts
         self.memory_alerts = memory_alerts
-        self.low_space_bytes = int(low_space_mb * MB)
+        self.low_space_mb = low_space_mb
         self.low_space_percent = low_space_percent
         self._clock = clock
         # Re-entrant: the sender waits on `changed` and reads the outbox under it.
@@ -183,7 +188,7 @@ class Outbox:
         except OSError:
             return
         self.free_bytes, self.total_bytes = free, total
-        low = free < self.low_space_bytes or free * 100 < total * self.low_space_percent
+        low = low_on_space(free, total, self.low_space_mb, self.low_space_percent)
         if low and not self.low_space and log_it:
             log.warning(
                 "state_dir_low_space",

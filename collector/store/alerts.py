@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from collector.store.backends import Postgres, Sqlite, Tx, in_lists, transient
+from collector.store.backends import Postgres, Sqlite, Tx, transient
 from common import logs
 from common.pbtime import seconds as _ts
 from common.pbtime import set_seconds as _set_ts
@@ -137,7 +137,7 @@ class Alerts:
         (a value the store refuses, a bug) never blocks an agent: the group is stored batch
         by batch, a batch that still fails alert by alert, and what cannot be stored goes
         to the dead letters with its reason, acknowledged; a correlation rule that fails is
-        isolated in the same way (see Correlator.on_ingest_many).
+        isolated in the same way (see Correlator.on_batch).
 
         A dialect without group commit (PostgreSQL, see Dialect.group_commit) runs one
         transaction per batch instead.
@@ -186,7 +186,7 @@ class Alerts:
     ) -> Stored:
         """A batch that failed whole, alert by alert: each in a savepoint of its own, what
         the store refuses held in the dead letters."""
-        stored, dup, dead, facts = 0, 0, 0, []
+        stored, dup, dead, kept = 0, 0, 0, []
         for a in alerts:
             try:
                 with tx.savepoint():
@@ -200,12 +200,12 @@ class Alerts:
                 continue
             if changed:
                 stored += 1
-                facts += fact
+                kept.append((a, fact[0]))
             else:
                 dup += 1
         self._touch_agent(tx, origin, now)
-        if facts:
-            self._correlate(tx, [(origin, facts)], now)
+        if kept:
+            self._correlate(tx, origin, kept, now)
         return Stored(stored, dup, dead)
 
     def _dead_letter(
@@ -245,27 +245,23 @@ class Alerts:
             reason=why,
         )
 
-    def _correlate(self, tx: Tx, stored_facts: list, now: float) -> None:
-        """The rules over what was just stored; a rule that fails on a batch leaves its
-        alerts stored, counted, and in the dead letters for a later retry."""
-        for failure in self.correlator.on_ingest_many(tx, stored_facts, now):
-            origin, facts = stored_facts[failure.batch_index]
-            self.events.add("correlation_error", failure.rule)
+    def _correlate(
+        self, tx: Tx, origin: Origin, kept: Sequence[tuple[alert_pb2.Alert, tuple]], now: float
+    ) -> None:
+        """The rules over one batch's stored alerts, (alert, fact) each; a rule that fails
+        leaves them stored, counted, and in the dead letters for a later retry."""
+        facts = [f for _, f in kept]
+        for rule, error in self.correlator.on_batch(tx, origin, facts, now):
+            self.events.add("correlation_error", rule)
             log.error(
                 "correlation_failed",
-                rule=failure.rule,
+                rule=rule,
                 agent_id=origin.agent_id,
                 alerts=len(facts),
-                error=_why(failure.error),
+                error=_why(error),
             )
-            for chunk, marks in in_lists([f[0] for f in facts]):
-                for r in tx.fetch(
-                    f"SELECT * FROM alerts WHERE agent_id = ? AND alert_id IN ({marks})",
-                    (origin.agent_id, *chunk),
-                ):
-                    self._dead_letter(
-                        tx, DEAD_CORRELATION, failure.rule, origin, _to_alert(r), failure.error, now
-                    )
+            for alert, _ in kept:
+                self._dead_letter(tx, DEAD_CORRELATION, rule, origin, alert, error, now)
 
     def _write(self, tx: Tx, batches: Sequence, heartbeats: Sequence, now: float) -> list[Stored]:
         """Batch after batch, each stored then correlated before the next: the rules see
@@ -277,14 +273,18 @@ class Alerts:
             written = _upsert_alerts(tx, rows)
             if written is None:  # an alert twice in the batch: row by row
                 stored = tx.many(UPSERT_ALERT, rows)
-                kept = facts
+                kept = list(zip(alerts, facts, strict=True))
             else:
-                kept = [f for r, f in zip(rows, facts, strict=True) if (r[0], r[1]) in written]
+                kept = [
+                    (a, f)
+                    for a, r, f in zip(alerts, rows, facts, strict=True)
+                    if (r[0], r[1]) in written
+                ]
                 stored = len(kept)
             out.append(Stored(stored, len(rows) - stored))
             self._touch_agent(tx, origin, now)
             if kept:  # rules run in the same transaction: no alert escapes correlation
-                self._correlate(tx, [(origin, kept)], now)
+                self._correlate(tx, origin, kept, now)
         for origin, hb in heartbeats:
             self._heartbeat(tx, origin, hb, now)
         return out
@@ -369,10 +369,10 @@ class Alerts:
                             if r["kind"] == DEAD_STORE:
                                 rows_, facts = _rows(origin, [alert], now)
                                 if tx.many(UPSERT_ALERT, rows_):
-                                    self._correlate(tx, [(origin, facts)], now)
+                                    self._correlate(tx, origin, [(alert, facts[0])], now)
                             else:
                                 _, facts = _rows(origin, [alert], now)
-                                self.correlator.run_rule(tx, r["rule"], [(origin, facts)], now)
+                                self.correlator.run_rule(tx, r["rule"], origin, facts, now)
                     except Exception as exc:
                         if transient(exc):
                             raise
@@ -482,11 +482,10 @@ _ROWS_PER_STATEMENT = 1000  # 18,000 parameters: under SQLite's 32,766
 
 
 def _upsert_alerts(tx: Tx, rows: list[tuple]) -> set[tuple[str, str]] | None:
-    """Every row of a group commit in a few multi-row statements (one SQLite call, one
-    release of the GIL, per thousand alerts instead of one per batch); returns the
-    (agent id, alert id) of the rows written, which tells each batch what it stored. None,
-    with nothing done, when an alert appears twice: then which batch wrote it is ambiguous
-    and the caller stores batch by batch."""
+    """A batch's rows in a few multi-row statements (one SQLite call, one release of the
+    GIL, per thousand alerts instead of one per row); returns the (agent id, alert id) of
+    the rows written. None, with nothing done, when an alert appears twice: then which row
+    wrote it is ambiguous and the caller stores row by row."""
     keys = {(r[0], r[1]) for r in rows}
     if len(keys) != len(rows):
         return None

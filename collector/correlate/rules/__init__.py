@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from collector.correlate.rules.base import INDICATOR_KINDS, Batch, Rule, RuleFailure
+from collector.correlate.rules.base import INDICATOR_KINDS, Batch, Rule
 from collector.correlate.rules.dark_site import DarkSite
 from collector.correlate.rules.kill_chain import (
     DEFAULT_STAGE_DETECTORS,
@@ -30,7 +30,6 @@ __all__ = [
     "RULES",
     "STAGES",
     "Correlator",
-    "RuleFailure",
     "chain_from_spans",
     "longest_ordered_stages",
 ]
@@ -51,56 +50,38 @@ class Correlator:
         self.rules = {rule.name: rule(settings, dialect) for rule in RULES}
         self.on_ingest = [r for r in self.rules.values() if r.on_ingest_rule]
 
-    def on_ingest_many(
-        self, tx: Tx, batches: Sequence[tuple[Any, Sequence[tuple]]], now: float
-    ) -> list[RuleFailure]:
-        """The rules over every batch one transaction stores (group commit). Each batch is
-        (origin, facts), facts being (alert id, detector, first_seen, last_seen, [(role,
-        kind, value, pseudonymised), ...]) per alert just stored. What is bulk
-        (per-site summaries; alerts joining incidents already open for their site, the
-        steady state of a wave seen by hundreds of sites) is a few statements for the whole
-        group; only what opens an incident or adds a site to one is done site by site.
+    def on_batch(
+        self, tx: Tx, origin: Any, facts: Sequence[tuple], now: float
+    ) -> list[tuple[str, Exception]]:
+        """The rules over one batch just stored: facts are (alert id, detector, first_seen,
+        last_seen, [(role, kind, value, pseudonymised), ...]) per alert stored. The store
+        calls this batch after batch, even inside one group commit, so that grouping never
+        changes which incidents open.
 
         Each rule runs in a savepoint of its own: a rule that fails (a bug, a value the
-        database refuses) undoes only its own writes, is tried again batch by batch, and
-        what still fails is returned, never raised, so that the alerts are stored and the
-        other rules run. Only a transient failure (the database itself) is raised."""
-        parts = [Batch(origin, facts, i) for i, (origin, facts) in enumerate(batches)]
+        database refuses) undoes only its own writes and is returned with its error, never
+        raised, so that the alerts stay stored and the other rules run. Only a transient
+        failure (the database itself) is raised."""
+        parts = [Batch(origin, facts)]
         self.dialect.lock(tx, *(n for rule in self.on_ingest for n in rule.lock_names(parts)))
-        failures: list[RuleFailure] = []
+        failures: list[tuple[str, Exception]] = []
         for rule in self.on_ingest:
             if not self.s[rule.name]["enabled"]:
                 continue
-            run = rule.on_ingest
             try:
                 with tx.savepoint():
-                    run(tx, parts, now)
-                continue
+                    rule.on_ingest(tx, parts, now)
             except Exception as exc:
                 if transient(exc):
                     raise
-                if len(parts) == 1:
-                    failures.append(RuleFailure(rule.name, parts[0].batch_index, exc))
-                    continue
-            for p in parts:  # the group failed: find the batch it fails on
-                try:
-                    with tx.savepoint():
-                        run(tx, [p], now)
-                except Exception as exc:
-                    if transient(exc):
-                        raise
-                    failures.append(RuleFailure(rule.name, p.batch_index, exc))
+                failures.append((rule.name, exc))
         return failures
 
-    def run_rule(
-        self, tx: Tx, rule: str, batches: Sequence[tuple[Any, Sequence[tuple]]], now: float
-    ) -> None:
+    def run_rule(self, tx: Tx, rule: str, origin: Any, facts: Sequence[tuple], now: float) -> None:
         """One rule over stored alerts again (a dead letter's retry); raises on failure."""
-        parts = [Batch(origin, facts) for origin, facts in batches]
-        run = self.rules[rule].on_ingest
         if self.s[rule]["enabled"]:
             with tx.savepoint():
-                run(tx, parts, now)
+                self.rules[rule].on_ingest(tx, [Batch(origin, facts)], now)
 
     def dark_sites(self, tx: Tx, now: float) -> int:
         """Establishments whose agents all went silent after being healthy. Returns count."""

@@ -40,22 +40,12 @@ SITE_UPSERT = (
 )
 
 
-@dataclass(frozen=True)
-class RuleFailure:
-    """A rule that failed on one batch of a transaction (its alerts are stored)."""
-
-    rule: str
-    batch_index: int
-    error: Exception
-
-
 class Batch:
     """One batch as the rules read it: its site, and its alerts per indicator and detector
     (each protobuf-derived fact read once, for every rule)."""
 
     __slots__ = (
         "agent",
-        "batch_index",
         "by_detector",
         "by_indicator",
         "detectors",
@@ -65,8 +55,7 @@ class Batch:
         "site",
     )
 
-    def __init__(self, origin: Any, facts: Sequence[tuple], batch_index: int = 0) -> None:
-        self.batch_index = batch_index
+    def __init__(self, origin: Any, facts: Sequence[tuple]) -> None:
         self.site = SiteRef(origin.finess, origin.ght, origin.region)
         self.agent = agent = origin.agent_id
         finess, ght, region = origin.finess, origin.ght, origin.region
@@ -168,8 +157,8 @@ class CountingRule(Rule):
         items: list[tuple[SiteRef, dict[str, tuple[float, list[tuple[str, str]]]]]],
     ) -> list[set[str]]:
         """The common case in bulk: subjects whose incident is open and already counts the
-        batch's site only gain alerts. A few statements for the whole group instead of a
-        few per batch and subject. Returns, per batch, the subjects so handled."""
+        batch's site only gain alerts. A few statements for all the batch's subjects
+        instead of a few per subject. Returns, per batch, the subjects so handled."""
         rule, window = self.name, self.cfg["window_seconds"]
         subjects = list({subj for _, its in items for subj in its})
         latest: dict[str, dict] = {}  # the open incident of each subject, latest first

@@ -101,8 +101,8 @@ class KillChain(Rule):
         return (f"site:{p.site.finess}" for p in batches if self.spans(p, stage_of))
 
     def on_ingest(self, tx: Tx, batches: list[Batch], now: float) -> None:
-        """Each site's stage spans, read and written for the whole group at once; only a
-        site whose chain is long enough goes on to its incident."""
+        """Each site's stage spans, read and written in one go; only a site whose chain is
+        long enough goes on to its incident."""
         stage_of = self.stage_of()
         parts = [(p, s) for p in batches if (s := self.spans(p, stage_of))]
         if not parts:
@@ -118,7 +118,7 @@ class KillChain(Rule):
                 stored.setdefault(finess, {})[stage] = (lo, hi)
         writes: dict[tuple[str, int], tuple[float, float]] = {}
         chains = []
-        for p, batch_spans in parts:  # a site may come twice in a group: the second sees the first
+        for p, batch_spans in parts:  # a site twice in the list: the second sees the first
             site = p.site
             t = max(p.detectors.values())
             known = stored.setdefault(site.finess, {})
