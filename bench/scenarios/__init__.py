@@ -1,0 +1,11 @@
+"""Every live scenario, one module per family; bench/livelab.py runs them.
+
+Add a scenario: a `Scenario` in the family's module (or a new module listed here).
+"""
+
+from __future__ import annotations
+
+from bench.livelab import Scenario
+from bench.scenarios import classic
+
+SCENARIOS: list[Scenario] = [*classic.SCENARIOS]
