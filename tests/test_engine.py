@@ -125,21 +125,48 @@ def test_bursts_of_watched_flows_start_with_the_flow_and_after_a_silence() -> No
     e.packet(udp(10.6, X, 5002, A, 443))  # external originator
     e.packet(udp(10.7, A, 5003, B, 443))  # internal responder
     e.packet(udp(14.0, A, 5000, X, 443, n=70))  # 3.8 s of silence: the same burst
-    # a check-in 11 s later: the burst ends with its bytes, the next starts
+    # a check-in 11 s later: the burst ends with its bytes each way, the next starts (on a
+    # known flow: not new)
     e.packet(udp(25.0, A, 5000, X, 443, n=100))
     assert list(e.activity()) == [
-        (10.0, A, X, 443, None),
-        (14.0, A, X, 443, 80 + 80 + 70),
-        (25.0, A, X, 443, None),
+        (10.0, A, X, 443, None, True),
+        (14.0, A, X, 443, 80 + 70, 80),
+        (25.0, A, X, 443, None, False),
     ]
     assert len(e.activity()) == 0
     e.flush()  # the flow ends: so does its burst
-    assert list(e.activity()) == [(25.0, A, X, 443, 100)]
+    assert list(e.activity()) == [(25.0, A, X, 443, 100, 0)]
     e.configure(activity=True, activity_ignore={53}, activity_internal=True, internal_nets=NETS)
     e.packet(udp(30.0, A, 5004, B, 443))
     assert [r[2] for r in e.activity()] == [B]
     with pytest.raises(ValueError, match="activity_gap"):
         e.configure(activity=True, activity_gap=-1.0)
+
+
+def test_a_burst_ends_at_the_silence_not_when_the_session_expires() -> None:
+    """A check-in over TCP: its bytes each way are known once the link falls silent, long
+    before the idle session leaves the table (5 minutes)."""
+    e = Engine()
+    e.configure(activity=True, internal_nets=NETS, activity_gap=5.0)
+    e.packet(tcp(10.0, A, 40000, X, 443, 0x02))
+    e.packet(tcp(10.1, X, 443, A, 40000, 0x12))
+    e.packet(tcp(10.2, A, 40000, X, 443, 0x10, n=400))
+    assert list(e.activity()) == [(10.0, A, X, 443, None, True)]
+    e.tick(12.0)  # 1.8 s of silence: the burst goes on
+    assert len(e.activity()) == 0
+    e.tick(20.0)
+    assert list(e.activity()) == [(10.2, A, X, 443, 60 + 400, 60)]
+    assert len(e) == 1  # the session itself is still there
+    # TCP keep-alive probes and the close of the idle session are no check-ins (a
+    # keep-alive every 45 s would otherwise be a perfect timer)
+    for t in (55.0, 100.0):
+        e.packet(tcp(t, A, 40000, X, 443, 0x10))
+        e.packet(tcp(t + 0.1, X, 443, A, 40000, 0x10))
+    e.packet(tcp(150.0, A, 40000, X, 443, 0x11))
+    e.tick(200.0)
+    assert len(e.activity()) == 0
+    e.packet(tcp(210.0, A, 40000, X, 443, 0x18, b"x" * 240, n=300))  # data: a check-in
+    assert list(e.activity()) == [(210.0, A, X, 443, None, False)]
 
 
 def test_close_event_for_established_sessions_on_watched_ports() -> None:

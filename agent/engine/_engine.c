@@ -20,9 +20,12 @@
 #include "engine.h"
 #include "flows.h"
 #include "httpfilter.h"
+#include "authsvc.h"
 #include "scan.h"
+#include "sweep.h"
 #include "table.h"
 #include "walk.h"
+#include "journal.h"
 
 static PyObject *take_events(EngineObject *e)
 {
@@ -90,7 +93,10 @@ static void engine_dealloc(EngineObject *e)
     Py_XDECREF(e->events);
     PyMem_Free(e->bursts.items);
     Py_XDECREF(e->scan);
+    Py_XDECREF(e->sweep);
     dnsstat_free(e->dns);
+    auth_free(e);
+    journal_free(e->journal);
     if (e->http) {
         strs_free(&e->http->methods);
         strs_free(&e->http->headers);
@@ -116,28 +122,34 @@ PyDoc_STRVAR(configure_doc,
 "4 established sessions on close_ports, 8 TCP flows whose payloads went to the deep decoder;\n"
 "outcomes: whether attempt outcomes are events (the default) or only set on the flow;\n"
 "outcome_ports: TCP responder ports whose outcomes are events even without `outcomes`;\n"
-"scan: a Scan (net.portscan's state) every outcome is scored into, or None.");
+"scan: a Scan (net.portscan's state) every outcome is scored into, or None;\n"
+"sweep: a Sweep (net.discovery's state) every ARP and ICMP packet is counted into, or None.");
 
 static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
 {
     static char *kwl[] = {"pairs", "arp", "icmp", "signatures", "deep", "deep_tcp_ports",
                           "http_first", "close_ports", "activity", "activity_ignore",
                           "activity_internal", "internal_nets", "ends", "outcomes", "activity_gap",
-                          "outcome_ports", "scan", "pairs_want", NULL};
+                          "outcome_ports", "scan", "pairs_want", "sweep", NULL};
     int pairs = 0, arpu = 0, icmpu = 0, activity = 0, act_int = 0, ends = END_ALL, outcomes = 1;
     int pairs_want = 0;
     double gap = e->burst_gap;
     PyObject *sigs = Py_None, *deep = Py_None, *tcp_ports = Py_None, *close_ports = Py_None,
-             *act_ignore = Py_None, *nets = Py_None, *outcome_ports = Py_None, *scan = Py_None;
+             *act_ignore = Py_None, *nets = Py_None, *outcome_ports = Py_None, *scan = Py_None,
+             *sweep = Py_None;
     Py_buffer http = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pppOOOy*OpOpOipdOOi", kwl, &pairs, &arpu,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$pppOOOy*OpOpOipdOOiO", kwl, &pairs, &arpu,
                                      &icmpu, &sigs, &deep, &tcp_ports, &http, &close_ports,
                                      &activity, &act_ignore, &act_int, &nets, &ends, &outcomes,
-                                     &gap, &outcome_ports, &scan, &pairs_want))
+                                     &gap, &outcome_ports, &scan, &pairs_want, &sweep))
         return NULL;
     int ok = -1;
     if (scan != Py_None && (!PyObject_TypeCheck(scan, &ScanType) || !((struct ScanObject *)scan)->index)) {
         PyErr_SetString(PyExc_TypeError, "scan must be an initialised Scan or None");
+        goto done;
+    }
+    if (sweep != Py_None && (!PyObject_TypeCheck(sweep, &SweepType) || !((SweepObject *)sweep)->index)) {
+        PyErr_SetString(PyExc_TypeError, "sweep must be an initialised Sweep or None");
         goto done;
     }
     memset(e->http_first, 0, sizeof(e->http_first));
@@ -202,6 +214,7 @@ static PyObject *engine_configure(EngineObject *e, PyObject *args, PyObject *kw)
     e->ends = ends;
     e->outcomes_on = outcomes;
     Py_XSETREF(e->scan, scan == Py_None ? NULL : (struct ScanObject *)Py_NewRef(scan));
+    Py_XSETREF(e->sweep, sweep == Py_None ? NULL : (SweepObject *)Py_NewRef(sweep));
     ok = 0;
 done:
     if (http.buf) PyBuffer_Release(&http);
@@ -255,7 +268,7 @@ static PyObject *engine_packet(EngineObject *e, PyObject *p)
     memcpy(k.src, s, sl); memcpy(k.dst, d, dl);
     k.proto = o->proto; k.sport = o->sport; k.dport = o->dport; k.flags = o->flags;
     k.vlan = o->vlan; k.frag = o->frag; k.ttl = o->ttl; k.op = o->op;
-    k.payload = (const uint8_t *)pl; k.plen = pll;
+    k.payload = (const uint8_t *)pl; k.plen = k.dlen = pll;
     PyObject *flow = NULL;
     e->packets++;
     e->bytes += k.wirelen;
@@ -380,9 +393,9 @@ static PyMethodDef engine_methods[] = {
      "call, in the order of their last packets (src b'' : other sources, once the tick's "
      "table is full)"},
     {"activity", (PyCFunction)engine_activity, METH_NOARGS,
-     "activity() -> Records of (ts, src, dst, dport, bytes | None): watched flows' bursts started "
-     "(None) and ended (their bytes, both ways) since the last call, in order; src: the "
-     "originator"},
+     "activity() -> Records of watched flows' bursts since the last call, in order: started, "
+     "(ts, src, dst, dport, None, new: with a new flow, else after a silence on a known one), "
+     "and ended, (ts, src, dst, dport, bytes from src, bytes from dst); src: the originator"},
     {"stats", (PyCFunction)engine_stats, METH_NOARGS, "counters"},
     {"configure_dns", (PyCFunction)(void (*)(void))engine_configure_dns, METH_VARARGS | METH_KEYWORDS,
      "configure_dns(*, tunnel=settings|None, dga=settings|None, fresh=False, up=None, "
@@ -399,6 +412,29 @@ static PyMethodDef engine_methods[] = {
      "`methods`) without any of `headers` in their header block are counted, not handed "
      "up; headers empty: every request goes up"},
     {"get", (PyCFunction)engine_get, METH_O, "get(key) -> Flow | None"},
+    {"configure_auth", (PyCFunction)engine_configure_auth, METH_O,
+     "configure_auth(on): recognise authentication services by handshake on any port "
+     "(Flow.service), count their cleartext logon failures and record SSH packet sizes "
+     "(Flow.auth_failures, Flow.ssh_sizes), with EV_AUTH events and their sessions' "
+     "closes and ends (authsvc.h)"},
+    {"configure_journal", (PyCFunction)(void (*)(void))engine_configure_journal,
+     METH_VARARGS | METH_KEYWORDS,
+     "configure_journal(on, *, max_pending_dns=65536): the retro-hunt journal's records "
+     "(a connection per flow end, a DNS exchange per UDP query and its answer) kept for "
+     "journal_take(); off: dropped with the queries still waiting"},
+    {"journal_take", (PyCFunction)engine_journal_take, METH_VARARGS,
+     "journal_take(max, until) -> (items, n, next, keys, addresses, first, last, "
+     "connections, dns, dropped): up to `max` records (agent/hunt/journal.py FIELDS), "
+     "marshalled one after the other (format 2: a list's items), n of them, "
+     "stopping before the first whose time is `until` or later; next: that record's time, "
+     "None when all were taken; the taken records' index keys (agent/hunt/segment.py key "
+     "and domain_keys) and packed addresses (sets), their first and last times and "
+     "counts; records dropped so far (buffer full)"},
+    {"journal_expire", (PyCFunction)engine_journal_expire, METH_O,
+     "journal_expire(before): DNS queries asked at `before` or earlier, still unanswered, "
+     "become records (rcode -1)"},
+    {"auth_stats", (PyCFunction)engine_auth_stats, METH_NOARGS,
+     "{recognised: {service: flows}, ssh_dropped: SSH records reused before their flow ended}"},
     {NULL},
 };
 
@@ -456,6 +492,10 @@ static PyMethodDef mod_methods[] = {
     {"parse_dns", mod_parse_dns, METH_VARARGS,
      "parse_dns(payload, tcp=False) -> (id, qr, opcode, rcode, qname, qtype, qdcount, "
      "ancount, answer_types, truncated) | malformed reason | None"},
+    {"index_arrays", journal_index_arrays, METH_VARARGS,
+     "index_arrays(blocks, probes) -> (keys, starts, postings, bloom): a journal segment's "
+     "index (agent/hunt/segment.py) from each block's set of keys, as the bytes of its "
+     "arrays (u64 sorted keys, u32 starts, u32 block numbers) and its Bloom filter"},
     {NULL},
 };
 
@@ -465,7 +505,7 @@ PyMODINIT_FUNC PyInit__engine(void)
 {
     if (decode_ready() < 0 || flows_ready() < 0 || PyType_Ready(&RecordsType) < 0 ||
         PyType_Ready(&EngineType) < 0 || PyType_Ready(&TableType) < 0 ||
-        PyType_Ready(&ScanType) < 0)
+        PyType_Ready(&ScanType) < 0 || PyType_Ready(&SweepType) < 0)
         return NULL;
 #ifdef M_MMAP_THRESHOLD
     /* The flow table and detector tables grow by reallocation: glibc would raise its
@@ -481,18 +521,21 @@ PyMODINIT_FUNC PyInit__engine(void)
     PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType);
     PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType);
     PyModule_AddObjectRef(m, "Scan", (PyObject *)&ScanType);
+    PyModule_AddObjectRef(m, "Sweep", (PyObject *)&SweepType);
     PyModule_AddObjectRef(m, "Records", (PyObject *)&RecordsType);
     /* Every number Python shares with the C side, defined once (engine.h, scan.h, walk.h,
      * decode.h) and read from here by agent.engine. */
     static const struct { const char *name; long value; } consts[] = {
 #define C(name) {#name, name}
         C(EV_OUTCOME), C(EV_END), C(EV_PACKET), C(EV_CLOSE), C(EV_DNS), C(EV_SCAN),
-        C(EV_DNS_TUNNEL), C(EV_DGA),
+        C(EV_DNS_TUNNEL), C(EV_DGA), C(EV_SWEEP), C(EV_AUTH),
+        C(SWEEP_ARP), C(SWEEP_ECHO), C(SWEEP_TIMESTAMP), C(SWEEP_MASK), C(SWEEP_ND),
         C(END_ALL), C(END_UNRESOLVED), C(END_SESSIONS), C(END_DEEP),
         C(PAIRS_FLOODS), C(PAIRS_OUTBOUND),
         C(PAIR_SYN), C(PAIR_TCP), C(PAIR_UDP), C(PAIR_ICMP), C(PAIR_ICMP_ERROR), C(PAIR_OTHER),
         C(S_ATTEMPT), C(S_PROBE), C(S_ESTABLISHED), C(S_REJECTED), C(S_MIDSTREAM), C(S_CLOSED),
         C(STYLE_FIN), C(STYLE_NULL), C(STYLE_OTHER), C(STYLE_SYN), C(STYLE_UDP), C(STYLE_XMAS),
+        C(STYLE_ACK), C(STYLE_MAIMON), C(STYLE_PROTO), C(STYLE_SCTP),
         C(WALK_DONE), C(WALK_TICK), C(WALK_EVENTS), C(WALK_TRUNCATED), C(WALK_BAD_LENGTH),
         C(P_ARP),
 #undef C
@@ -505,5 +548,8 @@ PyMODINIT_FUNC PyInit__engine(void)
     PyObject *reasons = PyTuple_New(N_REASONS);
     for (size_t i = 0; i < N_REASONS; i++) PyTuple_SET_ITEM(reasons, i, PyUnicode_FromString(REASONS[i]));
     PyModule_AddObject(m, "REASONS", reasons);
+    PyObject *services = PyTuple_New(N_SVC); /* Flow.service names (authsvc.h) */
+    for (size_t i = 0; i < N_SVC; i++) PyTuple_SET_ITEM(services, i, PyUnicode_FromString(SERVICE_NAMES[i]));
+    PyModule_AddObject(m, "SERVICES", services);
     return m;
 }

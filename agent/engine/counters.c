@@ -102,8 +102,10 @@ int pair_add(EngineObject *e, pkt_t *k)
     return pair_count(e, &key, k, 1) < 0 ? -1 : 0;
 }
 
-/* A watched flow's burst starts, (ts, src, dst, dport, None), or ends, (ts, src, dst,
- * dport, bytes), with the originator as src: one list, in the order they happened. */
+/* A watched flow's burst starts, (ts, src, dst, dport, None, new flow), or ends, (ts,
+ * src, dst, dport, bytes from the originator, bytes from the responder), with the
+ * originator as src: one list, in the order they happened. `start`: 0 an end, 1 a start
+ * with a new flow, 2 a start after a silence on a known one. */
 int burst_record(EngineObject *e, flow_t *f, double ts, int start)
 {
     burst_t *b = recbuf_push(&e->bursts);
@@ -115,7 +117,8 @@ int burst_record(EngineObject *e, flow_t *f, double ts, int start)
     b->dport = f->rev ? f->k.ap : f->k.bp;
     b->ts = ts;
     b->start = start;
-    b->bytes = f->burst_bytes;
+    b->bytes_o = f->burst_o;
+    b->bytes_r = f->burst_r;
     return 0;
 }
 
@@ -123,10 +126,12 @@ static PyObject *burst_tuple(const void *rec)
 {
     const burst_t *b = rec;
     if (b->start)
-        return Py_BuildValue("(dy#y#iO)", b->ts, b->src, (Py_ssize_t)b->alen, b->dst,
-                             (Py_ssize_t)b->alen, (int)b->dport, Py_None);
-    return Py_BuildValue("(dy#y#iK)", b->ts, b->src, (Py_ssize_t)b->alen, b->dst,
-                         (Py_ssize_t)b->alen, (int)b->dport, (unsigned long long)b->bytes);
+        return Py_BuildValue("(dy#y#iOO)", b->ts, b->src, (Py_ssize_t)b->alen, b->dst,
+                             (Py_ssize_t)b->alen, (int)b->dport, Py_None,
+                             b->start == 1 ? Py_True : Py_False);
+    return Py_BuildValue("(dy#y#iII)", b->ts, b->src, (Py_ssize_t)b->alen, b->dst,
+                         (Py_ssize_t)b->alen, (int)b->dport, (unsigned int)b->bytes_o,
+                         (unsigned int)b->bytes_r);
 }
 
 static PyObject *pair_tuple(const void *rec)

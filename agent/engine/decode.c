@@ -48,6 +48,7 @@ static int l4(pkt_t *k, const uint8_t *f, Py_ssize_t flen, Py_ssize_t p, Py_ssiz
         /* Header cut by the snaplen: ports and flags are still worth having. */
         k->payload = f + q;
         k->plen = q <= end ? end - q : 0;
+        k->dlen = ipend > q ? ipend - q : 0;
     } else if (k->proto == 17) {
         if (end - p < 8) return R_UDP_TRUNC;
         k->sport = u16(f + p);
@@ -70,6 +71,7 @@ static int l4(pkt_t *k, const uint8_t *f, Py_ssize_t flen, Py_ssize_t p, Py_ssiz
         k->payload = f + p;
         k->plen = end > p ? end - p : 0;
     }
+    if (k->proto != 6 || k->frag == 2) k->dlen = k->plen;
     return 0;
 }
 

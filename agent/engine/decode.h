@@ -28,6 +28,8 @@ typedef struct {
     int sport, dport, flags, vlan, frag, ttl, op;
     const uint8_t *payload;
     Py_ssize_t plen;
+    Py_ssize_t dlen; /* payload bytes the datagram carries, captured or not (a snaplen cuts
+                      * plen, not dlen) */
     const uint8_t *smac, *dmac; /* 6 bytes each, or NULL */
 } pkt_t;
 

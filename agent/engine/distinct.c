@@ -39,3 +39,13 @@ int hset_add(hset_t *s, uint64_t x)
     s->n++;
     return 1;
 }
+
+int hset_has(const hset_t *s, uint64_t x)
+{
+    if (!x) x = 1;
+    if (!s->cap) return 0;
+    uint32_t m = s->cap - 1;
+    for (uint32_t i = hset_home(x, m); s->items[i]; i = (i + 1) & m)
+        if (s->items[i] == x) return 1;
+    return 0;
+}

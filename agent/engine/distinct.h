@@ -28,5 +28,7 @@ static inline uint64_t hset_len(const hset_t *s) { return (uint64_t)s->n + s->ov
 
 /* 1 if new (remembered, or counted past the limit), 0 if seen, -1 out of memory. */
 int hset_add(hset_t *s, uint64_t x);
+/* 1 if remembered (items counted past the limit are not), else 0. */
+int hset_has(const hset_t *s, uint64_t x);
 
 #endif

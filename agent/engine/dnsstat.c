@@ -13,6 +13,7 @@
 #include "distinct.h"
 #include "dnsmsg.h"
 #include "flows.h"
+#include "journal.h"
 
 #define DNS_NAME_BUF (DNS_MAX_NAME + 64)
 
@@ -507,6 +508,7 @@ int dns_udp(EngineObject *e, pkt_t *k, uint32_t slot, int want_pkt)
     } else {
         s->decoded++;
         if (dnsstat_message(e, s, k, &m) < 0) return -1;
+        if (e->journal) journal_dns(e, k, &m);
     }
     if (!s->up) return 0;
     PyObject *py = flow_py(e, slot);

@@ -16,8 +16,11 @@
  *   counters.c   what a tick counted: pairs and bursts (handed out as Records, records.c)
  *   dnsmsg.c     DNS messages read; dnsstat.c counts them for net.dns_tunnel, net.dga
  *   httpfilter.c HTTP requests no reader needs, counted instead of handed up
- *   scan.c       net.portscan's state (Scan); table.c per-key numbers (Table);
+ *   authsvc.c    authentication services by handshake, their logon failures, SSH sizes
+ *   scan.c       net.portscan's state (Scan); sweep.c net.discovery's (Sweep);
+ *                table.c per-key numbers (Table);
  *                distinct.c bounded distinct counting; settings.c settings read from Python
+ *   journal.c    the retro-hunt journal's connection and DNS records (agent/hunt)
  *   _engine.c    the module: the Engine type, module functions, the constants exported
  */
 #ifndef ENGINE_ENGINE_H
@@ -46,8 +49,10 @@
 /* TCP states (Flow.state; agent.flows.table) */
 enum { S_ATTEMPT, S_PROBE, S_ESTABLISHED, S_REJECTED, S_MIDSTREAM, S_CLOSED };
 /* Event codes: the first item of each events() tuple. 5: portscan reports (scan.c); 6 and
- * 7: records counted in dnsstat.c */
-enum { EV_OUTCOME, EV_END, EV_PACKET, EV_CLOSE, EV_DNS, EV_SCAN, EV_DNS_TUNNEL, EV_DGA };
+ * 7: records counted in dnsstat.c; 8: discovery reports (sweep.c); 9: logon attempts seen
+ * in a session of a recognised authentication service (authsvc.c) */
+enum { EV_OUTCOME, EV_END, EV_PACKET, EV_CLOSE, EV_DNS, EV_SCAN, EV_DNS_TUNNEL, EV_DGA, EV_SWEEP,
+       EV_AUTH };
 /* Classes of the pairs() records (on_pairs, agent.detect.base) */
 enum { PAIR_SYN, PAIR_TCP, PAIR_UDP, PAIR_ICMP, PAIR_ICMP_ERROR, PAIR_OTHER };
 /* Which flow ends Python hears of (configure(ends=...)): most flows of a scan or of DNS
@@ -59,7 +64,7 @@ enum { PAIRS_FLOODS = 1, PAIRS_OUTBOUND = 2 };
 
 /* C only: indexes of the outcome and stealth strings Flow shows (flows.c) */
 enum { O_NONE, O_SUCCESS, O_REJECTED, O_UNANSWERED };
-enum { ST_NONE, ST_NULL, ST_FIN, ST_XMAS, ST_OTHER };
+enum { ST_NONE, ST_NULL, ST_FIN, ST_XMAS, ST_OTHER, ST_ACK, ST_MAIMON };
 
 typedef struct {
     uint8_t a[16], b[16]; /* a: the lower endpoint */
@@ -75,7 +80,13 @@ typedef struct {
     uint8_t used, rev, state, outcome, stealth, itype, icode, closed, watch;
     uint8_t credit[2]; /* payload packets still handed up per direction (reassembly) */
     uint8_t deep_seen; /* a TCP payload went up to the deep decoder (it may keep state) */
-    uint64_t burst_bytes; /* watched flows: bytes since the current burst started */
+    uint8_t svc, auth, fails; /* authsvc.c: service recognised, AUTH_* bits, logon failures */
+    uint32_t sshrec; /* authsvc.c: its SSH size record + 1, or 0 */
+    /* watched flows: whether a burst is open, and its bytes so far from the originator
+     * and from the responder (saturating: 4 GB in one burst is a transfer however
+     * counted) */
+    uint32_t burst_o, burst_r;
+    uint8_t in_burst;
     PyObject *py; /* borrowed: the Flow object while Python holds one, else NULL */
 } flow_t;
 
@@ -89,10 +100,11 @@ typedef struct {
     double last;
 } pair_t;
 
-/* A watched flow's burst, started (bytes unknown yet) or ended. */
+/* A watched flow's burst, started (bytes unknown yet; `start` 1 with a new flow, 2 on a
+ * known one after a silence) or ended (its bytes each way). */
 typedef struct {
     double ts;
-    uint64_t bytes;
+    uint32_t bytes_o, bytes_r;
     uint8_t src[16], dst[16];
     uint8_t alen, start;
     uint16_t dport;
@@ -119,6 +131,7 @@ struct EngineObject {
     /* events for Python */
     PyObject *events;
     struct ScanObject *scan; /* net.portscan's state (scan.c), or NULL */
+    struct SweepObject *sweep; /* net.discovery's state (sweep.c), or NULL */
     uint8_t outcome_ports[8192]; /* TCP responder ports whose outcomes are events anyway */
     /* taps */
     int pairs_on, activity_on, arp_up, icmp_up, deep_on, ends, outcomes_on;
@@ -141,6 +154,8 @@ struct EngineObject {
     double last_ts;
     struct dnsstat_s *dns; /* DNS counting for net.dns_tunnel and net.dga (dnsstat.c) */
     struct httpf_s *http;  /* HTTP requests no reader needs (httpfilter.c) */
+    struct authsvc_s *auth; /* services by handshake, SSH sizes (authsvc.c), or NULL: off */
+    struct journal_s *journal; /* the retro-hunt journal's records (journal.c), or NULL: off */
 };
 
 
@@ -161,7 +176,8 @@ static inline int is_unicast(const uint8_t *a, int alen)
     return a[0] != 0xFF;
 }
 
-/* Internal addresses, IPv4-mapped IPv6 read as IPv4 (as nets.is_internal does). */
+/* Inside addresses (`internal_nets`: the built-in and configured ranges of agent/inside.py),
+ * IPv4-mapped IPv6 read as IPv4 (as Inside.is_internal does). */
 static inline int in_nets(EngineObject *e, const uint8_t *a, int alen)
 {
     uint8_t v4[4];

@@ -5,10 +5,13 @@
  */
 #include "flows.h"
 
+#include "authsvc.h"
 #include "counters.h"
 #include "dnsstat.h"
 #include "httpfilter.h"
+#include "journal.h"
 #include "scan.h"
+#include "sweep.h"
 
 /* Flow objects read the engine's slot while the flow lives and their own copy after. */
 struct FlowObject {
@@ -21,9 +24,16 @@ struct FlowObject {
     double first, last;
     unsigned long long pkts_o, pkts_r, bytes_o, bytes_r;
     int state, outcome, stealth, closed;
+    int svc, fails; /* authsvc.c */
+    PyObject *ssh_sizes; /* authsvc.c: the copy of its SSH record, or NULL */
 };
 
-static PyObject *OUTCOME_STR[4], *STEALTH_STR[5];
+static PyObject *OUTCOME_STR[4], *STEALTH_STR[7];
+
+static inline uint32_t sat_add32(uint32_t a, uint32_t b)
+{
+    return a > UINT32_MAX - b ? UINT32_MAX : a + b;
+}
 
 static inline flow_t *flow_live(FlowObject *o)
 {
@@ -41,6 +51,11 @@ void flow_detach(FlowObject *o)
         o->bytes_o = f->bytes_o; o->bytes_r = f->bytes_r;
         o->state = f->state; o->outcome = f->outcome; o->stealth = f->stealth;
         o->closed = f->closed;
+        o->svc = f->svc; o->fails = f->fails;
+        if (f->sshrec && !o->ssh_sizes) {
+            o->ssh_sizes = auth_ssh_sizes(o->eng, o->slot);
+            if (!o->ssh_sizes) PyErr_Clear(); /* out of memory: the getter shows none */
+        }
     }
     o->eng = NULL;
 }
@@ -62,6 +77,8 @@ PyObject *flow_py(EngineObject *e, uint32_t slot)
     o->rev = f->rev;
     o->isport = f->itype;
     o->idport = f->icode;
+    o->svc = o->fails = 0;
+    o->ssh_sizes = NULL;
     o->key = Py_BuildValue("(iiy#iy#i)", f->k.proto, f->k.vlan, f->k.a, (Py_ssize_t)f->k.alen,
                            f->k.ap, f->k.b, (Py_ssize_t)f->k.alen, f->k.bp);
     if (!o->key) { o->eng = NULL; Py_DECREF(o); return NULL; }
@@ -76,6 +93,7 @@ static void flow_dealloc(FlowObject *o)
         if (f->py == (PyObject *)o) f->py = NULL;
     }
     Py_XDECREF(o->key);
+    Py_XDECREF(o->ssh_sizes);
     PyObject_Free(o);
 }
 
@@ -103,6 +121,21 @@ static PyObject *flow_get_stealth(FlowObject *o, void *c)
 {
     flow_t *f = flow_live(o);
     return Py_NewRef(STEALTH_STR[f ? f->stealth : o->stealth]);
+}
+static PyObject *flow_get_service(FlowObject *o, void *c)
+{
+    flow_t *f = flow_live(o);
+    return PyUnicode_FromString(SERVICE_NAMES[f ? f->svc : o->svc]);
+}
+static PyObject *flow_get_auth_failures(FlowObject *o, void *c)
+{
+    flow_t *f = flow_live(o);
+    return PyLong_FromLong(f ? f->fails : o->fails);
+}
+static PyObject *flow_get_ssh_sizes(FlowObject *o, void *c)
+{
+    if (flow_live(o)) return auth_ssh_sizes(o->eng, o->slot);
+    return o->ssh_sizes ? Py_NewRef(o->ssh_sizes) : PyTuple_New(0);
 }
 static PyObject *flow_get_key(FlowObject *o, void *c) { return Py_NewRef(o->key); }
 static PyObject *flow_get_proto(FlowObject *o, void *c) { return PyLong_FromLong(o->proto); }
@@ -147,6 +180,12 @@ static PyGetSetDef flow_getset[] = {
      "a FIN or RST of the established session went to on_close (close_ports)"},
     {"outcome", (getter)flow_get_outcome, NULL, "success, rejected, unanswered or ''"},
     {"stealth", (getter)flow_get_stealth, NULL, "null, fin, xmas, other or ''"},
+    {"service", (getter)flow_get_service, NULL,
+     "authentication service recognised by its handshake (authsvc.h SERVICES) or ''"},
+    {"auth_failures", (getter)flow_get_auth_failures, NULL,
+     "failed logons the server answered in clear (MySQL, PostgreSQL, LDAP, Kerberos)"},
+    {"ssh_sizes", (getter)flow_get_ssh_sizes, NULL,
+     "SSH: sizes of the first payloads after each side's NEWKEYS, + client, - server"},
     {NULL},
 };
 
@@ -171,9 +210,9 @@ int flows_ready(void)
 {
     if (PyType_Ready(&FlowType) < 0) return -1;
     const char *outs[] = {"", "success", "rejected", "unanswered"};
-    const char *sts[] = {"", "null", "fin", "xmas", "other"};
+    const char *sts[] = {"", "null", "fin", "xmas", "other", "ack", "maimon"};
     for (int i = 0; i < 4; i++) OUTCOME_STR[i] = PyUnicode_InternFromString(outs[i]);
-    for (int i = 0; i < 5; i++) STEALTH_STR[i] = PyUnicode_InternFromString(sts[i]);
+    for (int i = 0; i < 7; i++) STEALTH_STR[i] = PyUnicode_InternFromString(sts[i]);
     return 0;
 }
 
@@ -287,7 +326,7 @@ static int end_wanted(EngineObject *e, flow_t *f)
     if (m & END_ALL) return 1;
     if ((m & END_UNRESOLVED) && !f->outcome) return 1;
     if ((m & END_SESSIONS) && f->state == S_ESTABLISHED && !f->closed &&
-        bit(e->close_ports, f->rev ? f->k.ap : f->k.bp))
+        (bit(e->close_ports, f->rev ? f->k.ap : f->k.bp) || (e->auth && f->svc)))
         return 1;
     return (m & END_DEEP) && f->deep_seen;
 }
@@ -295,6 +334,7 @@ static int end_wanted(EngineObject *e, flow_t *f)
 static int end_record(EngineObject *e, uint32_t slot)
 {
     flow_t *f = &e->slots[slot];
+    if (e->journal) journal_conn(e, f);
     if (end_wanted(e, f) && emit_flow(e, EV_END, slot) < 0) return -1;
     if (f->py) { /* the event, or whoever kept it, holds it: it keeps the final values */
         flow_detach((FlowObject *)f->py);
@@ -306,10 +346,11 @@ static int end_record(EngineObject *e, uint32_t slot)
 int free_flow(EngineObject *e, uint32_t slot)
 {
     /* a burst ends with its flow (not at the active timeout: the session goes on) */
-    if (e->slots[slot].watch && e->slots[slot].burst_bytes &&
+    if (e->slots[slot].in_burst && (e->slots[slot].burst_o || e->slots[slot].burst_r) &&
         burst_record(e, &e->slots[slot], e->slots[slot].last, 0) < 0)
         return -1;
     if (end_record(e, slot) < 0) return -1;
+    auth_forget(e, slot);
     flow_t *f = &e->slots[slot];
     index_remove(e, slot);
     if (f->older != NIL) e->slots[f->older].newer = f->newer; else e->oldest = f->newer;
@@ -362,6 +403,10 @@ static int stealth_kind(int flags)
     if (f == FIN) return ST_FIN;
     if ((f & (FIN | PSH | URG)) == (FIN | PSH | URG) && !(f & (SYN | ACK | RST))) return ST_XMAS;
     if (!(f & (SYN | ACK | RST))) return ST_OTHER;
+    /* a lone ACK or FIN/ACK opening a flow: an ACK/Window or Maimon probe, or a session
+     * begun before the capture (told apart by the answer: only a probe gets an RST) */
+    if (f == ACK) return ST_ACK;
+    if (f == (FIN | ACK)) return ST_MAIMON;
     return ST_NONE;
 }
 
@@ -401,7 +446,7 @@ static int icmp_unreachable(EngineObject *e, pkt_t *k)
     const uint8_t *src, *dst, *l4p;
     int proto, alen;
     Py_ssize_t l4n;
-    if (k->proto == 1 && k->sport == 3 && n >= 28 && q[0] >> 4 == 4) {
+    if (k->proto == 1 && k->sport == 3 && n >= 20 && q[0] >> 4 == 4) { /* a header may come alone */
         int ihl = (q[0] & 15) * 4;
         proto = q[9]; src = q + 12; dst = q + 16; alen = 4;
         l4p = q + ihl; l4n = n - ihl;
@@ -409,7 +454,12 @@ static int icmp_unreachable(EngineObject *e, pkt_t *k)
         proto = q[6]; src = q + 8; dst = q + 24; alen = 16;
         l4p = q + 40; l4n = n - 40;
     } else return 0;
-    if ((proto != 6 && proto != 17) || l4n < 4) return 0;
+    if (proto != 6 && proto != 17) /* an IP protocol or SCTP probe, refused by its target */
+        return e->scan && k->proto == 1 && k->dport == 2 && memcmp(k->src, dst, 4) == 0
+                   ? scan_refused(e->scan, e->events, src, dst, alen, proto,
+                                  proto == 132 && l4n >= 4 ? u16(l4p + 2) : 0, k->ts)
+                   : 0;
+    if (l4n < 4) return 0;
     flow_key(&key, proto, k->vlan, alen, src, u16(l4p), dst, u16(l4p + 2), 1);
     uint32_t pos, h = key_hash(&key);
     uint32_t s = lookup(e, &key, h, &pos);
@@ -425,6 +475,9 @@ int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
     int proto = k->proto;
     if (k->ts > e->last_ts) e->last_ts = k->ts;
     if (e->pairs_on && k->ver && pair_add(e, k) < 0) return -1;
+    if (e->sweep && (proto == P_ARP || proto == 1 || proto == 58) &&
+        sweep_packet(e->sweep, e->events, k) < 0)
+        return -1;
     if (proto == P_ARP) return e->arp_up ? handup(e, k, NULL, 1) : 0;
     int tcpudp = proto == 6 || proto == 17, icmp = proto == 1 || proto == 58;
     int want_pkt = (icmp && e->icmp_up) || (tcpudp && k->plen && e->nsigs && sig_match(e, k));
@@ -487,23 +540,33 @@ int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
             if ((fl & SYN) && !(fl & ACK)) {
                 f->state = S_ATTEMPT;
                 if (pend_push(e, k->ts + e->attempt_timeout, slot) < 0) return -1;
-            } else if ((st = stealth_kind(fl))) {
+            } else if ((st = stealth_kind(fl)) && (st < ST_ACK || !k->plen)) {
                 f->state = S_PROBE;
                 f->stealth = st;
-                if (pend_push(e, k->ts + e->attempt_timeout, slot) < 0) return -1;
+                /* ACK and FIN/ACK count only when reset: unanswered, they are as likely
+                 * the tail of a session whose other half this link does not carry */
+                if (st < ST_ACK && pend_push(e, k->ts + e->attempt_timeout, slot) < 0) return -1;
             }
         }
-        if (f->watch && burst_record(e, f, k->ts, 1) < 0) return -1;
-    } else if (e->slots[slot].watch && k->ts - e->slots[slot].last > e->burst_gap) {
-        /* a silence: the burst ends and this packet starts the next (a check-in on a
-         * long-lived session) */
+        if (f->watch) {
+            if (burst_record(e, f, k->ts, 1) < 0) return -1;
+            f->in_burst = 1;
+        }
+    } else if (e->slots[slot].watch) {
         flow_t *w = &e->slots[slot];
-        if (w->burst_bytes && burst_record(e, w, w->last, 0) < 0) return -1;
-        w->burst_bytes = 0;
-        if (burst_record(e, w, k->ts, 1) < 0) return -1;
+        if (w->in_burst && k->ts - w->last > e->burst_gap) { /* a silence ends the burst */
+            if ((w->burst_o || w->burst_r) && burst_record(e, w, w->last, 0) < 0) return -1;
+            w->burst_o = w->burst_r = 0;
+            w->in_burst = 0;
+        }
+        /* data starts the next (a check-in on a long-lived session); a bare TCP segment
+         * (a keep-alive probe, the FIN of an idle session) is no check-in */
+        if (!w->in_burst && (k->dlen || proto == 17)) {
+            if (burst_record(e, w, k->ts, 2) < 0) return -1;
+            w->in_burst = 1;
+        }
     }
     flow_t *f = &e->slots[slot];
-    if (f->watch) f->burst_bytes += k->wirelen;
     f->last = k->ts;
     /* From the originator: sent from the originator's end of the key (and, for ICMP,
      * with the type the flow began with). */
@@ -512,10 +575,12 @@ int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
         dir = 0;
         f->pkts_o++;
         f->bytes_o += k->wirelen;
+        if (f->in_burst) f->burst_o = sat_add32(f->burst_o, k->wirelen);
     } else {
         dir = 1;
         f->pkts_r++;
         f->bytes_r += k->wirelen;
+        if (f->in_burst) f->burst_r = sat_add32(f->burst_r, k->wirelen);
         if (!f->outcome) {
             if (proto == 6) {
                 int fl = k->flags;
@@ -525,16 +590,20 @@ int process(EngineObject *e, pkt_t *k, PyObject **flow_out)
                 } else if ((f->state == S_ATTEMPT || f->state == S_PROBE) && (fl & RST)) {
                     f->state = S_REJECTED;
                     if (emit_outcome(e, slot, O_REJECTED, k->ts) < 0) return -1;
+                } else if (f->state == S_PROBE && f->stealth >= ST_ACK) {
+                    f->state = S_MIDSTREAM; /* answered as a session is: it was one */
                 }
             } else if (proto == 17) {
                 if (emit_outcome(e, slot, O_SUCCESS, k->ts) < 0) return -1;
             }
         }
     }
+    if (e->auth && k->plen && tcpudp && auth_wants(f, dir) && auth_packet(e, slot, k, dir) < 0)
+        return -1;
     f = &e->slots[slot];
     if (proto == 6 && (k->flags & (FIN | RST)) && f->state == S_ESTABLISHED && !f->closed) {
         int rport = f->rev ? f->k.ap : f->k.bp;
-        if (bit(e->close_ports, rport)) {
+        if (bit(e->close_ports, rport) || (e->auth && f->svc)) {
             f->closed = 1;
             PyObject *py = flow_py(e, slot);
             if (!py || emit(e, Py_BuildValue("(iNd)", EV_CLOSE, py, k->ts)) < 0) return -1;
@@ -619,6 +688,12 @@ int do_tick(EngineObject *e, double now)
         if (now - f->last > limit) {
             if (free_flow(e, s) < 0) return -1;
             e->expired++;
+        } else if (f->in_burst && now - f->last > e->burst_gap) {
+            /* a silence ends the burst: its bytes are known now, not when an idle TCP
+             * session expires minutes later */
+            if ((f->burst_o || f->burst_r) && burst_record(e, f, f->last, 0) < 0) return -1;
+            f->burst_o = f->burst_r = 0;
+            f->in_burst = 0;
         }
         s = nx;
     }

@@ -17,7 +17,8 @@
 #include "engine.h"
 
 #define SCAN_CAP 65536 /* items a distinct set remembers; past it, counted only */
-static const uint8_t STEALTH_STYLE[] = {0, STYLE_NULL, STYLE_FIN, STYLE_XMAS, STYLE_OTHER};
+static const uint16_t STEALTH_STYLE[] = {0, STYLE_NULL, STYLE_FIN, STYLE_XMAS, STYLE_OTHER,
+                                         STYLE_ACK, STYLE_MAIMON};
 
 /* Made at a source's second target, or when it is flagged: most sources only ever
  * contact one service and never need it. */
@@ -36,7 +37,8 @@ typedef struct scan_src {
     uint32_t failed, succeeded, stealth; /* first contacts, saturating: 80 B a source */
     uint32_t first_port; /* without ext: the one target's port */
     uint32_t hash, older, newer; /* creation order, oldest forgotten first at the bound */
-    uint8_t alen, styles, flagged, used;
+    uint16_t styles;
+    uint8_t alen, flagged, used;
 } scan_src_t;
 
 static inline uint64_t host_hash(const uint8_t *p, size_t n)
@@ -275,9 +277,14 @@ int scan_outcome(ScanObject *s, PyObject *events, const uint8_t *src, const uint
         return 0;
     }
     if (x->failed != UINT32_MAX) x->failed++;
-    x->llr += s->ln_fail;
-    x->styles |= stealth ? STEALTH_STYLE[stealth] : proto == 17 ? STYLE_UDP : STYLE_SYN;
-    if (stealth && x->stealth != UINT32_MAX) x->stealth++;
+    /* An RST to a lone ACK or FIN/ACK says only that no such session exists: stale ones
+     * (a host back from sleep) get it too, so those count towards fan-out alone. */
+    int reset_only = stealth == ST_ACK || stealth == ST_MAIMON;
+    if (!reset_only) x->llr += s->ln_fail;
+    x->styles |= stealth ? STEALTH_STYLE[stealth]
+                 : proto == 6 ? STYLE_SYN : proto == 17 ? STYLE_UDP
+                 : proto == 132 ? STYLE_SCTP : STYLE_PROTO;
+    if (stealth && !reset_only && x->stealth != UINT32_MAX) x->stealth++;
     int was = x->flagged;
     if (!was) {
         if (!(x->llr >= s->ln_upper || src_ports(x) >= s->fanout_ports ||
@@ -297,6 +304,12 @@ int scan_outcome(ScanObject *s, PyObject *events, const uint8_t *src, const uint
     r = PyList_Append(events, ev);
     Py_DECREF(ev);
     return r;
+}
+
+int scan_refused(ScanObject *s, PyObject *events, const uint8_t *src, const uint8_t *dst,
+                 int alen, int proto, int dport, double ts)
+{
+    return scan_outcome(s, events, src, dst, alen, proto, dport, ST_NONE, 0, ts);
 }
 
 /* Flagged sources with pending probes last reported at or before `before`, in creation

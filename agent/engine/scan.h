@@ -22,7 +22,8 @@
 #include "settings.h"
 #include "table.h"
 
-enum { STYLE_FIN = 1, STYLE_NULL = 2, STYLE_OTHER = 4, STYLE_SYN = 8, STYLE_UDP = 16, STYLE_XMAS = 32 };
+enum { STYLE_FIN = 1, STYLE_NULL = 2, STYLE_OTHER = 4, STYLE_SYN = 8, STYLE_UDP = 16, STYLE_XMAS = 32,
+       STYLE_ACK = 64, STYLE_MAIMON = 128, STYLE_PROTO = 256, STYLE_SCTP = 512 };
 
 typedef struct ScanObject {
     PyObject_HEAD
@@ -46,5 +47,9 @@ extern PyTypeObject ScanType;
  * (EV_SCAN, record). -1 on error. */
 int scan_outcome(ScanObject *s, PyObject *events, const uint8_t *src, const uint8_t *dst,
                  int alen, int proto, int dport, int stealth, int success, double ts);
+/* A probe of another IP protocol (nmap -sO), or SCTP (-sY, `dport` its port), that its
+ * target refused (ICMP protocol unreachable): a failed first contact. */
+int scan_refused(ScanObject *s, PyObject *events, const uint8_t *src, const uint8_t *dst,
+                 int alen, int proto, int dport, double ts);
 
 #endif
