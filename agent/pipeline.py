@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.aggregate import Aggregator
-from agent.anonymise.policy import BUILTIN_INTERNAL, Anonymiser, Finding
+from agent.anonymise.policy import Anonymiser, Finding
 from agent.capture.pcapfile import MAX_CAPLEN, PcapLayout, PcapngLayout, ReadStats, iter_pcapng
 from agent.decode import DecodeStats
 from agent.decode.deep import (
@@ -35,12 +35,14 @@ from agent.engine import (
     END_DEEP,
     END_SESSIONS,
     END_UNRESOLVED,
+    EV_AUTH,
     EV_CLOSE,
     EV_DNS,
     EV_END,
     EV_OUTCOME,
     EV_PACKET,
     EV_SCAN,
+    EV_SWEEP,
     PAIRS_FLOODS,
     PAIRS_OUTBOUND,
     WALK_BAD_LENGTH,
@@ -50,8 +52,10 @@ from agent.engine import (
     WALK_TRUNCATED,
     Engine,
     Scan,
+    Sweep,
 )
 from agent.host.intel import IntelFile
+from agent.inside import BUILTIN, Inside
 from agent.selfguard import sample_rate
 from common import logs
 from common.files import write_atomic
@@ -62,10 +66,8 @@ log = logs.get("agent.pipeline")
 TICK_INTERVAL = 1.0
 SAVE_LEARNED_SECONDS = 300.0  # how much learning a crash can lose
 HOST_QUEUE = 16  # host samples waiting for a tick; the sampler counts what did not fit
+LOG_QUEUE = 64  # batches of log events waiting for a tick; the log reader waits when full
 EVENTS_PER_BATCH = 4096  # events the engine queues before Python handles them
-# The engine classifies internal addresses for the activity counters with the same
-# built-in ranges detectors use (agent/detect/nets.py).
-_INTERNAL_NETS = [(n.network_address.packed, n.prefixlen) for n in BUILTIN_INTERNAL]
 _FLOW_ENDS = {"all": END_ALL, "unresolved": END_UNRESOLVED, "sessions": END_SESSIONS}
 _PAIRS = {"floods": PAIRS_FLOODS, "outbound": PAIRS_OUTBOUND}
 _PROTOS = frozenset((TCP, UDP, ICMP, ICMP6, ARP))
@@ -86,11 +88,14 @@ class Plan:
     deep: frozenset[str] | None  # protocols the deep decoder decodes; None: no decoder
     http_headers: list[str]  # HTTP requests go up only with one of these (none: all)
     engine: dict[str, Any]  # Engine.configure's arguments
+    auth: bool = False  # Engine.configure_auth: services by handshake (agent/engine/authsvc.h)
 
 
-def plan(detectors: list[Any], deep_off: bool = False) -> Plan:
+def plan(detectors: list[Any], deep_off: bool = False, inside: Inside = BUILTIN) -> Plan:
     """Everything the engine and the deep decoder must do for `detectors`, deep decoding
-    shed (`deep_off`, agent/selfguard.py) or not: the one reader of their `wants`."""
+    shed (`deep_off`, agent/selfguard.py) or not: the one reader of their `wants`. The
+    engine's activity and outbound counters know the inside the detectors know
+    (`inside`, agent/inside.py)."""
     wants = tuple(d.wants for d in detectors)
     on = {hook: handlers(detectors, hook) for hook in HOOKS}
     pairs_ = list(zip(detectors, wants, strict=True))
@@ -142,6 +147,9 @@ def plan(detectors: list[Any], deep_off: bool = False) -> Plan:
     scans = [w.scan for w in wants if w.scan is not None]
     if len(scans) > 1:
         raise ValueError("several detectors declare a scan state; the engine scores one")
+    sweeps = [w.sweep for w in wants if w.sweep is not None]
+    if len(sweeps) > 1:
+        raise ValueError("several detectors declare a sweep state; the engine counts one")
     active = None if deep_off else deep
     return Plan(
         on=on,
@@ -153,6 +161,7 @@ def plan(detectors: list[Any], deep_off: bool = False) -> Plan:
         dns_up=any(w.dns for _, w in apps if takes(w, "dns")),
         deep=deep,
         http_headers=headers,
+        auth=any(w.auth for w in wants),
         engine={
             "pairs": bool(on["on_pairs"]),
             "arp": bool(packet[ARP]),
@@ -170,7 +179,7 @@ def plan(detectors: list[Any], deep_off: bool = False) -> Plan:
                 else frozenset()
             ),
             "activity_internal": any(w.activity_internal for w in watch),
-            "internal_nets": _INTERNAL_NETS,
+            "internal_nets": inside.engine_nets(),
             "ends": ends,
             # Handlers still filter: this only spares the outcomes nobody reads.
             "outcomes": every_outcome,
@@ -178,6 +187,7 @@ def plan(detectors: list[Any], deep_off: bool = False) -> Plan:
             if every_outcome
             else frozenset().union(*(p for p in outcomes if p is not None)),
             "scan": scans[0] if scans else None,
+            "sweep": sweeps[0] if sweeps else None,
             "activity_gap": min((w.activity_gap for w in watch), default=5.0),
             "pairs_want": pairs_want,
         },
@@ -202,6 +212,11 @@ class Pipeline:
         `restore()`) start from, and save to, state_dir/learned/ (the running agent; a
         replay learns afresh)."""
         self.anonymiser = anonymiser
+        # One inside for everything: the anonymiser's (built from [anonymisation]) is what
+        # the engine and every detector call internal too.
+        self.inside = anonymiser.inside
+        if "anonymisation" in cfg and Inside.from_settings(cfg["anonymisation"]) != self.inside:
+            raise ValueError("the anonymiser was not built from this configuration's inside")
         self.output = output
         self.clock = clock  # wall clock, for observed_at only
         self.counters = Counters()
@@ -218,6 +233,9 @@ class Pipeline:
         # Host samples come from the sampler's thread through this bounded queue and are
         # handled in tick(), so detectors, aggregator and anonymiser stay single-threaded.
         self.host_samples: queue.Queue = queue.Queue(maxsize=HOST_QUEUE)
+        # Log events likewise (agent/logs/reader.py), each batch with the positions to
+        # write once its events are handled.
+        self.log_batches: queue.Queue = queue.Queue(maxsize=LOG_QUEUE)
         self._deep_stats = DeepStats()
         self.deep: DeepDecoder | None = None
         self._deep: DeepDecoder | None = None  # self.deep unless shed
@@ -240,6 +258,11 @@ class Pipeline:
             udp_idle=f["udp_idle_seconds"],
             active_timeout=f["active_timeout_seconds"],
         )
+        # Takers beside the detectors, planned with them but raising no alert (the
+        # retro-hunt journal, agent/hunt); and retro-hunt findings handed over by its
+        # thread, sent at the next tick: (findings, called once they are out).
+        self.takers: list[Any] = []
+        self.retro: queue.Queue = queue.Queue()
         self.use(self.detectors)
         self._next_tick = 0.0
         self._learned_dir = Path(state_dir) / "learned" if keep_learned and state_dir else None
@@ -249,18 +272,40 @@ class Pipeline:
         self._next_save = 0.0
         self._restore_learned()
 
+    def add_taker(self, taker: Any) -> None:
+        """Plan `taker`'s wants and call its hooks too (agent/hunt/journal.py); a taker
+        with `use_engine` is handed the engine (the journal's records made in C)."""
+        self.takers.append(taker)
+        if (use_engine := getattr(taker, "use_engine", None)) is not None:
+            use_engine(self.engine)
+        self._configure(force=True)
+
+    def _drain_retro(self) -> None:
+        """Retro-hunt matches go out as they are (their own times and counts), not
+        through the aggregator's window."""
+        while True:
+            try:
+                findings, done = self.retro.get_nowait()
+            except queue.Empty:
+                return
+            for f in findings:
+                self._emit(f)
+            done()
+
     def use(self, detectors: list[Any]) -> None:
         """Run `detectors` from now on (at start, after a reload; tests hand their own)."""
         self.detectors = detectors
         if self.intel is not None:
             for use_intel in handlers(detectors, "use_intel"):
                 use_intel(self.intel)
+        for use_inside in handlers(detectors, "use_inside"):
+            use_inside(self.inside)
         self._configure(force=True)
 
     def _configure(self, force: bool = False) -> None:
         """Apply the detectors' plan: the deep decoder, then the engine when its part
         changed (or `force`: the detectors or the shed level did), then DNS going up."""
-        old, p = self.plan, plan(self.detectors, self._deep_off)
+        old, p = self.plan, plan([*self.detectors, *self.takers], self._deep_off, self.inside)
         self.plan = p
         if p.deep is None:
             self.deep = None
@@ -270,6 +315,7 @@ class Pipeline:
         eng = self.engine
         if force or old is None or p.engine != old.engine:
             eng.configure(**p.engine)
+            eng.configure_auth(p.auth)
             # A counting detector new since the last call (enabled, or restarted by new
             # tunables) starts from empty windows; one that stays keeps them (an
             # allow-list change only re-applies).
@@ -447,6 +493,12 @@ class Pipeline:
             elif code == EV_SCAN:
                 for h in plan.on["on_scan"]:
                     h(ev[1])
+            elif code == EV_AUTH:
+                for h in plan.on["on_auth"]:
+                    h(ev[1], ev[2])
+            elif code == EV_SWEEP:
+                for h in plan.on["on_sweep"]:
+                    h(ev[1])
             else:  # a record the engine counted for a detector
                 plan.counted[code](ev[1:])
 
@@ -552,6 +604,8 @@ class Pipeline:
         on = self.plan.on
         if on["on_host"]:
             self._drain_host()
+        if not self.log_batches.empty():
+            self._drain_logs()
         self.engine.tick(now)
         if self.plan.counters:
             self.engine.dns_tick(now)
@@ -560,8 +614,10 @@ class Pipeline:
             h(now)
         # A detector's wants may follow its state (net.ioc's follow its intel list), which
         # its on_tick may just have read.
-        if tuple(d.wants for d in self.detectors) != self.plan.wants:
+        if tuple(d.wants for d in [*self.detectors, *self.takers]) != self.plan.wants:
             self._configure()
+        if not self.retro.empty():
+            self._drain_retro()
         self.aggregator.tick(now)
         # High-water marks of the bounded state, read by stats() (once a tick: free).
         self.flows_peak = max(getattr(self, "flows_peak", 0), len(self.engine))
@@ -592,7 +648,7 @@ class Pipeline:
         forgotten = keys = 0
         for d in self.detectors:
             for v in getattr(d, "__dict__", {}).values():
-                if isinstance(v, KeyedWindow | Suppressor | Table | Scan):
+                if isinstance(v, KeyedWindow | Suppressor | Table | Scan | Sweep):
                     forgotten += v.forgotten
                     keys += len(v)
         return {
@@ -626,8 +682,30 @@ class Pipeline:
             h(self.last_ts)
         if on["on_host"]:
             self._drain_host()
+        self._drain_logs()
+        self._drain_retro()
         self.aggregator.flush()
         self.save_learned()
+
+    def _drain_logs(self) -> None:
+        while True:
+            try:
+                batch = self.log_batches.get_nowait()
+            except queue.Empty:
+                return
+            for h in self.plan.on["on_log"]:
+                for ev in batch.events:
+                    h(ev)
+            batch.commit()  # its positions: handled, so never read again
+
+    def feed_logs(self, events: list) -> None:
+        """Log events in time order (replay-logs): the ticks follow their times."""
+        handlers_ = self.plan.on["on_log"]
+        for ev in events:
+            if ev.ts >= self._next_tick:
+                self.tick(ev.ts)
+            for h in handlers_:
+                h(ev)
 
     def _drain_host(self) -> None:
         while True:

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.detect import registry
+from agent.hunt.journal import OPTIONS as JOURNAL_OPTIONS
+from agent.logs.options import OPTIONS as LOG_OPTIONS
 from common.config import Option, at_least, check_listen, cidrs, host_port, one_of, positive
 
 
@@ -98,9 +100,19 @@ SCHEMA: dict[str, Any] = {
             "subnet layout; off: 'p:' + HMAC for every address.",
         ),
         "internal_ranges": Option(
-            list, [], "Public ranges the establishment uses internally.", _ranges
+            list,
+            [],
+            "Public ranges the establishment uses internally: inside for every detector "
+            "and the engine (beaconing, exfiltration, lateral movement, medical protocols), "
+            "and pseudonymised like private addresses.",
+            _ranges,
         ),
-        "internal_domains": Option(list, [], "DNS suffixes that name internal machines."),
+        "internal_domains": Option(
+            list,
+            [],
+            "DNS suffixes that name internal machines: inside for every detector (never "
+            "counted as DGA or DNS tunnelling), and pseudonymised.",
+        ),
         "clear_external_ips": Option(bool, True, "Send public addresses in clear."),
         "clear_external_domains": Option(bool, True, "Send public domain names in clear."),
         "clear_tls_sni": Option(bool, True, "Send public TLS server names in clear."),
@@ -184,6 +196,8 @@ SCHEMA: dict[str, Any] = {
             check_listen,
         ),
     },
+    "journal": JOURNAL_OPTIONS,  # agent/hunt/journal.py: the local retro-hunt journal
+    "logs": LOG_OPTIONS,  # agent/logs/options.py: the host's logs
     "detectors": {registry.config_key(d): d.schema() for d in registry.DETECTORS},
 }
 

@@ -198,6 +198,7 @@ class Scenario:
     config: str = ""  # agent TOML, when the scenario needs non-default settings
     check: Callable[[dict], None] | None = None  # more assertions on the first alert
     technique: str | None = None
+    slow: bool = False  # needs minutes (a long timer): run with the slow tests only
 
 
 ATTACK_DETECTORS = {

@@ -21,8 +21,8 @@ SECRET = b"detector-tests-secret-0123456789"
 ANON = Anonymiser(SECRET)
 ATTACK_DETECTORS = frozenset(
     (
-        "net.portscan", "net.bruteforce", "net.lateral", "net.dos", "net.dns_tunnel",
-        "net.dga", "net.beacon", "net.exfil", "net.arp_spoof", "net.tunnel",
+        "net.portscan", "net.discovery", "net.bruteforce", "net.lateral", "net.dos",
+        "net.dns_tunnel", "net.dga", "net.beacon", "net.exfil", "net.arp_spoof", "net.tunnel",
     )
 )  # fmt: skip
 

@@ -1,10 +1,15 @@
 """net.portscan on nmap captures: the alert, and the once-a-second reporting of a
 flagged source (probes in between are summed, none lost); the engine's scoring of it
-(agent/engine/scan.c): first contacts, pacing, window, bound, allow-list."""
+(agent/engine/scan.c): first contacts, pacing, window, bound, allow-list; the scan types
+beyond SYN/connect/UDP/FIN/NULL/Xmas (ACK, Window, Maimon, IP protocol, SCTP INIT,
+masscan), recorded from the real tools, and what keeps lone ACKs and refused protocols
+from counting when they are not probes."""
 
 from __future__ import annotations
 
 import time
+
+import pytest
 
 from agent import settings
 from agent.capture.pcapfile import read_capture
@@ -14,7 +19,7 @@ from agent.engine import EV_SCAN, Engine, Packet
 from agent.pipeline import Pipeline
 from common import config
 from common.config import defaults
-from tests.detect_support import ANON, data, entity, latest, pseudonym
+from tests.detect_support import ANON, data, entity, latest, pseudonym, replay
 from vigie.v1 import alert_pb2
 
 
@@ -188,3 +193,74 @@ def test_a_first_contact_that_succeeded_still_counts_once_the_source_scans():
     rig.d.on_tick(103.5)  # `gone` silent for more than the window: forgotten
     assert len(rig.d.scan) == 0
     assert flagged_after(rig, gone, 104.0) == 4
+
+
+# The other scan types nmap documents, recorded in the lab from the real tools
+# (python -m bench.scenarios.recon record tests/data/recon) ---------------------------
+
+TYPES = [
+    ("nmap_sa.pcap", "(ack)", 1000),  # -sA; -sW sends the same probes
+    ("nmap_sm.pcap", "(maimon)", 1000),
+    ("nmap_so.pcap", "ip-protocol", 4),  # refusals are rate-limited by the victim
+    ("nmap_sy.pcap", "(sctp)", 4),  # no SCTP in this kernel: protocol unreachable
+    ("masscan.pcap", "(syn)", 1000),  # stateless, at its default 100 packets/s
+]
+
+
+@pytest.mark.parametrize("name,style,probes", TYPES, ids=[t[0] for t in TYPES])
+def test_recorded_scan_types_raise_one_alert(name, style, probes):
+    alerts = replay(data(f"recon/{name}"))
+    (a,) = latest(alerts, "net.portscan")
+    assert style in a.summary and a.technique == "T1046"
+    assert a.metrics["failed_probes"] >= probes
+    assert entity(a, alert_pb2.ROLE_SOURCE) == [pseudonym("10.200.0.2")]
+    assert {x.detector for x in alerts} == {"net.portscan"}
+
+
+ACK, FIN_ACK, PSH_ACK = 0x10, 0x11, 0x18
+
+
+def test_lone_acks_count_only_when_reset_and_only_towards_fanout():
+    rig = _Rig()
+    # sessions begun before the capture: a lone ACK answered as a session is
+    for i in range(150):
+        rig.sport += 1
+        rig.e.packet(Packet(1.0, 60, 4, SCANNER, TARGET, 6, rig.sport, 1000 + i, ACK))
+        rig.e.packet(Packet(1.0, 90, 4, TARGET, SCANNER, 6, 1000 + i, rig.sport, PSH_ACK,
+                            b"x" * 30))  # fmt: skip
+        rig.drain()
+    assert rig.reports == []
+    # stale sessions reset (a host back from sleep): under the fan-out, not scored by TRW
+    for i in range(20):
+        rig.probe(2.0, 3000 + i, src=OTHER, flags=ACK)
+    assert rig.reports == []
+    # an ACK or Maimon scan: the fan-out
+    for i in range(100):
+        rig.probe(3.0, 4000 + i, flags=ACK if i % 2 else FIN_ACK)
+    (r,) = rig.reports
+    assert r["subject"] == SCANNER.hex() and r["summary"].endswith("(ack, maimon)")
+    assert r["metrics"]["distinct_ports"] == 100
+
+
+def _refused(rig: _Rig, ts: float, proto: int, by: bytes = TARGET, dport: int = 0) -> None:
+    """`proto` from SCANNER to TARGET, and ICMP protocol unreachable from `by`."""
+    l4 = dport.to_bytes(2, "big") * 2 + bytes(4) if proto == 132 else b""
+    ip_hdr = bytes((0x45, 0, 0, 20 + len(l4), 0, 0, 0, 0, 64, proto, 0, 0)) + SCANNER + TARGET
+    rig.e.packet(Packet(ts, 34, 4, SCANNER, TARGET, proto, 0, 0, 0, l4))
+    rig.e.packet(Packet(ts, 62, 4, by, SCANNER, 1, 3, 2, 0, bytes(4) + ip_hdr + l4))
+    rig.drain()
+
+
+def test_protocols_refused_by_their_target_make_an_ip_protocol_scan():
+    rig = _Rig()
+    for p in (47, 50, 51):  # GRE, ESP, AH refused: three first contacts, under the walk
+        _refused(rig, 1.0, p)
+    for p in range(60, 80):  # refused by a router, not by the target: not counted
+        _refused(rig, 1.5, p, by=b"\x0a\x00\x00\x01")
+    assert rig.reports == []
+    _refused(rig, 2.0, 132, dport=2905)  # an SCTP INIT, port and all
+    (r,) = rig.reports
+    assert r["summary"] == (
+        "vertical IP protocol scan: 4 failed probes, 4 protocols and ports on 1 host(s) "
+        "(ip-protocol, sctp)"
+    )

@@ -27,41 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.inside import Inside
 from common.pbtime import set_seconds as _set
 from vigie.v1 import alert_pb2
 
-# Always internal, whatever the establishment declares on top: (range, why).
-BUILTIN_INTERNAL_WHY: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = [
-    (ipaddress.ip_network(n), why)
-    for n, why in (
-        ("10.0.0.0/8", "private, RFC 1918"),
-        ("172.16.0.0/12", "private, RFC 1918"),
-        ("192.168.0.0/16", "private, RFC 1918"),
-        ("100.64.0.0/10", "shared address space (carrier NAT), RFC 6598"),
-        ("127.0.0.0/8", "loopback"),
-        ("169.254.0.0/16", "link-local"),
-        ("0.0.0.0/8", "'this network', RFC 1122"),
-        ("224.0.0.0/4", "multicast"),
-        ("255.255.255.255/32", "broadcast"),
-        ("::1/128", "IPv6 loopback"),
-        ("::/128", "IPv6 unspecified"),
-        ("fc00::/7", "IPv6 unique local (ULA), RFC 4193"),
-        ("fe80::/10", "IPv6 link-local"),
-        ("ff00::/8", "IPv6 multicast"),
-    )
-]
-BUILTIN_INTERNAL = [net for net, _ in BUILTIN_INTERNAL_WHY]  # detectors share these
-BUILTIN_INTERNAL_SUFFIXES = (
-    ".local",
-    ".lan",
-    ".internal",
-    ".localdomain",
-    ".home.arpa",
-    ".in-addr.arpa",
-    ".ip6.arpa",
-    ".corp",
-    ".intranet",
-)
+# What is inside (built-in and configured ranges and suffixes) is agent/inside.py's `Inside`:
+# the anonymiser, the engine and every detector read the same object.
+
 # IPv6 prefixes that carry an IPv4 address in their low 32 bits (NAT64, RFC 6052).
 _NAT64 = [ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48")]
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
@@ -302,16 +274,19 @@ class Anonymiser:
         internal_suffixes: list[str] = (),
         clear: dict[str, bool] | None = None,
         prefix_preserving: bool = False,
+        inside: Inside | None = None,
     ) -> None:
+        """`inside`: the establishment's inside, shared with the pipeline; without it,
+        one is made of `internal_ranges` and `internal_suffixes`."""
         self._hmac_key = _derive(secret, "pseudonym")
         self._pan = CryptoPAn(_derive(secret, "crypto-pan")) if prefix_preserving else None
         self.key_epoch = key_epoch
         self.prefix_preserving = prefix_preserving
-        self._internal = BUILTIN_INTERNAL_WHY + [
-            (ipaddress.ip_network(r, strict=False), "configured internal range")
-            for r in internal_ranges
-        ]
-        self._suffixes = tuple(s.lower().strip(".") for s in internal_suffixes if s.strip("."))
+        if inside is None:
+            inside = Inside(internal_ranges, internal_suffixes)
+        elif internal_ranges or internal_suffixes:
+            raise AnonymisationError("give either `inside` or internal ranges and suffixes")
+        self.inside = inside
         unknown = set(clear or {}) - set(CLEAR_SWITCHES.values())
         if unknown:
             raise AnonymisationError(f"unknown clear switch(es): {', '.join(sorted(unknown))}")
@@ -328,19 +303,15 @@ class Anonymiser:
         return cls(
             secret,
             section["key_epoch"],
-            section["internal_ranges"],
-            section["internal_domains"],
-            {k: v for k, v in section.items() if k.startswith("clear_")},
-            section.get("prefix_preserving", False),
+            clear={k: v for k, v in section.items() if k.startswith("clear_")},
+            prefix_preserving=section.get("prefix_preserving", False),
+            inside=Inside.from_settings(section),
         )
 
     # Classification ----------------------------------------------------------------------
 
     def _range_of(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-        for net, why in self._internal:
-            if net.version == ip.version and ip in net:
-                return f"{net}: {why}"
-        return None
+        return self.inside.range_of(ip)
 
     def classify_ip(self, value: str) -> Classification:
         try:
@@ -362,9 +333,9 @@ class Anonymiser:
             net = ipaddress.ip_network(value, strict=False)
         except ValueError:
             return Classification(True, "not an address: treated as sensitive")
-        for inner, why in self._internal:
-            if inner.version == net.version and net.overlaps(inner):
-                return Classification(True, f"range overlaps {inner}: {why}")
+        hit = self.inside.overlapping(net)
+        if hit:
+            return Classification(True, f"range overlaps {hit}")
         return Classification(False, "public range: no internal range overlaps")
 
     def classify_name(self, name: str) -> Classification:
@@ -378,12 +349,9 @@ class Anonymiser:
             return Classification(c.internal, f"address literal, {c.reason}")
         if "." not in n:
             return Classification(True, "single-label name: only meaningful inside")
-        for s in BUILTIN_INTERNAL_SUFFIXES:
-            if n.endswith(s):
-                return Classification(True, f"built-in internal suffix {s}")
-        for s in self._suffixes:
-            if n == s or n.endswith("." + s):
-                return Classification(True, f"configured internal domain .{s}")
+        hit = self.inside.name_reason(n)
+        if hit:
+            return Classification(True, hit)
         return Classification(False, "public name: no internal suffix matches")
 
     def is_internal_ip(self, value: str) -> bool:

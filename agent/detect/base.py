@@ -20,6 +20,7 @@ from agent.engine import PAIR_OTHER as PAIR_OTHER
 from agent.engine import PAIR_SYN as PAIR_SYN
 from agent.engine import PAIR_TCP as PAIR_TCP
 from agent.engine import PAIR_UDP as PAIR_UDP
+from agent.inside import BUILTIN, Inside
 from common.config import Option, cidrs
 
 Report = Callable[..., None]
@@ -62,7 +63,14 @@ class Detector:
 
     def __init__(self, settings: dict[str, Any], report: Report) -> None:
         self._report = report
+        # The built-in inside until the pipeline hands the establishment's (use_inside).
+        self.inside: Inside = BUILTIN
         self.set_allow(settings)
+
+    def use_inside(self, inside: Inside) -> None:
+        """The establishment's inside (agent/inside.py), from the pipeline, before any
+        event: what `self.inside.is_internal(packed)` answers."""
+        self.inside = inside
 
     def set_allow(self, settings: dict[str, Any]) -> None:
         """Take `settings`, whose allow-list may be new, keeping every other state (a

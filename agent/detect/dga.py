@@ -5,8 +5,9 @@ one its operator registered answers: from the network, one client gets NXDOMAIN 
 distinct registered domains whose second-level label looks random (long enough, high
 character entropy). Counted per client on the DNS answers over UDP:
 distinct random-looking NXDOMAIN domains in a bounded windowed set, and the client's
-NXDOMAIN rate. Internal suffixes (.local, .lan...), reverse lookups and `allow_domains`
-are never counted. Dictionary-word DGAs (suppobox-like) are out of its reach.
+NXDOMAIN rate. Inside names (built-in suffixes .local, .lan..., and the establishment's
+`internal_domains`, agent/inside.py), reverse lookups and `allow_domains` are never
+counted. Dictionary-word DGAs (suppobox-like) are out of its reach.
 
 The engine counts every answer (agent/engine/dnsstat.c, where the rules above are code,
 distinct domains remembered as 64-bit hashes); this module declares the tunables and
@@ -17,15 +18,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from agent.anonymise.policy import BUILTIN_INTERNAL_SUFFIXES, Entity
+from agent.anonymise.policy import Entity
 from agent.detect.base import Detector, ip_text
 from agent.detect.dns_tunnel import domain_list
 from agent.detect.hooks import Wants
 from agent.detect.nets import port_list
 from common.config import Option, between, positive
 from vigie.v1 import alert_pb2
-
-_SKIP = (*BUILTIN_INTERNAL_SUFFIXES, ".arpa")
 
 
 class Dga(Detector):
@@ -72,7 +71,9 @@ class Dga(Detector):
             **{k: s[k] for k in self.options if k != "allow_domains"},
             "allow_domains": [d.lower().strip(".") for d in s["allow_domains"]],
             "allow": [(n.network_address.packed, n.prefixlen) for n in self._allow],
-            "skip_suffixes": list(_SKIP),
+            # inside names (built-in suffixes, configured internal_domains) and reverse
+            # lookups: an internal resolver's NXDOMAIN for them is no DGA
+            "skip_suffixes": [*self.inside.suffixes, ".arpa"],
         }
 
     def on_counted(self, rec: tuple) -> None:

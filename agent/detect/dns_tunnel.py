@@ -9,9 +9,11 @@ Scored per (client, registered domain, see dnsname.py) on DNS queries over UDP:
 NXDOMAIN answers are counted for the metrics. A "registered domain" that is itself data
 (a label at least `long_label_length` long: dnscat2 without a domain) groups the
 client's queries under no domain, and no domain entity is reported. Reverse lookups
-(*.arpa) are not scored; `allow_domains` names registered domains never reported
-(security vendors' DNS lookups). A flagged pair is reported at most once per
-`report_interval_seconds`, with the queries in between as the count.
+(*.arpa) and inside names (a registered domain under a built-in internal suffix or a
+configured `internal_domains`, agent/inside.py: the establishment's own zones) are not
+scored; `allow_domains` names registered domains never reported (security vendors' DNS
+lookups). A flagged pair is reported at most once per `report_interval_seconds`, with
+the queries in between as the count.
 
 The engine counts every message (agent/engine/dnsstat.c, where the rules above are
 code); this module declares the tunables and words the alert.
@@ -92,7 +94,10 @@ class DnsTunnel(Detector):
         s = self.settings
         return {
             **{k: s[k] for k in self.options if k != "allow_domains"},
-            "allow_domains": [d.lower().strip(".") for d in s["allow_domains"]],
+            # inside names (agent/inside.py: built-in suffixes, configured internal_domains)
+            # are the establishment's own resolvers' zones: no tunnel leaves through them
+            "allow_domains": [d.lower().strip(".") for d in s["allow_domains"]]
+            + [x.strip(".") for x in self.inside.suffixes],
             "allow": [(n.network_address.packed, n.prefixlen) for n in self._allow],
         }
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from agent.anonymise.policy import Entity
 from agent.detect.base import Detector, ip_text
 from agent.detect.hooks import Wants
-from agent.detect.nets import is_internal, is_unicast
+from agent.detect.nets import is_unicast
 from agent.detect.window import KeyedWindow, Stamped, key_of
 from agent.engine import Table
 from common.config import Option, at_least, between, positive
@@ -94,16 +94,10 @@ class Exfil(Detector):
     def on_pairs(self, records: Sequence[tuple], now: float) -> None:
         # The engine hands pairs over in the order of their last packets: a host's
         # intervals roll forward only, as they did packet by packet.
-        allowed, sent = self.allowed, self._sent
+        allowed, sent, inside = self.allowed, self._sent, self.inside.is_internal
         for src, dst, _cls, _packets, nbytes, ts, _dport in records:
             # b"": "other sources", no host to count for
-            if (
-                src
-                and is_internal(src)
-                and not is_internal(dst)
-                and is_unicast(dst)
-                and not allowed(src)
-            ):
+            if src and inside(src) and not inside(dst) and is_unicast(dst) and not allowed(src):
                 sent(src, dst, nbytes, ts)
 
     def _sent(self, src: bytes, dst: bytes, nbytes: int, ts: float) -> None:

@@ -43,10 +43,11 @@ EVENTS: dict[str, str] = {
         sequence whose tuples are made as they are read (the engine's Records): walk it,
         do not keep it. Only the pairs of `Wants.pairs` are counted.""",
     "on_activity": """on_activity(records): once per tick, the bursts of watched TCP/UDP
-        flows since the last tick, in the order they happened: (ts, src, dst, dport, None)
-        when one starts (with its flow, or at a packet after a silence over
-        `Wants.activity_gap`), (ts, src, dst, dport, nbytes) when one ends (the next one
-        starts, or the flow ends): its bytes both ways (wire lengths). src is the
+        flows since the last tick, in the order they happened: (ts, src, dst, dport, None,
+        new) when one starts (new: with its flow; else at a data packet after a silence
+        over `Wants.activity_gap`: a bare TCP segment, keep-alive or close, starts none),
+        (ts, src, dst, dport, out, in) when one ends (a silence over the gap, seen within
+        5 s; the flow's end): its bytes from src and from dst (wire lengths). src is the
         originator; a Records sequence, as for on_pairs. Watched: originator internal,
         responder unicast and external (or internal, with `Wants.activity_internal`),
         responder port not in `Wants.activity_ignore` (of every watcher).""",
@@ -55,8 +56,17 @@ EVENTS: dict[str, str] = {
     "on_outcome": """on_outcome(flow, outcome, ts): how a connection attempt ended
         ("success", "rejected", "unanswered"), for the attempts `Wants.outcome_ports` asks
         for. Per attempt: declare ports, or pay for every attempt on the link.""",
+    "on_auth": """on_auth(flow, ts): logon attempts seen inside a session of an
+        authentication service the engine recognised by its handshake (`Flow.service`,
+        agent/engine/authsvc.h): a failure the server answered in clear
+        (`Flow.auth_failures` went up) or more SSH packet sizes recorded
+        (`Flow.ssh_sizes`), only while some detector declares `Wants.auth`. Sessions of a
+        recognised service also have their close (on_close) and, when no close came,
+        their end ("sessions") reported, whatever their port.""",
     "on_scan": """on_scan(record): a report the engine's scan scoring queued into the
         `Wants.scan` state (agent/engine/scan.c), at the probe that made it due.""",
+    "on_sweep": """on_sweep(record): a report the engine's sweep counting queued into the
+        `Wants.sweep` state (agent/engine/sweep.c), at the probe that made it due.""",
     "on_flow_end": """on_flow_end(flow): a flow expired or was evicted; only the ends
         `Wants.flow_end` asks for are reported. Per flow.""",
     "on_counted": """on_counted(record): a record the engine's `Wants.counter` produced
@@ -67,6 +77,9 @@ EVENTS: dict[str, str] = {
         taker's `Wants.dns` is true. Per message.""",
     "on_host": """on_host(sample): a host sample (agent/host/sample.py), in the pipeline's
         thread at its next tick; the sampler reads only what `HostWants` asked for.""",
+    "on_log": """on_log(event): an event parsed from the host's logs (agent/logs/event.py
+        LogEvent: time from the line, service, outcome, user, source...), in the order
+        written, in the pipeline's thread at its next tick (replay-logs: at once).""",
     "on_tick": """on_tick(now): time passed (capture time in replay, wall clock live), at
         most once a second. Where windows expire and held-back reports go out.""",
     "on_finish": """on_finish(now): end of input (replay): report what is still held
@@ -80,6 +93,10 @@ CALLS: dict[str, str] = {
     "use_intel": """use_intel(provider): the intel list (state_dir/intel.json): the
         pipeline hands a callable returning the current snapshot when the detector
         starts.""",
+    "use_inside": """use_inside(inside): the establishment's inside (agent/inside.py: built-in
+        and configured ranges and domains, the anonymiser's own), handed by the pipeline
+        when the detector starts, before any event; detectors ask
+        `self.inside.is_internal(packed)` (agent/detect/base.py implements it).""",
     "learned": """learned() -> dict: what the detector learnt of normal, JSON-ready; saved
         to state_dir/learned/<name>.json every few minutes and at the end (running agent
         only, a replay learns afresh).""",
@@ -157,9 +174,15 @@ class Wants:
     activity_gap: float = 5.0
     # on_counted: the engine DNS counter (a COUNTERS key) run with engine_config().
     counter: str | None = None
+    # on_auth: the engine recognises authentication services by their handshake on any
+    # port (Flow.service), reads their logon failures and records SSH packet sizes.
+    auth: bool = False
     # on_scan: the engine.Scan state the engine scores every attempt outcome into (one
     # detector at most).
     scan: Any = None
+    # on_sweep: the engine.Sweep state the engine counts every ARP and ICMP packet into
+    # (one detector at most).
+    sweep: Any = None
 
     def __post_init__(self) -> None:
         if self.flow_end not in FLOW_ENDS:

@@ -21,7 +21,7 @@ from agent.decode.deep.smb import admin_share
 from agent.decode.packet import TCP, Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.hooks import Wants
-from agent.detect.nets import is_internal, port_list
+from agent.detect.nets import port_list
 from agent.detect.window import Distinct, KeyedWindow, Stamped, Suppressor
 from agent.flows.table import SUCCESS, Flow
 from common.config import Option, positive
@@ -165,7 +165,8 @@ class Lateral(Detector):
         if outcome != SUCCESS or flow.proto != TCP or flow.dport not in self.ports:
             return
         src, dst = flow.src, flow.dst
-        if src == dst or not is_internal(src) or not is_internal(dst) or self.allowed(src):
+        inside = self.inside.is_internal
+        if src == dst or not inside(src) or not inside(dst) or self.allowed(src):
             return
         st = self.sources.get(src, ts)
         st.ports.add(flow.dport)

@@ -3,7 +3,7 @@
 Imaging (DICOM associations) and HL7 v2 over MLLP move patient data between known
 systems inside the establishment. Reported, from what the deep decoders hand over
 (DICOM A-ASSOCIATE-RQ, HL7 MSH headers; never patient data):
-  external     one end internal, the other external (agent/detect/nets.py is_internal):
+  external     one end inside, the other outside (agent/inside.py, configured ranges too):
                imaging or HL7 crossing the establishment boundary; HL7 over MLLP has no
                encryption, so this is also patient data sent in clear to the outside;
   new peer     a (client, server) pair never seen for that protocol, once the learning
@@ -30,7 +30,6 @@ from agent.anonymise.policy import Entity
 from agent.decode.packet import Packet
 from agent.detect.base import Detector, ip_text
 from agent.detect.hooks import Wants
-from agent.detect.nets import is_internal
 from agent.detect.window import KeyedWindow, Suppressor
 from common.config import Option, at_least, positive
 from vigie.v1 import alert_pb2
@@ -103,7 +102,8 @@ class Medical(Detector):
             self.started = ts
         s = self.settings
         reasons = []
-        if s["report_external"] and is_internal(client) != is_internal(server):
+        inside = self.inside.is_internal
+        if s["report_external"] and inside(client) != inside(server):
             reasons.append("external")
         new_peer = self._new((proto, client, server), ts)
         new_aes = [a for a in aes if self._new(("ae", a), ts)]

@@ -8,6 +8,14 @@ back under η0 and its walk restarts. Fan-out thresholds catch slow scans that s
 often (open ports), and FIN/NULL/Xmas probes, which no ordinary stack sends to open a
 connection, count on their own. Multicast and broadcast destinations are not scored.
 
+The other probes nmap documents: a lone ACK (-sA, -sW) or FIN/ACK (-sM) opening a flow
+counts when the target resets it (a session begun before the capture is answered as a
+session, and then is one); such a reset only says no session exists, which a host back
+from sleep also hears for its stale ones, so these count towards fan-out, not the walk
+or the stealth count. An IP protocol (-sO) or SCTP INIT (-sY, on a kernel without SCTP)
+probe counts when its target answers ICMP protocol unreachable; its "port" is the
+protocol (SCTP: protocol and port). Host discovery (ARP, ICMP) is net.discovery's.
+
 Once a source is flagged, every further failed probe counts, but the source is reported
 to the aggregator at most once per `report_interval_seconds` (default 1 s): the probes
 in between are added up and sent as the count of the next report, or on the next tick.
@@ -36,9 +44,13 @@ from agent.detect.base import Detector, ip_text
 from agent.detect.hooks import Wants
 from agent.detect.window import KeyedWindow
 from agent.engine import (
+    STYLE_ACK,
     STYLE_FIN,
+    STYLE_MAIMON,
     STYLE_NULL,
     STYLE_OTHER,
+    STYLE_PROTO,
+    STYLE_SCTP,
     STYLE_SYN,
     STYLE_UDP,
     STYLE_XMAS,
@@ -49,9 +61,13 @@ from vigie.v1 import alert_pb2
 
 # Scan styles: the bits of a record's `styles`, in name order.
 _STYLES = {
+    "ack": STYLE_ACK,
     "fin": STYLE_FIN,
+    "ip-protocol": STYLE_PROTO,
+    "maimon": STYLE_MAIMON,
     "null": STYLE_NULL,
     "other": STYLE_OTHER,
+    "sctp": STYLE_SCTP,
     "syn": STYLE_SYN,
     "udp": STYLE_UDP,
     "xmas": STYLE_XMAS,
@@ -63,7 +79,10 @@ class PortScan(Detector):
     name = "net.portscan"
     technique = "T1046"
     severity = alert_pb2.SEVERITY_MEDIUM
-    help = "Port and host scans: TCP SYN/connect/FIN/NULL/Xmas, UDP; TRW plus fan-out."
+    help = (
+        "Port and host scans: TCP SYN/connect/FIN/NULL/Xmas/ACK/Window/Maimon, UDP, SCTP, "
+        "IP protocols; TRW plus fan-out."
+    )
     options: ClassVar[dict[str, Option]] = {
         "window_seconds": Option(
             float, 900.0, "A source's evidence is forgotten after this much silence.", positive
@@ -138,6 +157,9 @@ class PortScan(Detector):
     def _emit(self, record: tuple) -> None:
         src, ts, count, failed, succeeded, hosts, ports, stealth, styles, llr, last_dst = record
         shape = "vertical" if hosts == 1 else "horizontal" if ports == 1 else "mixed"
+        # an IP protocol scan's "ports" are the protocols tried (scan.c)
+        what = "IP protocol scan" if styles & STYLE_PROTO else "port scan"
+        unit = "protocols and ports" if styles & STYLE_PROTO else "ports"
         entities = [Entity(alert_pb2.ROLE_SOURCE, alert_pb2.KIND_IP, ip_text(src))]
         if hosts == 1:
             entities.append(Entity(alert_pb2.ROLE_TARGET, alert_pb2.KIND_IP, ip_text(last_dst)))
@@ -147,7 +169,7 @@ class PortScan(Detector):
             count=count,
             entities=entities,
             summary=(
-                f"{shape} port scan: {failed} failed probes, {ports} ports on "
+                f"{shape} {what}: {failed} failed probes, {ports} {unit} on "
                 f"{hosts} host(s) ({', '.join(n for n, b in _STYLES.items() if styles & b)})"
             ),
             metrics={
