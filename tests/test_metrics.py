@@ -137,6 +137,7 @@ def test_agent_metrics_registry(tmp_path: Path) -> None:
     svc = cli._Service.__new__(cli._Service)  # no signal handlers in a test process
     svc.reloads = {"applied": 0, "refused": 0}
     svc.delivery = None
+    svc.logs = None  # no log reader: [logs] sources are tested in test_logs_*
     out: list = []
     svc.pipe = Pipeline(
         cfg, Anonymiser.from_settings(cfg["anonymisation"], tmp_path), out.append, time.time

@@ -98,6 +98,7 @@ def test_status_and_metrics_of_a_full_outbox(tmp_path: Path) -> None:
     cfg["state_dir"] = str(tmp_path)
     svc = service.Service.__new__(service.Service)  # no signal handlers in a test process
     svc.reloads = {"applied": 0, "refused": 0}
+    svc.logs = None
     svc.pipe = Pipeline(
         cfg, Anonymiser.from_settings(cfg["anonymisation"], tmp_path), [].append, time.time
     )
