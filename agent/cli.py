@@ -20,6 +20,9 @@ from agent.commands import (
     cmd_explain,
     cmd_replay,
 )
+from agent.hunt import command as hunt_command
+from agent.hunt.search import QueryError
+from agent.logs import replay as replay_logs
 from agent.outbox.store import OutboxError
 from agent.output import anonymiser
 from agent.service import Service, agent_metrics, cmd_run
@@ -62,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
     _output_flag(r, "jsonl")
     _collector_flag(r)
     r.add_argument("--stats", action="store_true", help="print pipeline counters to stderr")
+    r.add_argument(
+        "--journal",
+        action="store_true",
+        help="also write the capture's metadata to the journal (state_dir/journal), "
+        "for `vigie-agent hunt` and retro-hunts",
+    )
 
     live = sub.add_parser("run", help="capture live on an interface")
     live.add_argument("--interface", "-i", required=True)
@@ -109,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
     )
     _settings_flags(st)
     st.add_argument("--json", action="store_true", help="one JSON object")
+
+    hunt_command.add_parser(sub, _settings_flags)
+    replay_logs.add_parser(sub, _settings_flags, _output_flag)
     return p
 
 
@@ -141,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_explain(args, cfg)
         if args.cmd == "status":
             return cmd_status(args, cfg)
+        if args.cmd == "replay-logs":
+            return replay_logs.cmd_replay_logs(args, cfg)
+        if args.cmd == "hunt":
+            return hunt_command.cmd_hunt(args, cfg)
         if args.cmd in ("replay", "run"):
             # The packet path allocates an event tuple, a packet or a message per flow:
             # at 700 allocations per collection the collector ran thousands of times a
@@ -159,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         AnonymisationError,
         FileNotFoundError,
         ownership.WrongUser,
+        QueryError,
     ) as exc:
         print(f"vigie-agent: {exc}", file=sys.stderr)
         return EX_USAGE

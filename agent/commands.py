@@ -52,6 +52,10 @@ def cmd_replay(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         Delivery(cfg, lambda: (pipe.packets, 0), anon) if args.output == "collector" else None
     )
     pipe = Pipeline(cfg, anon, delivery or jsonl, time.time)
+    if getattr(args, "journal", False):
+        from agent.hunt.journal import Journal, journal_dir
+
+        pipe.add_taker(Journal(journal_dir(cfg), cfg["journal"]))
     if delivery:
         delivery.start()
     t0 = time.perf_counter()

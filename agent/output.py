@@ -90,6 +90,8 @@ class Delivery:
         # Pseudonymised as every host name that leaves (the same key, the same pseudonym
         # as in alerts): the collector tells this agent from the site's others by it.
         self.host_label = anon.pseudonym(alert_pb2.KIND_HOSTNAME, socket.gethostname())
+        # Retro-hunt progress for heartbeats (agent/hunt/retro.py RetroHunter.status).
+        self.retro: Any = None
 
     def on_intel(self, bundle: dict) -> None:
         """A new intel bundle (already stored in state_dir/intel.json): the pipeline's
@@ -117,6 +119,9 @@ class Delivery:
         hb.host.uptime_seconds = time.time() - psutil.boot_time()
         hb.host.agent_cpu_percent = me.cpu_percent(interval=None)
         hb.host.agent_rss_bytes = me.memory_info().rss
+        if self.retro is not None:
+            for version, state, matches in self.retro():
+                hb.retro.add(version=version, state=state, matches=matches)
         return hb
 
     def __call__(self, alert: alert_pb2.Alert) -> None:

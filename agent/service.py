@@ -53,6 +53,7 @@ class Service:
         self.delivery: Delivery | None = None
         self.guard: SelfGuard | None = None
         self.intel: Any = None
+        self.logs: Any = None  # agent/logs/reader.py LogReader, when [logs] is on
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, lambda *_: self.hup.set())
@@ -241,6 +242,8 @@ def agent_metrics(svc: Service, cap: LiveCapture, stats: Callable[[], tuple[int,
         lambda: sum(me.cpu_times()[:2]),
         kind="counter",
     )
+    if svc.logs is not None:
+        svc.logs.register_metrics(reg)
     d = svc.delivery
     if d is not None:
         reg.callback(
@@ -318,6 +321,9 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any], stream: TextIO = sys.
     delivery = Delivery(cfg, stats, anon) if args.output == "collector" else None
     pipe = Pipeline(cfg, anon, delivery or jsonl, time.time, keep_learned=True)
     svc.pipe, svc.delivery = pipe, delivery
+    from agent.hunt import service as hunt
+
+    retro = hunt.start(cfg, pipe, delivery)  # the local journal and retro-hunts
     if delivery:
         delivery.start()
     host = None
@@ -326,6 +332,11 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any], stream: TextIO = sys.
         needs = host_sampler.Needs.from_settings(cfg, host_sampler.agent_files(args.config))
         host = host_sampler.HostSampler(needs, intel=svc.intel)
         host.start(pipe.host_samples.put_nowait, cfg["host"]["interval_seconds"])
+    if cfg["logs"]["enabled"] and pipe.plan.on["on_log"]:
+        from agent.logs.reader import LogReader
+
+        svc.logs = LogReader(cfg["logs"], cfg["state_dir"])
+        svc.logs.start(lambda batch: pipe.log_batches.put(batch, timeout=1.0))
     svc.guard = selfguard.from_settings(cfg, pipe.set_shed)
     server = metrics.serve(cfg["metrics"]["listen"], agent_metrics(svc, cap, stats))
     period = sdnotify.watchdog_seconds()
@@ -374,6 +385,10 @@ def cmd_run(args: argparse.Namespace, cfg: dict[str, Any], stream: TextIO = sys.
             svc.guard.stop()
         if host is not None:
             host.stop()
+        if svc.logs is not None:
+            svc.logs.stop()  # what it read is handled by finish(), its positions written
+        if retro is not None:
+            retro.stop()
         final = pipe.stats()  # before finish() empties the flow table
         pipe.finish()  # open findings go through the aggregator into the outbox
         received, dropped = stats()

@@ -148,6 +148,14 @@ def parser() -> argparse.ArgumentParser:
     pub = itsub.add_parser("publish", help="add the indicators of a .json, .csv or .stix file")
     pub.add_argument("file")
     pub.add_argument("--replace", action="store_true", help="replace the current bundle")
+    pub.add_argument(
+        "--retro",
+        metavar="DURATION",
+        help="also search every agent's journal this far back for these indicators (14d, 36h)",
+    )
+    st = itsub.add_parser("status", help="how far the agents are with a publication's retro-hunt")
+    st.add_argument("version", nargs="?", type=int, default=0, help="default: the latest")
+    _output_flags(st, colour=False)
 
     ex = sub.add_parser("export", help="export incidents for CERTs")
     ex.set_defaults(run=commands.cmd_export)

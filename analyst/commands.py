@@ -127,9 +127,16 @@ def cmd_watch(stub: analyst_pb2_grpc.AnalystStub, args: argparse.Namespace) -> i
 
 
 def cmd_intel(stub: analyst_pb2_grpc.AnalystStub, args: argparse.Namespace) -> int:
+    if args.intel_cmd == "status":
+        status = stub.IntelStatus(analyst_pb2.IntelStatusRequest(version=args.version), timeout=30)
+        output.print_intel_status(status, args.json)
+        return 0
     bundle = intel.read(args.file)
+    retro = intel.parse_duration(args.retro) if args.retro else 0.0
     resp = stub.PublishIntel(
-        analyst_pb2.PublishIntelRequest(bundle_json=json.dumps(bundle), replace=args.replace),
+        analyst_pb2.PublishIntelRequest(
+            bundle_json=json.dumps(bundle), replace=args.replace, retro_seconds=retro
+        ),
         timeout=60,
     )
     output.print_published(resp)

@@ -43,6 +43,21 @@ class IntelFileError(ValueError):
     pass
 
 
+def parse_duration(text: str) -> float:
+    """`--retro`: 14d, 36h, 90m or seconds; at most 366 days (the collector checks too)."""
+    t = text.strip().lower()
+    units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise IntelFileError(
+            f"--retro {text!r}: expected a duration such as 14d, 36h or 90m"
+        ) from None
+    if not 0 < value <= 366 * 86400:
+        raise IntelFileError(f"--retro {text!r}: between 1 second and 366 days")
+    return value
+
+
 def read(path: str | Path) -> dict[str, list[str]]:
     p = Path(path)
     try:

@@ -228,3 +228,41 @@ def print_published(resp: Any) -> None:
         f"intel version {resp.version} published ({counts or 'empty'}); agents pick it up "
         "on their stream"
     )
+
+
+def print_intel_status(st: Any, as_json: bool) -> None:
+    """A publication's retro-hunt: agents per state, then those not done."""
+    since = dt.datetime.fromtimestamp(st.since).astimezone().strftime("%Y-%m-%d %H:%M")
+    published = dt.datetime.fromtimestamp(st.published_at).astimezone().strftime("%Y-%m-%d %H:%M")
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "version": st.version,
+                    "published_at": published,
+                    "since": since,
+                    "counts": dict(st.counts),
+                    "agents": [
+                        {
+                            "agent_id": a.agent_id,
+                            "finess": a.finess,
+                            "ght": a.ght,
+                            "region": a.region,
+                            "state": a.state,
+                            "matches": a.matches,
+                        }
+                        for a in st.agents
+                    ],
+                }
+            )
+        )
+        return
+    c = st.counts
+    print(
+        f"intel version {st.version} (published {published}, look-back from {since}): "
+        f"{c.get('done', 0)} finished, {c.get('searching', 0)} searching, "
+        f"{c.get('waiting', 0)} not started, {c.get('offline', 0)} offline"
+    )
+    for a in st.agents:
+        if a.state != "done" or a.matches:
+            print(f"  {a.state:<10} {a.ght:<16} {a.finess:<10} {a.agent_id}  {a.matches} matches")

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import math
 import re
+import time
 from pathlib import Path
 
 from common.suffixes import SHORT_SUFFIXES
@@ -122,11 +123,23 @@ def load_file(path: str | Path) -> dict:
         raise IntelError(f"{path}: {exc}") from None
 
 
-def to_message(version: int, bundle: dict) -> ingest_pb2.IntelBundle:
+# Look-backs are sent this long after their publication: an agent offline for longer
+# than this (and than its journal keeps) has nothing left to search for them.
+RETRO_KEEP_SECONDS = 30 * 86400.0
+MAX_RETRO_SECONDS = 366 * 86400.0
+
+
+def to_message(version: int, bundle: dict, retro: list[dict] = ()) -> ingest_pb2.IntelBundle:
     msg = ingest_pb2.IntelBundle(version=version)
     for key in ("ips", "domains", "ja3", "ja4", "hashes"):
         getattr(msg, key).extend(bundle.get(key, []))
     msg.thresholds.update(bundle.get("thresholds", {}))
+    for r in retro:
+        msg.retro.add(
+            version=r["version"], since=r["since"], published_at=r["published_at"],
+            ips=r.get("ips", []), domains=r.get("domains", []), ja3=r.get("ja3", []),
+            ja4=r.get("ja4", []),
+        )  # fmt: skip
     return msg
 
 
@@ -136,7 +149,6 @@ class IntelSource:
 
     def __init__(self, registry, recheck: float = 1.0) -> None:
         import threading
-        import time
 
         self._time = time.monotonic
         self.registry = registry
@@ -154,6 +166,8 @@ class IntelSource:
                     if self.registry.changed("intel"):
                         version, bundle = self.registry.current_intel()
                         if version != self.version:
-                            self.version, self.message = version, to_message(version, bundle)
+                            retro = self.registry.retro_requests(time.time() - RETRO_KEEP_SECONDS)
+                            self.version = version
+                            self.message = to_message(version, bundle, retro)
                     self._next = now + self.recheck
         return self.version, self.message

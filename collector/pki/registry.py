@@ -69,6 +69,12 @@ CREATE TABLE IF NOT EXISTS intel (
     bundle      TEXT NOT NULL,
     loaded_at   REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS intel_retro (
+    version       INTEGER PRIMARY KEY,
+    since         REAL NOT NULL,
+    published_at  REAL NOT NULL,
+    indicators    TEXT NOT NULL
+);
 """
 
 TOKEN_PREFIX = "vgt1"
@@ -339,21 +345,44 @@ class Registry:
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     # Intel bundle ----------------------------------------------------------------------------
-    def load_intel(self, bundle: dict) -> int:
-        """Store a validated bundle as the next version; return that version."""
+    def load_intel(self, bundle: dict, retro: dict | None = None) -> int:
+        """Store a validated bundle as the next version; return that version. `retro`
+        ({"since": epoch, "ips": [...], "domains": [...], "ja3": [...], "ja4": [...]}):
+        the look-back this publication asks of every agent, stored with its version."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 (last,) = self._db.execute("SELECT COALESCE(MAX(version), 0) FROM intel").fetchone()
+                now = time.time()
                 self._db.execute(
                     "INSERT INTO intel VALUES (?, ?, ?)",
-                    (last + 1, json.dumps(bundle, sort_keys=True), time.time()),
+                    (last + 1, json.dumps(bundle, sort_keys=True), now),
                 )
+                if retro is not None:
+                    found = {k: retro.get(k, []) for k in ("ips", "domains", "ja3", "ja4")}
+                    self._db.execute(
+                        "INSERT INTO intel_retro VALUES (?, ?, ?, ?)",
+                        (last + 1, float(retro["since"]), now, json.dumps(found, sort_keys=True)),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return last + 1
+
+    def retro_requests(self, published_after: float = 0.0) -> list[dict]:
+        """The look-backs published after that time, oldest first: version, since,
+        published_at and the indicators."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT version, since, published_at, indicators FROM intel_retro "
+                "WHERE published_at >= ? ORDER BY version",
+                (published_after,),
+            ).fetchall()
+        return [
+            {"version": v, "since": s, "published_at": p, **json.loads(ind)}
+            for v, s, p, ind in rows
+        ]
 
     def current_intel(self) -> tuple[int, dict]:
         """(version, bundle); (0, {}) before any load."""

@@ -71,7 +71,7 @@ class Batch:
         indicators, by_indicator, detectors = self.indicators, self.by_indicator, self.detectors
         firsts = self.firsts
         kinds = INDICATOR_KINDS
-        for aid, detector, first, t, ents in facts:
+        for aid, detector, first, t, ents, *retro in facts:
             if t > detectors.get(detector, 0.0):
                 detectors[detector] = t
             self.by_detector.setdefault(detector, []).append(aid)
@@ -80,13 +80,17 @@ class Batch:
                 firsts[detector] = (first, first)
             elif first < span[0] or first > span[1]:
                 firsts[detector] = (min(span[0], first), max(span[1], first))
+            # A retro-hunt match (agent/hunt/retro.py) is a sighting when reported: its
+            # traffic may be weeks old, and the sites reporting one publication's matches
+            # must meet in the window as live sightings do.
+            seen = retro[0] if retro and retro[0] else t
             for _role, kind, value, pseudo in ents:
                 if not pseudo and kind in kinds:
                     k = (kind, value)
-                    if t > indicators.get(k, 0.0):
-                        indicators[k] = t
+                    if seen > indicators.get(k, 0.0):
+                        indicators[k] = seen
                     by_indicator.setdefault(k, []).append(aid)
-                    self.rows.append((agent, aid, kind, value, finess, ght, region, t))
+                    self.rows.append((agent, aid, kind, value, finess, ght, region, seen))
 
 
 class Rule:

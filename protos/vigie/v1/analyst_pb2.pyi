@@ -261,12 +261,14 @@ class ExportStixResponse(_message.Message):
     def __init__(self, bundle_json: _Optional[str] = ...) -> None: ...
 
 class PublishIntelRequest(_message.Message):
-    __slots__ = ("bundle_json", "replace")
+    __slots__ = ("bundle_json", "replace", "retro_seconds")
     BUNDLE_JSON_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
+    RETRO_SECONDS_FIELD_NUMBER: _ClassVar[int]
     bundle_json: str
     replace: bool
-    def __init__(self, bundle_json: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+    retro_seconds: float
+    def __init__(self, bundle_json: _Optional[str] = ..., replace: _Optional[bool] = ..., retro_seconds: _Optional[float] = ...) -> None: ...
 
 class PublishIntelResponse(_message.Message):
     __slots__ = ("version", "counts")
@@ -282,3 +284,48 @@ class PublishIntelResponse(_message.Message):
     version: int
     counts: _containers.ScalarMap[str, int]
     def __init__(self, version: _Optional[int] = ..., counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class IntelStatusRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class IntelAgentStatus(_message.Message):
+    __slots__ = ("agent_id", "finess", "ght", "region", "state", "matches", "last_seen")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FINESS_FIELD_NUMBER: _ClassVar[int]
+    GHT_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    finess: str
+    ght: str
+    region: str
+    state: str
+    matches: int
+    last_seen: float
+    def __init__(self, agent_id: _Optional[str] = ..., finess: _Optional[str] = ..., ght: _Optional[str] = ..., region: _Optional[str] = ..., state: _Optional[str] = ..., matches: _Optional[int] = ..., last_seen: _Optional[float] = ...) -> None: ...
+
+class IntelStatusResponse(_message.Message):
+    __slots__ = ("version", "published_at", "since", "counts", "agents")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    published_at: float
+    since: float
+    counts: _containers.ScalarMap[str, int]
+    agents: _containers.RepeatedCompositeFieldContainer[IntelAgentStatus]
+    def __init__(self, version: _Optional[int] = ..., published_at: _Optional[float] = ..., since: _Optional[float] = ..., counts: _Optional[_Mapping[str, int]] = ..., agents: _Optional[_Iterable[_Union[IntelAgentStatus, _Mapping]]] = ...) -> None: ...

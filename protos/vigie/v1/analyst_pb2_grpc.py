@@ -79,6 +79,11 @@ class AnalystStub:
                 request_serializer=vigie_dot_v1_dot_analyst__pb2.PublishIntelRequest.SerializeToString,
                 response_deserializer=vigie_dot_v1_dot_analyst__pb2.PublishIntelResponse.FromString,
                 _registered_method=True)
+        self.IntelStatus = channel.unary_unary(
+                '/vigie.v1.Analyst/IntelStatus',
+                request_serializer=vigie_dot_v1_dot_analyst__pb2.IntelStatusRequest.SerializeToString,
+                response_deserializer=vigie_dot_v1_dot_analyst__pb2.IntelStatusResponse.FromString,
+                _registered_method=True)
 
 
 class AnalystServicer:
@@ -140,6 +145,13 @@ class AnalystServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IntelStatus(self, request, context):
+        """Where the agents are with a publication's retro-hunt (national analysts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalystServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +199,11 @@ def add_AnalystServicer_to_server(servicer, server):
                     servicer.PublishIntel,
                     request_deserializer=vigie_dot_v1_dot_analyst__pb2.PublishIntelRequest.FromString,
                     response_serializer=vigie_dot_v1_dot_analyst__pb2.PublishIntelResponse.SerializeToString,
+            ),
+            'IntelStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.IntelStatus,
+                    request_deserializer=vigie_dot_v1_dot_analyst__pb2.IntelStatusRequest.FromString,
+                    response_serializer=vigie_dot_v1_dot_analyst__pb2.IntelStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +449,33 @@ class Analyst:
             '/vigie.v1.Analyst/PublishIntel',
             vigie_dot_v1_dot_analyst__pb2.PublishIntelRequest.SerializeToString,
             vigie_dot_v1_dot_analyst__pb2.PublishIntelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IntelStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigie.v1.Analyst/IntelStatus',
+            vigie_dot_v1_dot_analyst__pb2.IntelStatusRequest.SerializeToString,
+            vigie_dot_v1_dot_analyst__pb2.IntelStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

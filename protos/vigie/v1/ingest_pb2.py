@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from vigie.v1 import alert_pb2 as vigie_dot_v1_dot_alert__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vigie/v1/ingest.proto\x12\x08vigie.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14vigie/v1/alert.proto\":\n\nAlertBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1f\n\x06\x61lerts\x18\x02 \x03(\x0b\x32\x0f.vigie.v1.Alert\"\x9b\x01\n\nHostHealth\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x02 \x01(\x01\x12\x14\n\x0c\x64isk_percent\x18\x03 \x01(\x01\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x19\n\x11\x61gent_cpu_percent\x18\x05 \x01(\x01\x12\x17\n\x0f\x61gent_rss_bytes\x18\x06 \x01(\x04\"\x9a\x02\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x1c\n\x14\x61gent_uptime_seconds\x18\x03 \x01(\x01\x12\x18\n\x10packets_captured\x18\x04 \x01(\x04\x12\x17\n\x0fpackets_dropped\x18\x05 \x01(\x04\x12\x14\n\x0coutbox_depth\x18\x06 \x01(\x04\x12\x13\n\x0boutbox_shed\x18\x07 \x01(\x04\x12\"\n\x04host\x18\x08 \x01(\x0b\x32\x14.vigie.v1.HostHealth\x12\x15\n\rintel_version\x18\t \x01(\x04\x12\x12\n\nhost_label\x18\n \x01(\t\"g\n\x0c\x41gentMessage\x12%\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x14.vigie.v1.AlertBatchH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.vigie.v1.HeartbeatH\x00\x42\x06\n\x04\x62ody\"M\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12\x15\n\rdead_lettered\x18\x04 \x01(\r\"K\n\x0b\x46lowControl\x12\x1d\n\x15max_batches_in_flight\x18\x01 \x01(\r\x12\x1d\n\x15max_alerts_per_second\x18\x02 \x01(\r\"\xd4\x01\n\x0bIntelBundle\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0b\n\x03ips\x18\x02 \x03(\t\x12\x0f\n\x07\x64omains\x18\x03 \x03(\t\x12\x0b\n\x03ja3\x18\x04 \x03(\t\x12\x0b\n\x03ja4\x18\x05 \x03(\t\x12\x0e\n\x06hashes\x18\x06 \x03(\t\x12\x39\n\nthresholds\x18\x07 \x03(\x0b\x32%.vigie.v1.IntelBundle.ThresholdsEntry\x1a\x31\n\x0fThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"4\n\x0bIntelUpdate\x12%\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x15.vigie.v1.IntelBundle\"\x8f\x01\n\x10\x43ollectorMessage\x12\x1c\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\r.vigie.v1.AckH\x00\x12-\n\x0c\x66low_control\x18\x02 \x01(\x0b\x32\x15.vigie.v1.FlowControlH\x00\x12&\n\x05intel\x18\x03 \x01(\x0b\x32\x15.vigie.v1.IntelUpdateH\x00\x42\x06\n\x04\x62ody2J\n\x06Ingest\x12@\n\x06Stream\x12\x16.vigie.v1.AgentMessage\x1a\x1a.vigie.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vigie/v1/ingest.proto\x12\x08vigie.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14vigie/v1/alert.proto\":\n\nAlertBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1f\n\x06\x61lerts\x18\x02 \x03(\x0b\x32\x0f.vigie.v1.Alert\"\x9b\x01\n\nHostHealth\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x02 \x01(\x01\x12\x14\n\x0c\x64isk_percent\x18\x03 \x01(\x01\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x19\n\x11\x61gent_cpu_percent\x18\x05 \x01(\x01\x12\x17\n\x0f\x61gent_rss_bytes\x18\x06 \x01(\x04\"\xc2\x02\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x1c\n\x14\x61gent_uptime_seconds\x18\x03 \x01(\x01\x12\x18\n\x10packets_captured\x18\x04 \x01(\x04\x12\x17\n\x0fpackets_dropped\x18\x05 \x01(\x04\x12\x14\n\x0coutbox_depth\x18\x06 \x01(\x04\x12\x13\n\x0boutbox_shed\x18\x07 \x01(\x04\x12\"\n\x04host\x18\x08 \x01(\x0b\x32\x14.vigie.v1.HostHealth\x12\x15\n\rintel_version\x18\t \x01(\x04\x12\x12\n\nhost_label\x18\n \x01(\t\x12&\n\x05retro\x18\x0b \x03(\x0b\x32\x17.vigie.v1.RetroProgress\"@\n\rRetroProgress\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07matches\x18\x03 \x01(\r\"g\n\x0c\x41gentMessage\x12%\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x14.vigie.v1.AlertBatchH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.vigie.v1.HeartbeatH\x00\x42\x06\n\x04\x62ody\"M\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12\x15\n\rdead_lettered\x18\x04 \x01(\r\"K\n\x0b\x46lowControl\x12\x1d\n\x15max_batches_in_flight\x18\x01 \x01(\r\x12\x1d\n\x15max_alerts_per_second\x18\x02 \x01(\r\"\xfb\x01\n\x0bIntelBundle\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0b\n\x03ips\x18\x02 \x03(\t\x12\x0f\n\x07\x64omains\x18\x03 \x03(\t\x12\x0b\n\x03ja3\x18\x04 \x03(\t\x12\x0b\n\x03ja4\x18\x05 \x03(\t\x12\x0e\n\x06hashes\x18\x06 \x03(\t\x12\x39\n\nthresholds\x18\x07 \x03(\x0b\x32%.vigie.v1.IntelBundle.ThresholdsEntry\x12%\n\x05retro\x18\x08 \x03(\x0b\x32\x16.vigie.v1.RetroRequest\x1a\x31\n\x0fThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"|\n\x0cRetroRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05since\x18\x02 \x01(\x01\x12\x14\n\x0cpublished_at\x18\x03 \x01(\x01\x12\x0b\n\x03ips\x18\x04 \x03(\t\x12\x0f\n\x07\x64omains\x18\x05 \x03(\t\x12\x0b\n\x03ja3\x18\x06 \x03(\t\x12\x0b\n\x03ja4\x18\x07 \x03(\t\"4\n\x0bIntelUpdate\x12%\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x15.vigie.v1.IntelBundle\"\x8f\x01\n\x10\x43ollectorMessage\x12\x1c\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\r.vigie.v1.AckH\x00\x12-\n\x0c\x66low_control\x18\x02 \x01(\x0b\x32\x15.vigie.v1.FlowControlH\x00\x12&\n\x05intel\x18\x03 \x01(\x0b\x32\x15.vigie.v1.IntelUpdateH\x00\x42\x06\n\x04\x62ody2J\n\x06Ingest\x12@\n\x06Stream\x12\x16.vigie.v1.AgentMessage\x1a\x1a.vigie.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,21 +40,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOSTHEALTH']._serialized_start=151
   _globals['_HOSTHEALTH']._serialized_end=306
   _globals['_HEARTBEAT']._serialized_start=309
-  _globals['_HEARTBEAT']._serialized_end=591
-  _globals['_AGENTMESSAGE']._serialized_start=593
-  _globals['_AGENTMESSAGE']._serialized_end=696
-  _globals['_ACK']._serialized_start=698
-  _globals['_ACK']._serialized_end=775
-  _globals['_FLOWCONTROL']._serialized_start=777
-  _globals['_FLOWCONTROL']._serialized_end=852
-  _globals['_INTELBUNDLE']._serialized_start=855
-  _globals['_INTELBUNDLE']._serialized_end=1067
-  _globals['_INTELBUNDLE_THRESHOLDSENTRY']._serialized_start=1018
-  _globals['_INTELBUNDLE_THRESHOLDSENTRY']._serialized_end=1067
-  _globals['_INTELUPDATE']._serialized_start=1069
-  _globals['_INTELUPDATE']._serialized_end=1121
-  _globals['_COLLECTORMESSAGE']._serialized_start=1124
-  _globals['_COLLECTORMESSAGE']._serialized_end=1267
-  _globals['_INGEST']._serialized_start=1269
-  _globals['_INGEST']._serialized_end=1343
+  _globals['_HEARTBEAT']._serialized_end=631
+  _globals['_RETROPROGRESS']._serialized_start=633
+  _globals['_RETROPROGRESS']._serialized_end=697
+  _globals['_AGENTMESSAGE']._serialized_start=699
+  _globals['_AGENTMESSAGE']._serialized_end=802
+  _globals['_ACK']._serialized_start=804
+  _globals['_ACK']._serialized_end=881
+  _globals['_FLOWCONTROL']._serialized_start=883
+  _globals['_FLOWCONTROL']._serialized_end=958
+  _globals['_INTELBUNDLE']._serialized_start=961
+  _globals['_INTELBUNDLE']._serialized_end=1212
+  _globals['_INTELBUNDLE_THRESHOLDSENTRY']._serialized_start=1163
+  _globals['_INTELBUNDLE_THRESHOLDSENTRY']._serialized_end=1212
+  _globals['_RETROREQUEST']._serialized_start=1214
+  _globals['_RETROREQUEST']._serialized_end=1338
+  _globals['_INTELUPDATE']._serialized_start=1340
+  _globals['_INTELUPDATE']._serialized_end=1392
+  _globals['_COLLECTORMESSAGE']._serialized_start=1395
+  _globals['_COLLECTORMESSAGE']._serialized_end=1538
+  _globals['_INGEST']._serialized_start=1540
+  _globals['_INGEST']._serialized_end=1614
 # @@protoc_insertion_point(module_scope)

@@ -35,7 +35,7 @@ class HostHealth(_message.Message):
     def __init__(self, cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., disk_percent: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., agent_cpu_percent: _Optional[float] = ..., agent_rss_bytes: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("sent_at", "agent_version", "agent_uptime_seconds", "packets_captured", "packets_dropped", "outbox_depth", "outbox_shed", "host", "intel_version", "host_label")
+    __slots__ = ("sent_at", "agent_version", "agent_uptime_seconds", "packets_captured", "packets_dropped", "outbox_depth", "outbox_shed", "host", "intel_version", "host_label", "retro")
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class Heartbeat(_message.Message):
     HOST_FIELD_NUMBER: _ClassVar[int]
     INTEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     HOST_LABEL_FIELD_NUMBER: _ClassVar[int]
+    RETRO_FIELD_NUMBER: _ClassVar[int]
     sent_at: _timestamp_pb2.Timestamp
     agent_version: str
     agent_uptime_seconds: float
@@ -56,7 +57,18 @@ class Heartbeat(_message.Message):
     host: HostHealth
     intel_version: int
     host_label: str
-    def __init__(self, sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., agent_uptime_seconds: _Optional[float] = ..., packets_captured: _Optional[int] = ..., packets_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., outbox_shed: _Optional[int] = ..., host: _Optional[_Union[HostHealth, _Mapping]] = ..., intel_version: _Optional[int] = ..., host_label: _Optional[str] = ...) -> None: ...
+    retro: _containers.RepeatedCompositeFieldContainer[RetroProgress]
+    def __init__(self, sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., agent_uptime_seconds: _Optional[float] = ..., packets_captured: _Optional[int] = ..., packets_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., outbox_shed: _Optional[int] = ..., host: _Optional[_Union[HostHealth, _Mapping]] = ..., intel_version: _Optional[int] = ..., host_label: _Optional[str] = ..., retro: _Optional[_Iterable[_Union[RetroProgress, _Mapping]]] = ...) -> None: ...
+
+class RetroProgress(_message.Message):
+    __slots__ = ("version", "state", "matches")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    state: str
+    matches: int
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., matches: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("batch", "heartbeat")
@@ -87,7 +99,7 @@ class FlowControl(_message.Message):
     def __init__(self, max_batches_in_flight: _Optional[int] = ..., max_alerts_per_second: _Optional[int] = ...) -> None: ...
 
 class IntelBundle(_message.Message):
-    __slots__ = ("version", "ips", "domains", "ja3", "ja4", "hashes", "thresholds")
+    __slots__ = ("version", "ips", "domains", "ja3", "ja4", "hashes", "thresholds", "retro")
     class ThresholdsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +114,7 @@ class IntelBundle(_message.Message):
     JA4_FIELD_NUMBER: _ClassVar[int]
     HASHES_FIELD_NUMBER: _ClassVar[int]
     THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    RETRO_FIELD_NUMBER: _ClassVar[int]
     version: int
     ips: _containers.RepeatedScalarFieldContainer[str]
     domains: _containers.RepeatedScalarFieldContainer[str]
@@ -109,7 +122,26 @@ class IntelBundle(_message.Message):
     ja4: _containers.RepeatedScalarFieldContainer[str]
     hashes: _containers.RepeatedScalarFieldContainer[str]
     thresholds: _containers.ScalarMap[str, float]
-    def __init__(self, version: _Optional[int] = ..., ips: _Optional[_Iterable[str]] = ..., domains: _Optional[_Iterable[str]] = ..., ja3: _Optional[_Iterable[str]] = ..., ja4: _Optional[_Iterable[str]] = ..., hashes: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    retro: _containers.RepeatedCompositeFieldContainer[RetroRequest]
+    def __init__(self, version: _Optional[int] = ..., ips: _Optional[_Iterable[str]] = ..., domains: _Optional[_Iterable[str]] = ..., ja3: _Optional[_Iterable[str]] = ..., ja4: _Optional[_Iterable[str]] = ..., hashes: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., retro: _Optional[_Iterable[_Union[RetroRequest, _Mapping]]] = ...) -> None: ...
+
+class RetroRequest(_message.Message):
+    __slots__ = ("version", "since", "published_at", "ips", "domains", "ja3", "ja4")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    IPS_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    JA3_FIELD_NUMBER: _ClassVar[int]
+    JA4_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    since: float
+    published_at: float
+    ips: _containers.RepeatedScalarFieldContainer[str]
+    domains: _containers.RepeatedScalarFieldContainer[str]
+    ja3: _containers.RepeatedScalarFieldContainer[str]
+    ja4: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., since: _Optional[float] = ..., published_at: _Optional[float] = ..., ips: _Optional[_Iterable[str]] = ..., domains: _Optional[_Iterable[str]] = ..., ja3: _Optional[_Iterable[str]] = ..., ja4: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class IntelUpdate(_message.Message):
     __slots__ = ("bundle",)
