@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     common_args(s)
     s.add_argument("--listen", help="override listen (HOST:PORT; port 0 picks one)")
     s.add_argument("--enroll-listen", help="override enroll.listen (HOST:PORT, 'auto' or '')")
+    s.add_argument("--console-listen", help="override console.listen (HOST:PORT or '')")
 
     k = sub.add_parser("pki", help="manage the collector's certificate authority")
     ksub = k.add_subparsers(dest="pki_cmd", required=True)
@@ -161,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     common_args(il)
     il.add_argument("file")
 
+    from collector.console import cli as console_cli
+
+    console_cli.add_parser(sub, common_args, ANALYST_NAME, ROLE)
+
     args = p.parse_args(argv)
     logs.setup(sys.stdout)
     try:
@@ -171,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "serve":
             if args.enroll_listen is not None:
                 cfg["enroll"]["listen"] = args.enroll_listen
+            if args.console_listen is not None:
+                cfg["console"]["listen"] = args.console_listen
             server.serve(cfg)
             return 0
         if args.cmd == "doctor":
@@ -179,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             return doctor.run(cfg, sys.stdout)
         if args.cmd == "dead-letter":
             return _dead_letters(args, cfg)
+        if args.cmd == "console":
+            return console_cli.run(args, server.open_store(cfg))
         d = server.pki_dir(cfg)
         if args.cmd == "token":
             if args.token_cmd == "list":

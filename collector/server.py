@@ -433,6 +433,9 @@ def serve(cfg: dict[str, Any]) -> None:
         )
     jobs = Jobs(store, cfg, build_sinks(cfg), meters=meters)
     jobs.start()
+    from collector import console as web
+
+    console, _ = web.start(cfg, store, registry, pki_dir(cfg))
     exporter = metrics.serve(cfg["metrics"]["listen"], meters.registry)
     log.info("collector_listening", address=f"{host}:{port}")
 
@@ -456,6 +459,8 @@ def serve(cfg: dict[str, Any]) -> None:
         if exporter is not None:
             exporter.close()
         log.info("collector_stopping")
+        if console is not None:
+            console.stop()
         jobs.stop()
         for sink in jobs.sinks:
             sink.close()

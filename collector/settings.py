@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collector.console.settings import OPTIONS as CONSOLE
 from collector.correlate.rules import OPTIONS as CORRELATION
 from collector.sinks import OPTIONS as SINKS
 from common.config import Option, at_least, check_listen, host_port, one_of, positive
@@ -108,6 +109,7 @@ SCHEMA = {
             check_listen,
         ),
     },
+    "console": CONSOLE,
     "correlation": CORRELATION,
     "retention": {
         "alert_days": Option(

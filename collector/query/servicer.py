@@ -9,6 +9,7 @@ import time
 import grpc
 
 from collector.auth import caller
+from collector.query.scope import Scope
 from collector.store import AlertFilter, Store
 from common.pbtime import seconds as _ts
 from common.pbtime import set_seconds as _set_ts
@@ -18,16 +19,15 @@ MAX_PAGE = 1000
 MAX_CURSOR = 2**63 - 1  # cursors are row numbers: a signed 64-bit integer in the database
 
 
+def _scope(context: grpc.ServicerContext) -> Scope:
+    """The caller's role, as the one scoping code shared with the web console reads it."""
+    return Scope(caller(context).role)
+
+
 def _region_refusal(context: grpc.ServicerContext, asked: str) -> tuple[str, str | None]:
     """A regional analyst sees only their region, whatever they ask for: (the region to
     query, or why the request is refused)."""
-    role = caller(context).role
-    if role == "national":
-        return asked, None
-    own = role.removeprefix("regional:")
-    if asked and asked != own:
-        return own, f"region {asked[:40]!r} is outside your role"
-    return own, None
+    return _scope(context).refusal(asked)
 
 
 def _scope_region(context: grpc.ServicerContext, asked: str) -> str:
@@ -79,10 +79,9 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         return out
 
     def ListAgents(self, request: analyst_pb2.ListAgentsRequest, context):
-        region = _scope_region(context, "")
         now = time.time()
         out = analyst_pb2.ListAgentsResponse()
-        rows = [r for r in self.store.list_agents() if not region or r["region"] == region]
+        rows = _scope(context).agents(self.store)
         held = self.store.dead_letter_counts()
         names = self.registry.names() if self.registry is not None else {}
         for r in rows:
@@ -135,15 +134,13 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         return out
 
     def GetIncident(self, request: analyst_pb2.GetIncidentRequest, context):
-        region = _scope_region(context, "")
-        found = self.store.get_incident(request.key)
-        if found is None or (region and not any(s["region"] == region for s in found[0]["sites"])):
+        scope = _scope(context)
+        found = scope.incident(self.store, request.key)
+        if found is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no such incident")
         row, alerts = found
-        out = analyst_pb2.IncidentDetail(incident=incident_message(row, region))
+        out = analyst_pb2.IncidentDetail(incident=incident_message(row, scope.region))
         for origin, alert, received in alerts:
-            if region and origin.region != region:
-                continue
             out.alerts.append(stored_alert(origin, alert, received))
         return out
 
@@ -162,7 +159,8 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
 
         A coroutine, not a thread: a watch lasts as long as the analyst keeps it open, and
         its end (cancel, deadline, server stopping) reaches it as a cancellation."""
-        region, refused = _region_refusal(context, request.region)
+        scope = _scope(context)
+        region, refused = scope.refusal(request.region)
         if refused:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         cursor = request.cursor
@@ -174,24 +172,12 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
             # Every change, as it stood (an ack then a close are two events), from the
             # change feed; a regional analyst's are filtered in the store, so the cursor
             # moves on past what they do not see.
-            rows, cursor = await asyncio.to_thread(self._changes, cursor, region)
+            rows, cursor = await asyncio.to_thread(scope.changes, self.store, cursor, region)
             for r in rows:
                 if r["severity"] >= request.min_severity:
                     yield analyst_pb2.IncidentEvent(incident=incident_message(r, region))
             if not rows:
                 await asyncio.sleep(self.watch_poll)
-
-    def _changes(self, cursor: int, region: str) -> tuple[list[dict], int]:
-        """The next changes a watcher may see, and the cursor past every change read."""
-        while True:
-            rows = self.store.list_changes(cursor, limit=100)
-            if not rows:
-                return [], cursor
-            cursor = rows[-1]["seq"]
-            if region:
-                rows = [r for r in rows if any(s["region"] == region for s in r["sites"])]
-            if rows:
-                return rows, cursor
 
     def CountAlerts(self, request: analyst_pb2.CountAlertsRequest, context):
         region = _scope_region(context, request.region)
@@ -260,10 +246,68 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServicer):
         except (ValueError, RecursionError) as exc:
             # Echoing input back is capped: a status message travels in an 8 KB header.
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bundle_json: {str(exc)[:500]}")
-        version = self.registry.load_intel(new)
+        retro = None
+        if request.retro_seconds:
+            from collector.pki.intel import MAX_RETRO_SECONDS
+
+            if not 0 < request.retro_seconds <= MAX_RETRO_SECONDS:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "retro_seconds: 1 s to 366 days")
+            # The look-back searches this publication's own indicators, not the whole list.
+            asked = validate(json.loads(request.bundle_json))
+            retro = {k: asked[k] for k in ("ips", "domains", "ja3", "ja4")}
+            retro["since"] = time.time() - request.retro_seconds
+        version = self.registry.load_intel(new, retro)
         return analyst_pb2.PublishIntelResponse(
             version=version, counts={k: len(v) for k, v in new.items()}
         )
+
+    def IntelStatus(self, request: analyst_pb2.IntelStatusRequest, context):
+        """How many agents finished a publication's retro-hunt, are searching, have not
+        started yet (online) or are offline."""
+        if caller(context).role != "national":
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "only a national analyst follows intel"
+            )
+        if self.registry is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "intel is not served by this collector")
+        asked = self.registry.retro_requests()
+        if request.version:
+            asked = [r for r in asked if r["version"] == request.version]
+        if not asked:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no publication with a look-back (--retro) as version {request.version}"
+                if request.version
+                else "no publication with a look-back (--retro) yet",
+            )
+        req = asked[-1]
+        revoked = self.registry.agent_states()
+        now = time.time()
+        out = analyst_pb2.IntelStatusResponse(
+            version=req["version"], published_at=req["published_at"], since=req["since"]
+        )
+        counts = {"done": 0, "searching": 0, "waiting": 0, "offline": 0}
+        for r in self.store.retro_status(req["version"]):
+            if r["agent_id"] in revoked:
+                continue
+            state = r["state"] if r["state"] == "done" else None
+            if state is None:
+                if r["last_seen"] < now - RETRO_OFFLINE_SECONDS:
+                    state = "offline"
+                else:
+                    state = "searching" if r["state"] else "waiting"
+            counts[state] += 1
+            out.agents.add(
+                agent_id=r["agent_id"], finess=r["finess"], ght=r["ght"], region=r["region"],
+                state=state, matches=r["matches"] or 0, last_seen=r["last_seen"],
+            )  # fmt: skip
+        out.counts.update(counts)
+        return out
+
+
+# An agent not heard from for this long is offline for `vigie intel status` (heartbeats
+# come every 30 s by default).
+RETRO_OFFLINE_SECONDS = 180.0
 
 
 def _cursor(context, text: str) -> int | None:

@@ -103,6 +103,9 @@ class AlertFilter:
     finess: str = ""
     ght: str = ""
     region: str = ""
+    # (kind names as the correlation rules write them: ip, domain, sni, ja3, ja4, hash)
+    # and a value: the alerts that carried this external indicator.
+    indicator: tuple[tuple[str, ...], str] | None = None
 
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -324,6 +327,23 @@ class Alerts:
                 origin.agent_id,
             ),
         )
+        if hb.retro:
+            tx.many(
+                "INSERT INTO retro_progress VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent_id, "
+                "version) DO UPDATE SET state = excluded.state, matches = excluded.matches, "
+                "updated_at = excluded.updated_at",
+                [(origin.agent_id, r.version, r.state[:16], r.matches, now) for r in hb.retro],
+            )
+
+    def retro_status(self, version: int) -> list[dict[str, Any]]:
+        """Every agent with its progress on that retro-hunt (state None: not reported)."""
+        with self.backend.tx() as tx:
+            return tx.fetch(
+                "SELECT a.agent_id, a.finess, a.ght, a.region, a.last_seen, p.state, "
+                "p.matches FROM agents a LEFT JOIN retro_progress p ON p.agent_id = "
+                "a.agent_id AND p.version = ? ORDER BY a.ght, a.finess, a.agent_id",
+                (version,),
+            )
 
     # Dead letters ---------------------------------------------------------------------
 
@@ -415,6 +435,11 @@ class Alerts:
         if before_n is not None:
             where.append("n < ?")
             args.append(before_n)
+        if flt.indicator is not None:
+            where.append(_INDICATOR_SQL.format(marks=",".join("?" * len(flt.indicator[0]))))
+            kinds, value = flt.indicator
+            args += [*(INDICATOR_CODES[k] for k in kinds), value]
+            args += [f"{k}:{value}" for k in kinds]
         sql = "SELECT * FROM alerts"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -476,6 +501,24 @@ class Alerts:
             return [(str(r["k"]), r["c"]) for r in tx.fetch(sql, args)]
 
 
+# An external indicator's alerts: those the multi-site rule keeps per indicator, and those
+# it linked to an incident on that indicator (it keeps no other copy of them). Selected by
+# row number: written as a test on (agent_id, alert_id), SQLite scanned every alert.
+_INDICATOR_SQL = (
+    "n IN (SELECT a.n FROM (SELECT agent_id, alert_id FROM alert_indicators "
+    "WHERE kind IN ({marks}) AND value = ? UNION SELECT l.agent_id, l.alert_id "
+    "FROM incident_alerts l JOIN incidents i ON i.key = l.incident_key "
+    "WHERE i.rule = 'multi_site_indicator' AND i.subject IN ({marks})) s "
+    "JOIN alerts a ON a.agent_id = s.agent_id AND a.alert_id = s.alert_id)"
+)
+INDICATOR_CODES = {
+    "ip": alert_pb2.KIND_IP,
+    "domain": alert_pb2.KIND_DOMAIN,
+    "sni": alert_pb2.KIND_TLS_SNI,
+    "ja3": alert_pb2.KIND_JA3,
+    "ja4": alert_pb2.KIND_JA4,
+    "hash": alert_pb2.KIND_HASH,
+}
 _ROW_MARKS = "(" + ", ".join("?" * 18) + ")"
 _UPSERT_HEAD, _, _UPSERT_TAIL = UPSERT_ALERT.partition("VALUES " + _ROW_MARKS)
 _ROWS_PER_STATEMENT = 1000  # 18,000 parameters: under SQLite's 32,766
@@ -531,7 +574,8 @@ def _rows(origin: Origin, alerts: Sequence[alert_pb2.Alert], now: float) -> tupl
                 now,
             )
         )
-        facts.append((a.id, a.detector, first, last, ents))
+        # 6th: when a retro-hunt match was reported (0.0: a live alert), base.Batch
+        facts.append((a.id, a.detector, first, last, ents, now if a.metrics.get("retro") else 0.0))
     return rows, facts
 
 

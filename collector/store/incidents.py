@@ -25,6 +25,8 @@ class Incidents:
         region: str = "",
         since: float | None = None,
         after_seq: int | None = None,
+        ght: str = "",
+        until: float | None = None,
         before_seq: int | None = None,
         limit: int = 100,
         ascending: bool = False,
@@ -48,9 +50,15 @@ class Incidents:
         if before_seq is not None:
             where.append("seq < ?")
             args.append(before_seq)
+        if until is not None:
+            where.append("first_seen < ?")
+            args.append(until)
         if region:
             where.append("key IN (SELECT incident_key FROM incident_sites WHERE region = ?)")
             args.append(region)
+        if ght:
+            where.append("key IN (SELECT incident_key FROM incident_sites WHERE ght = ?)")
+            args.append(ght)
         sql = "SELECT * FROM incidents"
         if where:
             sql += " WHERE " + " AND ".join(where)

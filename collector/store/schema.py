@@ -206,6 +206,59 @@ CREATE TABLE dead_letters (
 CREATE INDEX dead_letters_agent ON dead_letters (agent_id)
 """,
     ),
+    (
+        7,
+        # The web console's analyst accounts (argon2 password hash, TOTP secret) and their
+        # sessions (kept here, not in one process, so any replica serves any session; only
+        # a hash of the session id is stored). Failed sign-ins are counted per account.
+        # Alert pages are keyset-paged on n: (detector, n) and (ght, n) read a detector's
+        # or a GHT's newest alerts in order (with the (.., last_seen) indexes, SQLite
+        # sorted all of them: 1.3 s for a detector at a million alerts); (last_seen,
+        # detector, region, ght) counts a week of alerts by hour and detector, and a day's
+        # by GHT and region, from the index alone (the console's overview).
+        """
+CREATE TABLE console_users (
+    name           TEXT PRIMARY KEY,
+    role           TEXT NOT NULL,
+    password_hash  TEXT NOT NULL,
+    totp_secret    TEXT NOT NULL,
+    totp_last_step {INT} NOT NULL DEFAULT 0,
+    failures       {INT} NOT NULL DEFAULT 0,
+    locked_until   {REAL} NOT NULL DEFAULT 0,
+    disabled       {INT} NOT NULL DEFAULT 0,
+    created_at     {REAL} NOT NULL
+);
+CREATE TABLE console_sessions (
+    id_hash     TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    csrf        TEXT NOT NULL,
+    tz          TEXT NOT NULL,
+    lang        TEXT NOT NULL,
+    created_at  {REAL} NOT NULL,
+    seen_at     {REAL} NOT NULL,
+    expires_at  {REAL} NOT NULL
+);
+CREATE INDEX console_sessions_name ON console_sessions (name);
+CREATE INDEX alerts_detector_n ON alerts (detector, n);
+CREATE INDEX alerts_ght_n ON alerts (ght, n);
+CREATE INDEX alerts_seen_cover ON alerts (last_seen, detector, region, ght)
+""",
+    ),
+    (
+        8,
+        # Where each agent is with each retro-hunt (Heartbeat.retro): `vigie intel status`.
+        """
+CREATE TABLE retro_progress (
+    agent_id    TEXT NOT NULL,
+    version     {INT} NOT NULL,
+    state       TEXT NOT NULL,
+    matches     {INT} NOT NULL DEFAULT 0,
+    updated_at  {REAL} NOT NULL,
+    PRIMARY KEY (agent_id, version)
+)
+""",
+    ),
 ]
 
 
