@@ -27,7 +27,7 @@ def _run_agent(state: Path, collector: Collector, version: int, timeout: float =
     """The running agent's parts, without the capture: delivery (intel in, alerts and
     heartbeats out), the pipeline ticking, the journal and the retro-hunter."""
     cfg = config.validate(
-        {"state_dir": str(state),
+        {"state_dir": str(state), "journal": {"enabled": True},
          "collector": {"address": collector.address, "heartbeat_seconds": 0.3}},
         settings.SCHEMA, "test",
     )  # fmt: skip
