@@ -277,13 +277,15 @@ def test_expired_certificate_is_refused(enrolling, tmp_path: Path) -> None:
 
 
 def test_certificate_renews_over_the_stream_and_delivery_goes_on(tmp_path: Path) -> None:
-    c, enroll_at = _start(tmp_path, "[pki]\nagent_cert_seconds = 20\n")
+    # 30 s certificates: long enough that a loaded machine's slow start still finds the
+    # first one valid (with 20 s it once expired before the replay could renew it)
+    c, enroll_at = _start(tmp_path, "[pki]\nagent_cert_seconds = 30\n")
     try:
         state = tmp_path / "agent"
         assert enroll(enroll_at, token(c), state).returncode == 0
         first = cert_of(state)
         # A third of the lifetime left: the next connection renews first (real process).
-        time.sleep(13.5)
+        time.sleep(20.5)
         r = replay(c, state)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "cert_renewed" in r.stdout
@@ -312,7 +314,7 @@ def test_certificate_renews_over_the_stream_and_delivery_goes_on(tmp_path: Path)
 
         producer = threading.Thread(target=produce)
         producer.start()
-        time.sleep(16)
+        time.sleep(24)  # past the renewed certificate's last third: a renewal mid-stream
         stop.set()
         producer.join()
         assert sender.drain(20)
