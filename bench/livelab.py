@@ -109,27 +109,37 @@ def stop(proc: subprocess.Popen | None) -> None:
         proc.wait()
 
 
-def sshd(lab: Lab, workdir: Path, port: int = 22, extra: str = "") -> subprocess.Popen:
-    """An OpenSSH server in the victim namespace, password authentication on."""
+def sshd(
+    lab: Lab,
+    workdir: Path,
+    port: int = 22,
+    settings: str = "",
+    address: str = VICTIM_IP,
+) -> subprocess.Popen:
+    """An OpenSSH server in the namespace that holds `address` (the victim's by default).
+    `settings` (sshd_config lines) come first and so win over the defaults after them,
+    since sshd keeps a keyword's first value: password authentication on, no PAM, root
+    refused."""
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "host_ed25519"
     if not key.exists():
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
     conf = workdir / f"sshd_config_{port}"
     conf.write_text(
-        f"ListenAddress {VICTIM_IP}\nPort {port}\nHostKey {key}\n"
+        settings + f"ListenAddress {address}\nPort {port}\nHostKey {key}\n"
         f"PidFile {workdir / f'sshd_{port}.pid'}\n"
         "PermitRootLogin no\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\n"
-        "UsePAM no\nStrictModes no\nMaxStartups 100:30:200\nLoginGraceTime 10\n" + extra
+        "UsePAM no\nStrictModes no\nMaxStartups 100:30:200\nLoginGraceTime 10\n"
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
+    cmd = lab.victim_cmd if address == VICTIM_IP else lab.attacker_cmd
     proc = subprocess.Popen(
-        lab.victim_cmd(SSHD, "-D", "-e", "-f", str(conf)),
+        cmd(SSHD, "-D", "-e", "-f", str(conf)),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     time.sleep(0.8)
     if proc.poll() is not None:
-        raise RuntimeError(f"sshd did not start: {proc.stderr.read()}")
+        raise RuntimeError(f"sshd on {address}:{port} did not start: {proc.stderr.read()}")
     return proc
 
 

@@ -25,34 +25,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.livelab import ATTACKER_IP, SSHD, VICTIM_IP, Lab, Scenario, run, stop
+from bench.livelab import ATTACKER_IP, SSHD, VICTIM_IP, Lab, Scenario, run, sshd, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _sshd(lab: Lab, tmp: Path, port: int, extra: str = "") -> subprocess.Popen:
+def _sshd(lab: Lab, tmp: Path, port: int) -> subprocess.Popen:
     """OpenSSH in the victim namespace: passwords and keys (root, by key only, with the
     scenario's own authorized_keys file), MaxAuthTries 6."""
     work = tmp / f"sshd{port}"
-    work.mkdir(parents=True, exist_ok=True)
-    host = work / "host"
-    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host))
-    conf = work / "sshd_config"
-    conf.write_text(
-        f"ListenAddress {VICTIM_IP}\nPort {port}\nHostKey {host}\nPidFile {work / 'pid'}\n"
+    return sshd(
+        lab, work, port,
         f"AuthorizedKeysFile {work / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication yes\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "MaxAuthTries 6\nStrictModes no\nMaxStartups 100:30:200\nLoginGraceTime 20\n" + extra
-    )
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
-    proc = subprocess.Popen(
-        lab.victim_cmd(SSHD, "-D", "-e", "-f", str(conf)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        "MaxAuthTries 6\nLoginGraceTime 20\n",
     )  # fmt: skip
-    time.sleep(0.8)
-    if proc.poll() is not None:
-        raise RuntimeError(f"sshd did not start: {proc.stderr.read()}")
-    return proc
 
 
 def _words(tmp: Path, n: int) -> Path:

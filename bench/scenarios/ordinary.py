@@ -36,7 +36,7 @@ import urllib.request
 import weakref
 from pathlib import Path
 
-from bench.livelab import ATTACKER_IP, OUTSIDE_IP, SSHD, Lab, Scenario, run
+from bench.livelab import ATTACKER_IP, OUTSIDE_IP, SSHD, Lab, Scenario, run, sshd
 
 ROOT = Path(__file__).resolve().parents[2]
 # Names the victim resolves (ordinary: its own services, updates, partners) and the few
@@ -123,27 +123,15 @@ def _module(wrap, *args: str) -> subprocess.Popen:
 
 def _sshd(lab: Lab, work: Path, pub: Path) -> subprocess.Popen:
     """OpenSSH on OUTSIDE_IP:22 in the attacker namespace, key logins only."""
-    host = work / "host_ed25519"
-    if not host.exists():
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host))
     keys = work / "authorized_keys"
+    work.mkdir(parents=True, exist_ok=True)
     keys.write_text(pub.read_text())
-    conf = work / "sshd_config"
-    conf.write_text(
-        f"ListenAddress {OUTSIDE_IP}\nPort 22\nHostKey {host}\nPidFile {work / 'sshd.pid'}\n"
+    return sshd(
+        lab, work, 22,
         f"AuthorizedKeysFile {keys}\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "StrictModes no\nMaxStartups 100:30:200\n"
-    )
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
-    proc = subprocess.Popen(
-        lab.attacker_cmd(SSHD, "-D", "-e", "-f", str(conf)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        "PasswordAuthentication no\n",
+        address=OUTSIDE_IP,
     )  # fmt: skip
-    time.sleep(0.5)
-    if proc.poll() is not None:
-        raise RuntimeError(f"sshd (ordinary traffic) did not start: {proc.stderr.read()}")
-    return proc
 
 
 # The quiet scenario: ordinary traffic alone ------------------------------------------------
