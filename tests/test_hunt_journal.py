@@ -132,6 +132,27 @@ def test_a_search_skips_segments_that_cannot_match(tmp_path, monkeypatch):
     assert len(hits) == 60 and len(read) <= 2
 
 
+def test_a_busy_hour_is_cut_into_segments_that_lose_nothing(tmp_path, monkeypatch):
+    """The open segment's index entries are bounded: past MAX_HELD the segment closes
+    early, even within the same second, and every record is still found."""
+    from agent.hunt import journal as jmod
+
+    monkeypatch.setattr(jmod, "MAX_HELD", 200)
+    opts = {k: o.default for k, o in OPTIONS.items()} | {"max_age_days": 1e5,
+                                                          "block_records": 16}
+    j = Journal(tmp_path, opts)
+    t0 = 1_700_000_000.0
+    for i in range(2000):  # one second: every cut segment has the same first and last
+        j.flow_end(_flow("10.4.0.1", f"198.51.{i // 250}.{i % 250 + 1}", t0 + i / 4000))
+    j.close(t0)
+    cut = segments(tmp_path)
+    assert len(cut) > 5
+    assert len({p.name for p in cut}) == len(cut)
+    hits = list(search(tmp_path, Query.build(ips=["10.4.0.1"])))
+    assert len(hits) == 2000
+    assert len(list(search(tmp_path, Query.build(ips=["198.51.7.250"])))) == 1
+
+
 def _counting(fn, log):
     def block(self, n):
         log.append(n)

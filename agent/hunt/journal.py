@@ -31,7 +31,9 @@ import ipaddress
 import json
 import marshal
 import os
+import socket
 import time
+from array import array
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,7 +64,12 @@ _APP = frozenset(("tls_client_hello", "http", "smb", "dcerpc"))
 OPEN_NAME = "current.open"
 DNS_WAIT = 10.0  # a query unanswered this long is written without its answer
 MAX_PENDING_DNS = 65_536
-ADDR_CACHE = 200_000
+# Address strings and domain keys kept for the next records: small, because a scan or a
+# busy proxy brings a new address per connection (a 200k cache held 55 MB at 100k flows).
+ADDR_CACHE = 4096
+# Index entries (block keys and addresses) the open segment may hold before it is closed
+# early: 8 bytes a key, 4 an IPv4 address, so about 16 MB at most, however busy the hour.
+MAX_HELD = 2_000_000
 
 OPTIONS: dict[str, Option] = {
     "enabled": Option(
@@ -156,8 +163,14 @@ class Journal:
         self._parts: list[bytes] = []
         self._n = 0
         self._offsets: list[int] = []
-        self._block_keys: list[set[int]] = []  # each written block's index keys
-        self._seg_addrs: set[bytes] = set()  # the segment's addresses, packed
+        # each written block's index keys, and the segment's IPv4 addresses (as ints,
+        # repeats removed now and then) and IPv6 ones: compact arrays, not sets of ints
+        # (a Python int in a set costs about 70 bytes)
+        self._block_keys: list[array] = []
+        self._seg_v4 = array("I")
+        self._seg_v4_sorted = 0  # the array's length after its last compaction
+        self._seg_v6: set[bytes] = set()
+        self._held = 0
         self._bk: set[int] = set()  # the keys and addresses of the block being filled
         self._ba: set[bytes] = set()
         self._postings: dict[int, set[int]] = {}  # recover()'s, key by key
@@ -185,7 +198,8 @@ class Journal:
         if got is None:
             if len(self._addr) >= ADDR_CACHE:
                 self._addr.clear()
-            text = str(ipaddress.ip_address(packed))
+            family = socket.AF_INET if len(packed) == 4 else socket.AF_INET6
+            text = socket.inet_ntop(family, packed)
             got = self._addr[packed] = (text, seg.key("i", packed))
         self._bk.add(got[1])
         self._ba.add(packed)
@@ -386,13 +400,25 @@ class Journal:
         f = self._open()
         # The block's keys and addresses as they are: the segment's index is made from
         # them at its close (in C: a busy hour holds millions of key and block pairs).
-        self._block_keys.append(self._bk)
-        self._seg_addrs |= self._ba
+        self._block_keys.append(array("Q", self._bk))
+        v4 = self._seg_v4
+        for a in self._ba:
+            if len(a) == 4:
+                v4.append(int.from_bytes(a, "big"))
+            else:
+                self._seg_v6.add(a)
+        if len(v4) > 2 * self._seg_v4_sorted + 65_536:
+            self._seg_v4 = v4 = array("I", sorted(set(v4)))
+            self._seg_v4_sorted = len(v4)
+        self._held += len(self._bk)
         self._bk, self._ba = set(), set()
         self._offsets.append(f.tell())
         seg.write_items(f, self._n, self._parts)
         self._parts, self._n = [], 0
         f.flush()
+        if self._held + len(v4) + len(self._seg_v6) * 4 >= MAX_HELD:
+            log.info("journal_segment_cut", reason="index_entries", entries=MAX_HELD)
+            self.close_segment()
 
     def close_segment(self) -> Path | None:
         """Index, fsync and rename the open segment; returns its new path."""
@@ -401,22 +427,26 @@ class Journal:
             self._new_segment_state()
             return None
         f = self._f
-        addrs = self._seg_addrs
         seg.write_index_blocks(
-            f, self._offsets, self._block_keys,
-            {int.from_bytes(a, "big") for a in addrs if len(a) == 4},
-            {a for a in addrs if len(a) == 16},
+            f, self._offsets, self._block_keys, set(self._seg_v4), self._seg_v6,
             {"first": self._first, "last": self._last, "counts": self._counts},
         )  # fmt: skip
         f.flush()
         os.fsync(f.fileno())
         f.close()
         self._f = None
-        name = f"seg-{int(self._first)}-{int(self._last) + 1}.vjs"
-        final = self.dir / name
+        final = self._free_name()
         os.replace(self.dir / OPEN_NAME, final)
         _fsync_dir(self.dir)
         self._new_segment_state()
+        return final
+
+    def _free_name(self) -> Path:
+        """`seg-<first>-<last>.vjs` for the open segment, its end pushed a second on when
+        an earlier segment (cut early in the same seconds) has that name: never replaced."""
+        first, end = int(self._first), int(self._last) + 1
+        while (final := self.dir / f"seg-{first}-{end}.vjs").exists():
+            end += 1
         return final
 
     def close(self, now: float | None = None) -> None:
@@ -454,7 +484,7 @@ class Journal:
             )  # fmt: skip
             f.flush()
             os.fsync(f.fileno())
-        final = self.dir / f"seg-{int(self._first)}-{int(self._last) + 1}.vjs"
+        final = self._free_name()
         os.replace(path, final)
         _fsync_dir(self.dir)
         log.info("journal_recovered", segment=final.name, blocks=len(blocks))
