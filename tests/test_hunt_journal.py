@@ -138,8 +138,7 @@ def test_a_busy_hour_is_cut_into_segments_that_lose_nothing(tmp_path, monkeypatc
     from agent.hunt import journal as jmod
 
     monkeypatch.setattr(jmod, "MAX_HELD", 200)
-    opts = {k: o.default for k, o in OPTIONS.items()} | {"max_age_days": 1e5,
-                                                          "block_records": 16}
+    opts = {k: o.default for k, o in OPTIONS.items()} | {"max_age_days": 1e5, "block_records": 16}
     j = Journal(tmp_path, opts)
     t0 = 1_700_000_000.0
     for i in range(2000):  # one second: every cut segment has the same first and last
