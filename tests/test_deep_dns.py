@@ -42,6 +42,38 @@ def test_response_with_compressed_answers() -> None:
     assert m.qr and m.rcode == 3 and m.answer_types == (16, 10) and not m.truncated
 
 
+def test_answers_as_text_cname_then_addresses_over_udp_and_tcp() -> None:
+    q = name(b"www", b"example", b"com") + struct.pack(">HH", 1, 1)
+    target = name(b"CDN", b"Example", b"NET")
+    v6 = bytes.fromhex("20010db8" + "0" * 23 + "1")
+    rrs = [
+        b"\xc0\x0c" + struct.pack(">HHIH", 5, 1, 60, len(target)) + target,
+        b"\xc0\x0c" + struct.pack(">HHIH", 16, 1, 60, 4) + b"\x03txt",  # not kept
+        b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([192, 0, 2, 1]),
+        b"\xc0\x0c" + struct.pack(">HHIH", 28, 1, 60, 16) + v6,
+    ]
+    msg = struct.pack(">HHHHHH", 9, 0x8180, 1, len(rrs), 0, 0) + q + b"".join(rrs)
+    for m in (parse_dns(msg), parse_dns(struct.pack(">H", len(msg)) + msg, tcp=True)):
+        assert isinstance(m, DnsMessage)
+        assert m.answers == ("cdn.example.net", "192.0.2.1", "2001:db8::1")
+        assert m.answer_types == (5, 16, 1, 28)
+
+
+def test_malformed_answer_data_is_left_out() -> None:
+    q = name(b"x", b"example", b"com") + struct.pack(">HH", 1, 1)
+    rdata_at = 12 + len(q) + 12
+    rrs = [
+        b"\xc0\x0c" + struct.pack(">HHIH", 5, 1, 60, 2) + struct.pack(">H", 0xC000 | rdata_at),
+        b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 3) + b"\x01\x02\x03",  # A of 3 bytes
+        b"\xc0\x0c" + struct.pack(">HHIH", 5, 1, 60, 1) + b"\x00",  # the root: no target
+        b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + b"\x01\x02",  # cut short
+    ]
+    msg = struct.pack(">HHHHHH", 1, 0x8180, 1, len(rrs), 0, 0) + q + b"".join(rrs)
+    m = parse_dns(msg)
+    assert isinstance(m, DnsMessage) and m.answers == () and m.qname == "x.example.com"
+    assert m.truncated  # the last answer's data runs past the message
+
+
 def test_qname_through_pointer() -> None:
     # The question's name is a pointer to a name placed after it (legal, if odd).
     hdr = struct.pack(">HHHHHH", 1, 0, 1, 0, 0, 0)

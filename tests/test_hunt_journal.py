@@ -79,9 +79,10 @@ def test_captures_leave_connections_dns_tls_http_and_smb_actions(corpus_journal)
     c = conns[0]
     assert c[3:7] == ["192.168.4.149", rec[3], "74.125.239.152", 443] and c[7] == 6
     assert c[9] > 0 and c[10] > 0 and c[11] > 0 and c[12] > 0
-    # A DNS exchange: the query and its answer in one record (rcode, answer count).
+    # A DNS exchange: the query and its answer in one record (rcode, answer count, answers).
     dns = [h.record for h in _hits(cfg, domains=["netbsd.org"]) if h.type == "d"]
     assert dns and all(r[6] == "www.netbsd.org" and r[8] == 0 and r[9] >= 1 for r in dns)
+    assert ["204.152.190.12"] in [r[10] for r in dns]
     nx = _hits(cfg, domains=["example.notginh"])
     assert [h.record[8] for h in nx] == [3]  # NXDOMAIN
     # HTTP: host and method only.
@@ -104,6 +105,46 @@ def test_subdomains_and_cidrs_match_exactly(corpus_journal):
     assert net and {h.value for h in net} == {"74.125.239.0/24"}
     assert not _hits(cfg, ips=["74.125.238.0/24"])
     assert not _hits(cfg, ips=["203.0.113.9"], domains=["absent.example"], ja3=["0" * 32])
+
+
+def test_an_answer_address_finds_the_clients_that_resolved_to_it(corpus_journal):
+    cfg = corpus_journal
+    # The address www.netbsd.org resolved to: the DNS exchange, though neither its client
+    # nor its server is that address.
+    hits = [h for h in _hits(cfg, ips=["204.152.190.12"]) if h.type == "d"]
+    assert hits and {(h.what, h.value) for h in hits} == {("answer", "204.152.190.12")}
+    assert {h.record[6] for h in hits} == {"www.netbsd.org"}
+    assert all(h.record[10] == ["204.152.190.12"] for h in hits)
+    assert {h.record[2] for h in hits} == {"192.168.170.8"}  # the client that asked
+    # A range covering it, IPv4 or IPv6 (the segment's address arrays hold the answers).
+    net = [h for h in _hits(cfg, ips=["204.152.190.0/24"]) if h.type == "d"]
+    assert [h.record for h in net] == [h.record for h in hits]
+    assert {h.value for h in net} == {"204.152.190.0/24"}
+    v6 = [h for h in _hits(cfg, ips=["2001:4f8:4:7::/64"]) if h.type == "d"]
+    assert v6 and all("2001:4f8:4:7:2e0:81ff:fe52:9a6b" in h.record[10] for h in v6)
+    assert {h.what for h in v6} == {"answer"}
+    # A CNAME target: the name that was asked for, aliased to the listed domain.
+    cname = [h for h in _hits(cfg, domains=["l.google.com"]) if h.what == "cname"]
+    assert "www.google.com" in {h.record[6] for h in cname}
+    assert all(h.value == "l.google.com" and h.type == "d" for h in cname)
+    www = next(h.record for h in cname if h.record[6] == "www.google.com")
+    assert www[10] == ["www.l.google.com"]
+
+
+def test_records_written_before_answers_were_kept_still_read(tmp_path):
+    """A segment of DNS records without their answers (10 items), left open by a crash:
+    recovered, searched and printed as before."""
+    old = ["d", 1_700_000_000.0, "10.9.9.9", 5353, "10.9.9.53", 53, "old.example.org", 1, 0, 2]
+    with open(tmp_path / "current.open", "wb") as f:
+        f.write(seg.MAGIC)
+        seg.write_block(f, [old])
+    Journal(tmp_path, {k: o.default for k, o in OPTIONS.items()} | {"max_age_days": 1e5})
+    hits = list(search(tmp_path, Query.build(ips=["10.9.9.9"], domains=["example.org"])))
+    assert [(h.what, h.record) for h in hits] == [("ip", old), ("dns", old)]
+    from agent.hunt.command import as_dict
+
+    d = as_dict(old, "ip", "10.9.9.9")
+    assert d["ancount"] == 2 and d["answers"] == []
 
 
 def test_files_are_private_to_the_agent(corpus_journal):
@@ -243,6 +284,17 @@ def test_hunt_command_prints_matches_in_clear(corpus_journal):
     r = _hunt("--ip", "192.168.4.149", "--state-dir", state, "--since", "100000d")
     assert r.returncode == 0 and r.stdout.startswith("#type\t")
     assert "74.125.239.152" in r.stdout and "2 records matched" in r.stderr  # TLS and conn
+    # A DNS record's answers, in JSON and in text (comma-separated, as Zeek writes them).
+    r = _hunt("--ip", "204.152.190.12", "--since", "100000d", "--json", "--state-dir", state)
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    dns = [row for row in rows if row["type"] == "dns"]
+    assert dns and all(row["answers"] == ["204.152.190.12"] for row in dns)
+    assert {row["matched"] for row in dns} == {"answer:204.152.190.12"}
+    assert all(row["qname"] == "www.netbsd.org" and row["ancount"] >= 1 for row in dns)
+    r = _hunt("--domain", "isc.org", "--since", "100000d", "--state-dir", state)
+    head, *lines = [x for x in r.stdout.splitlines() if "www.isc.org" in x or x.startswith("#")]
+    assert head.split("\t")[-2:] == ["answers", "matched"]
+    assert any(x.split("\t")[-2] == "2001:4f8:0:2::d,204.152.184.88" for x in lines)
     # The default look-back (14 days) does not reach a capture from 2014.
     r = _hunt("--ip", "192.168.4.149", "--state-dir", state)
     assert r.returncode == 0 and r.stdout == "" and "0 records matched" in r.stderr

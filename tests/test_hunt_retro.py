@@ -126,6 +126,28 @@ def test_domain_and_ja3_published_later_match_too(tmp_path):
     assert kinds == {alert_pb2.KIND_DOMAIN, alert_pb2.KIND_TLS_SNI, alert_pb2.KIND_JA3}
 
 
+def test_an_address_published_later_finds_the_clients_that_resolved_to_it(tmp_path):
+    """No connection to it in the journal: the DNS answers that gave it out."""
+    cfg = config.validate({"state_dir": str(tmp_path), "journal": {"max_age_days": 1e5}},
+                          settings.SCHEMA, "test")  # fmt: skip
+    replay(cfg, "dns_mixed_ad_srv_queries.pcap")
+    req = {"version": 3, "since": 0.0, "ips": ["204.152.190.12"], "domains": ["l.google.com"]}
+    _, pipe, out = _agent(tmp_path)
+    _hunt(tmp_path, pipe, {"version": 3, "retro": [req]})
+    answer = [a for a in out if "DNS answer resolving" in a.summary]
+    assert len(answer) == 1 and answer[0].occurrences == 1  # the A query (the others, AAAA)
+    a = answer[0]
+    assert entity(a, alert_pb2.ROLE_INDICATOR) == ["204.152.190.12"]
+    # Anonymised as every alert: the client that asked and its resolver pseudonymised.
+    assert entity(a, alert_pb2.ROLE_SOURCE) == [pseudonym("192.168.170.8")]
+    assert entity(a, alert_pb2.ROLE_TARGET) == [pseudonym("192.168.170.20")]
+    assert "192.168.170" not in str(a)
+    cname = [a for a in out if "(CNAME)" in a.summary]
+    assert len(cname) == 1
+    assert entity(cname[0], alert_pb2.ROLE_INDICATOR, alert_pb2.KIND_DOMAIN) == ["l.google.com"]
+    assert "192.168.170" not in str(cname[0])
+
+
 CHILD = """
 import json, sys, time
 from pathlib import Path

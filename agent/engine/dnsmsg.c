@@ -2,6 +2,7 @@
  * jump limit, so a pointer loop costs a bounded number of steps. */
 #include "dnsmsg.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "decode.h"
@@ -38,6 +39,15 @@ static const char *dns_name(const uint8_t *buf, Py_ssize_t n, Py_ssize_t *offp, 
     return NULL;
 }
 
+/* As Python's str.lower() lowers Latin-1 text */
+static void dns_lower(char *name, int n)
+{
+    for (int i = 0; i < n; i++) {
+        unsigned char c = name[i];
+        if ((c >= 'A' && c <= 'Z') || (c >= 0xC0 && c <= 0xDE && c != 0xD7)) name[i] = c + 32;
+    }
+}
+
 static const char *dns_skip(const uint8_t *buf, Py_ssize_t n, Py_ssize_t *offp)
 {
     Py_ssize_t off = *offp;
@@ -72,7 +82,9 @@ const char *dns_read(const uint8_t *buf, Py_ssize_t n, int tcp, dnsmsg_t *m)
     m->rcode = flags & 0xF;
     m->qd = u16(buf + 4);
     m->an = u16(buf + 6);
-    m->nlen = m->qtype = m->ntypes = m->truncated = 0;
+    m->nlen = m->qtype = m->ntypes = m->truncated = m->nkept = 0;
+    m->msg = buf;
+    m->mlen = n;
     Py_ssize_t off = 12;
     const char *bad;
     if (m->qd) {
@@ -88,28 +100,99 @@ const char *dns_read(const uint8_t *buf, Py_ssize_t n, int tcp, dnsmsg_t *m)
     if (m->an) {
         for (int i = 0; i < (m->an < DNS_MAX_ANSWERS ? m->an : DNS_MAX_ANSWERS); i++) {
             if (dns_skip(buf, n, &off) || off + 10 > n) { m->truncated = 1; break; }
-            m->types[m->ntypes++] = u16(buf + off);
+            int t = u16(buf + off);
+            m->types[m->ntypes++] = t;
+            if ((t == DNS_ANS_A || t == DNS_ANS_AAAA || t == DNS_ANS_CNAME) &&
+                m->nkept < DNS_KEPT_ANSWERS)
+                m->kept[m->nkept++] = (int32_t)off;
             off += 10 + u16(buf + off + 8);
         }
         if (off > n) m->truncated = 1;
     }
-    for (int i = 0; i < m->nlen; i++) {
-        unsigned char c = m->name[i];
-        if ((c >= 'A' && c <= 'Z') || (c >= 0xC0 && c <= 0xDE && c != 0xD7)) m->name[i] = c + 32;
-    }
+    dns_lower(m->name, m->nlen);
     return NULL;
 }
 
-/* (id, qr, opcode, rcode, qname, qtype, qdcount, ancount, answer_types, truncated) */
+int dns_answer(const dnsmsg_t *m, int i, int *type, char *out)
+{
+    const uint8_t *buf = m->msg;
+    Py_ssize_t n = m->mlen, off = m->kept[i]; /* its 10 fixed bytes are inside (dns_read) */
+    int t = u16(buf + off), rdlen = u16(buf + off + 8);
+    Py_ssize_t rd = off + 10, end = rd + rdlen;
+    if (end > n) return -1;
+    *type = t;
+    if (t != DNS_ANS_CNAME) {
+        int want = t == DNS_ANS_A ? 4 : 16;
+        if (rdlen != want) return -1;
+        memcpy(out, buf + rd, want);
+        return want;
+    }
+    int len = 0;
+    /* the name's own bytes within the rdata (a pointer may lead anywhere before) */
+    if (dns_name(buf, n, &rd, out, &len) || rd > end || !len) return -1;
+    dns_lower(out, len);
+    return len;
+}
+
+/* An address as Python's ipaddress writes it (IPv6: lower-case hextets, the longest run
+ * of two zero hextets or more, the first of equals, as "::"). */
+int addr_text(char *s, const uint8_t *a, int alen)
+{
+    if (alen == 4) return sprintf(s, "%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
+    int h[8], best = -1, blen = 1;
+    for (int i = 0; i < 8; i++) h[i] = a[2 * i] << 8 | a[2 * i + 1];
+    for (int i = 0; i < 8;) {
+        if (h[i]) { i++; continue; }
+        int n = 0;
+        while (i + n < 8 && !h[i + n]) n++;
+        if (n > blen) { best = i; blen = n; }
+        i += n;
+    }
+    char *p = s;
+    for (int i = 0; i < 8; i++) {
+        if (i == best) {
+            p += sprintf(p, "::");
+            i += blen - 1;
+            continue;
+        }
+        p += sprintf(p, i == 7 || i + 1 == best ? "%x" : "%x:", h[i]);
+    }
+    return (int)(p - s);
+}
+
+/* The kept answers as text: addresses as ipaddress writes them, names as the qname */
+static PyObject *answers_tuple(const dnsmsg_t *m)
+{
+    PyObject *got[DNS_KEPT_ANSWERS];
+    int n = 0;
+    for (int i = 0; i < m->nkept; i++) {
+        char v[DNS_NAME_OUT], t[48];
+        int type, len = dns_answer(m, i, &type, v);
+        if (len < 0) continue;
+        PyObject *s = type == DNS_ANS_CNAME
+            ? PyUnicode_DecodeLatin1(v, len, NULL)
+            : PyUnicode_DecodeASCII(t, addr_text(t, (const uint8_t *)v, len), NULL);
+        if (!s) { while (n) Py_DECREF(got[--n]); return NULL; }
+        got[n++] = s;
+    }
+    PyObject *tt = PyTuple_New(n);
+    if (!tt) { while (n) Py_DECREF(got[--n]); return NULL; }
+    for (int i = 0; i < n; i++) PyTuple_SET_ITEM(tt, i, got[i]);
+    return tt;
+}
+
+/* (id, qr, opcode, rcode, qname, qtype, qdcount, ancount, answer_types, truncated,
+ *  answers) */
 PyObject *dns_tuple(const dnsmsg_t *m)
 {
     PyObject *qname = PyUnicode_DecodeLatin1(m->name, m->nlen, NULL);
     PyObject *tt = PyTuple_New(m->ntypes);
-    if (!qname || !tt) { Py_XDECREF(qname); Py_XDECREF(tt); return NULL; }
+    PyObject *an = m->nkept ? answers_tuple(m) : PyTuple_New(0);
+    if (!qname || !tt || !an) { Py_XDECREF(qname); Py_XDECREF(tt); Py_XDECREF(an); return NULL; }
     for (int i = 0; i < m->ntypes; i++) PyTuple_SET_ITEM(tt, i, PyLong_FromLong(m->types[i]));
-    return Py_BuildValue("(iOiiNiiiNO)", m->ident, m->qr ? Py_True : Py_False, m->opcode,
+    return Py_BuildValue("(iOiiNiiiNON)", m->ident, m->qr ? Py_True : Py_False, m->opcode,
                          m->rcode, qname, m->qtype, m->qd, m->an, tt,
-                         m->truncated ? Py_True : Py_False);
+                         m->truncated ? Py_True : Py_False, an);
 }
 
 /* parse_dns(payload, tcp) -> the tuple above | reason | None */

@@ -1,6 +1,7 @@
 /* The retro-hunt journal's records (see journal.h). What journal_take hands over reads
  * back (marshal.loads) as the lists agent/hunt/journal.py documents (FIELDS), item for
  * item, with the index keys agent/hunt/segment.py would compute for them. */
+#include <arpa/inet.h>
 #include <math.h>
 #include <stdio.h>
 
@@ -18,12 +19,13 @@ typedef struct {
 } jconn_t;
 
 typedef struct {
-    uint8_t kind, alen;
-    uint16_t nlen, sport, dport;
+    uint8_t kind, alen, nans;
+    uint16_t nlen, sport, dport, ablen;
     int32_t qtype, rcode, an;
     double ts;
     uint8_t cli[16], srv[16];
-} jdns_t; /* followed by the name's nlen bytes */
+} jdns_t; /* followed by the name's nlen bytes, then the answers' ablen bytes: nans times
+           * its type (DNS_ANS_*), its length, its 4 or 16 address bytes or its name */
 
 /* A query waiting for its answer: keyed as journal.py did, (client, client port, server,
  * id, name), in a chained table, and in asking order for expiry. */
@@ -135,12 +137,31 @@ int journal_conn(EngineObject *e, const flow_t *f)
     return 0;
 }
 
-static void put_dns(journal_t *j, const jdns_t *r, const char *name)
+/* `r` with its name and answers (r->ablen bytes of `ans`) */
+static void put_dns(journal_t *j, const jdns_t *r, const char *name, const uint8_t *ans)
 {
-    char *at = room(j, sizeof *r + r->nlen);
+    char *at = room(j, sizeof *r + r->nlen + r->ablen);
     if (!at) return;
     memcpy(at, r, sizeof *r);
     memcpy(at + sizeof *r, name, r->nlen);
+    if (r->ablen) memcpy(at + sizeof *r + r->nlen, ans, r->ablen);
+}
+
+/* An answer's kept answers into `ans` (see journal_dns), their count and bytes into r: a
+ * malformed one is left out, as dns_tuple leaves it out of DnsMessage.answers. */
+static void dns_answers(jdns_t *r, const dnsmsg_t *m, uint8_t *ans)
+{
+    int n = 0, used = 0;
+    for (int i = 0; i < m->nkept; i++) {
+        int type, len = dns_answer(m, i, &type, (char *)ans + used + 2);
+        if (len < 0) continue;
+        ans[used] = (uint8_t)type;
+        ans[used + 1] = (uint8_t)len;
+        used += 2 + len;
+        n++;
+    }
+    r->nans = (uint8_t)n;
+    r->ablen = (uint16_t)used;
 }
 
 static uint32_t qhash(const uint8_t *cli, int sport, const uint8_t *srv, int alen, int ident,
@@ -185,7 +206,7 @@ static void qexpire_oldest(journal_t *j)
     jq_t **pp = &j->idx[q->h & j->mask];
     while (*pp != q) pp = &(*pp)->chain;
     qunlink(j, pp);
-    put_dns(j, &q->r, q->name);
+    put_dns(j, &q->r, q->name, NULL);
     PyMem_Free(q);
 }
 
@@ -232,6 +253,9 @@ int journal_dns(EngineObject *e, const pkt_t *k, const dnsmsg_t *m)
         r->an = 0;
         return 0;
     }
+    /* an answer: its type and length, then at most 254 bytes (a name); dns_answer may
+     * have the last one's out buffer reach DNS_NAME_OUT bytes */
+    uint8_t ans[DNS_KEPT_ANSWERS * (2 + DNS_MAX_NAME) + DNS_NAME_OUT];
     uint32_t h = qhash(k->dst, k->dport, k->src, k->alen, m->ident, m->name, nlen);
     jq_t **pp = qfind(j, h, k->dst, k->dport, k->src, k->alen, m->ident, m->name, nlen);
     if (*pp) {
@@ -239,7 +263,8 @@ int journal_dns(EngineObject *e, const pkt_t *k, const dnsmsg_t *m)
         qunlink(j, pp);
         q->r.rcode = m->rcode;
         q->r.an = m->an;
-        put_dns(j, &q->r, q->name);
+        dns_answers(&q->r, m, ans);
+        put_dns(j, &q->r, q->name, ans);
         PyMem_Free(q);
         return 0;
     }
@@ -257,37 +282,12 @@ int journal_dns(EngineObject *e, const pkt_t *k, const dnsmsg_t *m)
     r.qtype = m->qtype;
     r.rcode = m->rcode;
     r.an = m->an;
-    put_dns(j, &r, m->name);
+    dns_answers(&r, m, ans);
+    put_dns(j, &r, m->name, ans);
     return 0;
 }
 
 /* ---- to Python ------------------------------------------------------------------------- */
-
-/* An address as Python's ipaddress writes it (IPv6: lower-case hextets, the longest run
- * of two zero hextets or more, the first of equals, as "::"). */
-static int addr_text(char *s, const uint8_t *a, int alen)
-{
-    if (alen == 4) return sprintf(s, "%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
-    int h[8], best = -1, blen = 1;
-    for (int i = 0; i < 8; i++) h[i] = a[2 * i] << 8 | a[2 * i + 1];
-    for (int i = 0; i < 8;) {
-        if (h[i]) { i++; continue; }
-        int n = 0;
-        while (i + n < 8 && !h[i + n]) n++;
-        if (n > blen) { best = i; blen = n; }
-        i += n;
-    }
-    char *p = s;
-    for (int i = 0; i < 8; i++) {
-        if (i == best) {
-            p += sprintf(p, "::");
-            i += blen - 1;
-            continue;
-        }
-        p += sprintf(p, i == 7 || i + 1 == best ? "%x" : "%x:", h[i]);
-    }
-    return (int)(p - s);
-}
 
 /* zlib.crc32(p, crc) */
 static uint32_t crc32_up(uint32_t crc, const uint8_t *p, size_t n)
@@ -326,6 +326,26 @@ static int domain_keys(PyObject *keys, const char *name, int nlen)
         Py_DECREF(k);
         at = (size_t)(dot - u) + 1;
     }
+}
+
+/* A CNAME target's keys: its domain keys, or, for a name that reads as an address (as
+ * journal.py's answer_address tells), that address's. */
+static jaddr_t *addr_entry(journal_t *j, const uint8_t *a, int alen, PyObject *keys,
+                           PyObject *packed);
+static int answer_keys(journal_t *j, PyObject *keys, PyObject *packed, const char *name,
+                       int nlen)
+{
+    char last = name[nlen - 1];
+    if (memchr(name, ':', nlen) || (last >= '0' && last <= '9')) {
+        char z[DNS_NAME_OUT];
+        uint8_t v[16];
+        memcpy(z, name, nlen);
+        z[nlen] = 0;
+        int v6 = memchr(name, ':', nlen) != NULL;
+        if (strlen(z) == (size_t)nlen && inet_pton(v6 ? AF_INET6 : AF_INET, z, v) == 1)
+            return addr_entry(j, v, v6 ? 16 : 4, keys, packed) ? 0 : -1;
+    }
+    return domain_keys(keys, name, nlen);
 }
 
 /* ---- marshal: the records as marshal.loads reads them (a list's items, format 2: no
@@ -492,7 +512,7 @@ static int record_marshal(journal_t *j, const char *at, size_t *size, mbuf_t *b,
     }
     jdns_t r;
     memcpy(&r, at, sizeof r);
-    *size = sizeof r + r.nlen;
+    *size = sizeof r + r.nlen + r.ablen;
     const char *name = at + sizeof r;
     jaddr_t *cli = addr_entry(j, r.cli, r.alen, keys, packed);
     if (!cli) return -1;
@@ -500,10 +520,11 @@ static int record_marshal(journal_t *j, const char *at, size_t *size, mbuf_t *b,
     int clen = cli->mlen;
     memcpy(cm, cli->m, clen);
     jaddr_t *srv = addr_entry(j, r.srv, r.alen, keys, packed);
-    if (!srv || domain_keys(keys, name, r.nlen) < 0 || mb_room(b, 256 + 2 * (size_t)r.nlen) < 0)
+    if (!srv || domain_keys(keys, name, r.nlen) < 0 ||
+        mb_room(b, 256 + 2 * (size_t)r.nlen + 48 * (size_t)r.nans + 2 * (size_t)r.ablen) < 0)
         return -1;
     b->p[b->n++] = '[';
-    mw_i32(b, 10);
+    mw_i32(b, 11);
     mw_ascii(b, "d", 1);
     mw_float(b, r.ts);
     memcpy(b->p + b->n, cm, clen);
@@ -515,6 +536,19 @@ static int record_marshal(journal_t *j, const char *at, size_t *size, mbuf_t *b,
     mw_int(b, r.qtype);
     mw_int(b, r.rcode);
     mw_int(b, r.an);
+    b->p[b->n++] = '[';
+    mw_i32(b, r.nans);
+    const uint8_t *a = (const uint8_t *)name + r.nlen;
+    for (int i = 0; i < r.nans; i++, a += 2 + a[1]) {
+        if (a[0] != DNS_ANS_CNAME) { /* the srv entry was written: its slot may go */
+            jaddr_t *c = addr_entry(j, a + 2, a[1], keys, packed);
+            if (!c) return -1;
+            mw_addr(b, c);
+            continue;
+        }
+        if (answer_keys(j, keys, packed, (const char *)a + 2, a[1]) < 0) return -1;
+        mw_name(b, (const char *)a + 2, a[1]);
+    }
     return 0;
 }
 

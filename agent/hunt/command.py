@@ -57,8 +57,17 @@ def as_dict(rec: list, what: str, value: str) -> dict[str, Any]:
     d: dict[str, Any] = {"type": TYPES[rec[0]]}
     for name, v in zip(FIELDS[rec[0]], rec[1:], strict=False):
         d[name] = _iso(v) if name in ("ts", "first", "last") else v
+    if rec[0] == "d":
+        d.setdefault("answers", [])  # written before answers were kept: same columns
     d["matched"] = f"{what}:{value}"
     return d
+
+
+def _cell(v: Any) -> str:
+    """A text column: a list (DNS answers) comma-separated, "-" when empty, as Zeek does."""
+    if isinstance(v, list):
+        return ",".join(map(str, v)) or "-"
+    return str(v)
 
 
 def cmd_hunt(args: argparse.Namespace, cfg: dict[str, Any], out: TextIO | None = None) -> int:
@@ -80,7 +89,7 @@ def cmd_hunt(args: argparse.Namespace, cfg: dict[str, Any], out: TextIO | None =
             if header != d["type"]:
                 header = d["type"]
                 out.write("#" + "\t".join(d) + "\n")
-            out.write("\t".join(str(v) for v in d.values()) + "\n")
+            out.write("\t".join(_cell(v) for v in d.values()) + "\n")
         n += 1
         if n >= args.limit:
             print(f"stopped at --limit {args.limit}", file=sys.stderr)

@@ -17,7 +17,11 @@ Records (lists, the first item says which; `FIELDS` names the rest):
     c  connection  first, last, src, sport, dst, dport, proto, state, bytes and packets
                    from the originator then from the responder
     d  DNS         ts, client, sport, server, dport, qname, qtype, rcode (-1: no answer
-                   seen), answers (count)
+                   seen), ancount (the answer count), answers: what the first 8 A, AAAA
+                   and CNAME answers say, as text (addresses, CNAME targets), indexed as
+                   the record's addresses and names are, so that searching a C2 address
+                   finds the clients that resolved a name to it. Records written before
+                   answers were kept have no such item (10 in all): readers check.
     t  TLS         ts, client, sport, server, dport, sni, ja3, ja4
     h  HTTP        ts, client, sport, server, dport, host, method (no path, no body)
     s  SMB         ts, client, sport, server, dport, command, share, file, action
@@ -48,7 +52,8 @@ log = logs.get("agent.hunt")
 FIELDS = {
     "c": ("first", "last", "src", "sport", "dst", "dport", "proto", "state",
           "orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts"),
-    "d": ("ts", "src", "sport", "dst", "dport", "qname", "qtype", "rcode", "answers"),
+    "d": ("ts", "src", "sport", "dst", "dport", "qname", "qtype", "rcode", "ancount",
+          "answers"),
     "t": ("ts", "src", "sport", "dst", "dport", "sni", "ja3", "ja4"),
     "h": ("ts", "src", "sport", "dst", "dport", "host", "method"),
     "s": ("ts", "src", "sport", "dst", "dport", "command", "share", "file", "action"),
@@ -105,6 +110,21 @@ OPTIONS: dict[str, Option] = {
         lambda v: None if 0 < v <= 1 else f"must be in (0, 1], got {v}",
     ),
 }
+
+
+def answer_address(text: str) -> bytes | None:
+    """A DNS answer's packed address, None for a name. Told by its text alone, as the engine
+    does for its records (a CNAME target spelled as an address counts as that address)."""
+    if ":" in text:
+        family = socket.AF_INET6
+    elif text[-1:].isdigit():
+        family = socket.AF_INET
+    else:
+        return None
+    try:
+        return socket.inet_pton(family, text)
+    except (OSError, ValueError):  # not an address; a NUL or non-ASCII character in it
+        return None
 
 
 def journal_dir(cfg: dict[str, Any]) -> Path:
@@ -348,20 +368,26 @@ class Journal:
             if len(pend) >= MAX_PENDING_DNS:
                 self._dns_expire(float("inf"), MAX_PENDING_DNS // 2)
             pend[(p.src, p.sport, p.dst, msg.id, msg.qname)] = [
-                "d", p.ts, p.src, p.sport, p.dst, p.dport, msg.qname, msg.qtype, -1, 0,
+                "d", p.ts, p.src, p.sport, p.dst, p.dport, msg.qname, msg.qtype, -1, 0, [],
             ]  # fmt: skip
             return
         rec = self._dns.pop((p.dst, p.dport, p.src, msg.id, msg.qname), None)
         if rec is None:  # the answer alone (the query was not seen)
             rec = ["d", p.ts, p.dst, p.dport, p.src, p.sport, msg.qname, msg.qtype,
-                   0, 0]  # fmt: skip
-        rec[8], rec[9] = msg.rcode, msg.ancount
+                   0, 0, []]  # fmt: skip
+        rec[8], rec[9], rec[10] = msg.rcode, msg.ancount, list(msg.answers)
         self._dns_write(rec)
 
     def _dns_write(self, rec: list) -> None:
         self._rotate(rec[1])
         rec[2], rec[4] = self._address(rec[2]), self._address(rec[4])
         self._domain(rec[6])
+        for a in rec[10]:
+            packed = answer_address(a)
+            if packed is None:
+                self._domain(a)
+            else:
+                self._address(packed)  # its key and the segment's address arrays
         self._add(rec, rec[1], rec[1])
 
     def _dns_expire(self, before: float, keep: int | None = None) -> None:
@@ -509,6 +535,17 @@ class Journal:
         name = names.get(t) or (rec[6].split(":", 1)[0] if t == "h" else "")
         for k in seg.domain_keys(name) if name else ():
             self._postings.setdefault(k, set()).add(b)
+        for a in rec[10] if t == "d" and len(rec) > 10 else ():
+            packed = answer_address(a)
+            if packed is None:
+                for k in seg.domain_keys(a):
+                    self._postings.setdefault(k, set()).add(b)
+                continue
+            self._postings.setdefault(seg.key("i", packed), set()).add(b)
+            if len(packed) == 4:
+                self._v4.add(int.from_bytes(packed, "big"))
+            else:
+                self._v6.add(packed)
         if t == "t":
             if rec[7]:
                 self._postings.setdefault(seg.key("3", rec[7]), set()).add(b)

@@ -42,6 +42,8 @@ log = logs.get("agent.hunt.retro")
 _KIND = {
     "ip": alert_pb2.KIND_IP,
     "dns": alert_pb2.KIND_DOMAIN,
+    "answer": alert_pb2.KIND_IP,
+    "cname": alert_pb2.KIND_DOMAIN,
     "http": alert_pb2.KIND_DOMAIN,
     "sni": alert_pb2.KIND_TLS_SNI,
     "ja3": alert_pb2.KIND_JA3,
@@ -50,6 +52,8 @@ _KIND = {
 _WHAT = {
     "ip": "traffic with an address",
     "dns": "DNS query for a domain",
+    "answer": "DNS answer resolving a name to an address",
+    "cname": "DNS answer aliasing a name to a domain (CNAME)",
     "http": "HTTP request to a domain",
     "sni": "TLS connection to a server name",
     "ja3": "TLS client fingerprint (JA3)",
@@ -80,13 +84,14 @@ def requests(intel: Any) -> list[dict]:
 
 def client_side(hit: Hit) -> tuple[str, str, int]:
     """(client, server, server port) of the record: for a flow whose responder is not the
-    listed address, the responder is the internal side (inbound from the indicator)."""
+    listed address, the responder is the internal side (inbound from the indicator). A DNS
+    record's client is the one that asked, whatever its answer ("answer", "cname")."""
     rec = hit.record
     if rec[0] == "c":
         src, sport, dst, dport = rec[3], rec[4], rec[5], rec[6]
     else:
         src, sport, dst, dport = rec[2], rec[3], rec[4], rec[5]
-    if (hit.what == "ip" and src == hit.value) or _inside(src, hit.value):
+    if hit.what == "ip" and (src == hit.value or _inside(src, hit.value)):
         return dst, src, sport
     return src, dst, dport
 

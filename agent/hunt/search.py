@@ -1,5 +1,6 @@
 """Searching the journal for indicators: addresses and CIDR ranges, domains (and their
-subdomains), JA3 and JA4 fingerprints.
+subdomains), JA3 and JA4 fingerprints. A DNS record matches by its answers too: an
+address it resolved to ("answer"), a CNAME target ("cname").
 
 A closed segment outside the time range is skipped by its name; one whose Bloom filter
 holds none of the indicators' keys (and whose address arrays hold nothing inside the
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.hunt import segment as seg
-from agent.hunt.journal import OPEN_NAME, segments, span
+from agent.hunt.journal import OPEN_NAME, answer_address, segments, span
 
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Where each record type keeps its two addresses and the name it resolves or contacts.
@@ -94,7 +95,7 @@ class Query:
 @dataclass(frozen=True)
 class Hit:
     record: list
-    what: str  # "ip", "dns", "sni", "http", "ja3", "ja4"
+    what: str  # "ip", "dns", "answer", "cname", "sni", "http", "ja3", "ja4"
     value: str  # the indicator as listed (the address, the listed domain, the hash)
 
     @property
@@ -169,6 +170,13 @@ def matcher(q: Query) -> Callable[[list], list[tuple[str, str]]]:
             v = addr_hit(a)
             if v:
                 out.append(("ip", v))
+        if t == "d" and len(rec) > 10:
+            for a in rec[10]:
+                if answer_address(a) is not None:
+                    if v := addr_hit(a):
+                        out.append(("answer", v))
+                elif domains and (d := listed_domain(a, domains)):
+                    out.append(("cname", d))
         name = _NAME.get(t)
         if name and domains:
             host = rec[name[1]]
@@ -224,6 +232,8 @@ def search_segment(
                         yield Hit(rec, "ip", v)
                     if (v := want.get(rec[j])) is not None:
                         yield Hit(rec, "ip", v)
+                if t == "d" and len(rec) > 10 and rec[10]:
+                    yield from _answer_hits(rec, mask, want, domains)
                 if mask & NAME and t in _NAME:
                     what, at = _NAME[t]
                     host = rec[at].split(":", 1)[0] if t == "h" else rec[at]
@@ -234,6 +244,16 @@ def search_segment(
                         yield Hit(rec, "ja3", rec[7])
                     if rec[8] in ja4:
                         yield Hit(rec, "ja4", rec[8])
+
+
+def _answer_hits(rec: list, mask: int, want: dict[str, str], domains: set[str]) -> Iterator[Hit]:
+    """A DNS record's hits by its answers (addresses wanted, listed CNAME targets)."""
+    for a in rec[10]:
+        # `want` holds addresses as written: a name never equals one unless it is one
+        if mask & ADDR and (v := want.get(a)) is not None:
+            yield Hit(rec, "answer", v)
+        elif mask & NAME and (d := listed_domain(a, domains)) and answer_address(a) is None:
+            yield Hit(rec, "cname", d)
 
 
 def search_open(directory: Path, q: Query) -> Iterator[Hit]:

@@ -2,8 +2,11 @@
 
 Only what detectors score on: the query name (tunnelling, DGA, IOC), its type, the rcode
 (NXDOMAIN rate) and the answer types (TXT/NULL/CNAME ratio), at most 64 of them (ancount
-keeps the real count). Compression pointers are followed at most 16 times, so that a
-pointer loop costs a bounded number of steps; a name over 255 bytes is malformed.
+keeps the real count); and, for the journal, what the first 8 A, AAAA and CNAME answers
+say, as text: the address (as ipaddress writes it) or the CNAME's target (lower-cased),
+in answer order, a malformed one left out. Compression pointers are followed at most 16
+times, so that a pointer loop costs a bounded number of steps; a name over 255 bytes is
+malformed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class DnsMessage:
     ancount: int
     answer_types: tuple[int, ...]
     truncated: bool = False  # answers cut short (snaplen, TC): the question is still good
+    answers: tuple[str, ...] = ()  # addresses and CNAME targets
     tcp: bool = False
     kind: str = "dns"
     ts: float = 0.0
