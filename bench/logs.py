@@ -47,7 +47,7 @@ def mix(noise_per_line: int = 4) -> list[str]:
     real = []
     for name in ("openssh-9.2-traditional.log", "shadow-sudo-su-cron.log"):
         for line in (DATA / name).read_text().splitlines():
-            real.append(line.split(" ", 3)[-1] if line[0].isdigit() else line[16:])
+            real.append(line.split(" ", 1)[1] if line[0].isdigit() else line[16:])
     # "host prog[pid]: msg" with the time put back per line by the writer
     noise = [
         "vm kernel: [12345.678] eth0: link up, 1000 Mbps, full duplex",

@@ -143,3 +143,82 @@ def test_journal_fields_go_through_the_same_rules():
                       "MESSAGE": "ADD_USER pid=9 uid=0 msg='op=add-user acct=\"x\" "
                       "exe=\"/usr/sbin/useradd\" res=success'"}, p)  # fmt: skip
     assert (audit.outcome, audit.user, audit.service) == ("user_added", "x", "useradd")
+
+
+def _outcome(p: Parser, evs: list) -> tuple:
+    st = p.stats
+    return (
+        [e.as_dict() for e in evs],
+        (st.lines, st.events, st.unmatched, st.other, st.malformed, dict(st.by_program)),
+    )
+
+
+def _both(block: bytes) -> tuple[tuple, tuple]:
+    ref, fast = Parser(), Parser()
+    ref.reference = fast.reference = 1_764_756_000.0
+    return (
+        _outcome(ref, ref.parse_block(block.decode("utf-8", "replace"))),
+        _outcome(fast, fast.parse_bytes(block)),
+    )
+
+
+# Lines whose header is at the edge of what the parser reads: no host, a bare "prog:",
+# a path as the program, "kernel" with and without an audit record, PAM from a program
+# no family reads, a non-ASCII byte before the program, a lone digit, invalid UTF-8.
+EDGES = [
+    "Dec  3 10:00:00 h sshd[1]: Failed password for root from 192.0.2.1 port 22 ssh2",
+    "Dec  3 10:00:00 h sshd-session[1]: Accepted publickey for bob from 192.0.2.2 port 5 ssh2",
+    "Dec  3 10:00:00 h /usr/sbin/sshd[1]: Invalid user x from 192.0.2.3 port 5",
+    "Dec  3 10:00:00 h postfix/smtpd[2]: connect from unknown[192.0.2.33]",
+    "Dec  3 10:00:00 h kernel: [1.2] eth0: link up",
+    "Dec  3 10:00:00 h kernel: audit: type=1130 audit(1764756000.1:5): pid=1 uid=0",
+    "Dec  3 10:00:00 h kernel: [9.9] audit: type=1105 msg=audit(1764756000.1:6): pid=1 uid=0",
+    "Dec  3 10:00:00 h vsftpd[3]: pam_unix(vsftpd:auth): authentication failure; logname= "
+    "uid=0 euid=0 tty=ftp ruser=x rhost=192.0.2.9 user=ann",
+    "Dec  3 10:00:00 h systemd[1]: Started backdoor.service - x.",
+    "Dec  3 10:00:00 h systemd[1]: Starting Daily apt download activities...",
+    "Dec  3 10:00:00 h sudo:",
+    "Dec  3 10:00:00 h sudo:   alice : TTY=pts/0 ; PWD=/ ; USER=root ; COMMAND=/bin/id",
+    "Déc  3 10:00:00 h sshd[1]: Failed password for root from 192.0.2.1 port 22 ssh2",
+    "Dec  3 10:00:00 hé sshd[1]: Failed password for root from 192.0.2.1 port 22 ssh2",
+    "٣ 10:00:00 h sshd[1]: x",
+    "2026-12-03T10:00:00.5+00:00 h useradd[4]: new user: name=eve, UID=0, GID=0",
+    "2026-12-03T10:00:00.5+00:00 h dbus-daemon[5]: [system] Activated",
+    "Xmas 3 10:00:00 h sshd[1]: Failed password for root from 192.0.2.1 port 22 ssh2",
+    "type=USER_AUTH msg=audit(1764756000.1:7): pid=1 uid=0 res=failed",
+    "type=BROKEN",
+    "7",
+    "\x00garbage",
+    "nohost",
+    "Dec  3 10:00:00 h prog[1] no colon",
+    "Dec  3 10:00:00 h [1]: empty program",
+]
+
+
+def test_lines_skipped_in_c_are_those_python_would_skip():
+    """Parser.parse_bytes (the followers' path, lines nothing reads skipped in C) gives
+    the events and counts of parse_block, on every recorded log and on edge cases."""
+    for f in sorted(DATA.glob("*.log")):
+        ref, fast = _both(f.read_bytes())
+        assert fast == ref, f.name
+        assert ref[0], f.name  # the file makes events: the comparison can fail
+    block = "\n".join(EDGES).encode() + b"\n\nDec  3 10:00:00 h sshd[1]: \xff\xfe bad utf-8\n"
+    ref, fast = _both(block)
+    assert fast == ref
+    assert ref[1][3] >= 3 and ref[1][4] >= 4  # others and malformed among the edges
+
+
+def test_random_cuts_and_bytes_give_the_same_counts():
+    import random
+
+    rnd = random.Random(7)
+    corpus = b"".join(f.read_bytes() for f in sorted(DATA.glob("*.log")))
+    corpus += "\n".join(EDGES).encode()
+    for _ in range(200):
+        a = rnd.randrange(len(corpus))
+        chunk = bytearray(corpus[a : a + rnd.randrange(1, 3000)])
+        for _ in range(rnd.randrange(4)):
+            if chunk:
+                chunk[rnd.randrange(len(chunk))] = rnd.choice(b" :[]\n\x80\xc3d0t")
+        ref, fast = _both(bytes(chunk))
+        assert fast == ref, bytes(chunk)

@@ -26,6 +26,7 @@
 #include "table.h"
 #include "walk.h"
 #include "journal.h"
+#include "syslogscan.h"
 
 static PyObject *take_events(EngineObject *e)
 {
@@ -492,6 +493,10 @@ static PyMethodDef mod_methods[] = {
     {"parse_dns", mod_parse_dns, METH_VARARGS,
      "parse_dns(payload, tcp=False) -> (id, qr, opcode, rcode, qname, qtype, qdcount, "
      "ancount, answer_types, truncated) | malformed reason | None"},
+    {"scan_syslog", syslog_scan, METH_VARARGS,
+     "scan_syslog(block, fast, known, audit_only) -> (kept, lines, other, malformed): "
+     "the lines of a syslog block (bytes) Parser.parse_block must read, as str, and how "
+     "many lines it would have counted in all, as other and as malformed (agent/logs)"},
     {"index_arrays", journal_index_arrays, METH_VARARGS,
      "index_arrays(blocks, probes) -> (keys, starts, postings, bloom): a journal segment's "
      "index (agent/hunt/segment.py) from each block's set of keys, as the bytes of its "

@@ -166,7 +166,7 @@ class LogReader:
         for path, block in lines:
             p = self._parser(path)
             p.reference = now
-            for ev in p.parse_block(block.decode("utf-8", "replace")):
+            for ev in p.parse_bytes(block):
                 if ev.ts < cutoff:
                     skipped += 1
                 else:

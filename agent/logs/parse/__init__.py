@@ -16,10 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+from agent.engine._engine import scan_syslog
 from agent.logs.event import LogEvent
 from agent.logs.parse import accounts, audit, auth, services, sshd
 from agent.logs.parse.auth import pam
+from agent.logs.parse.common import DROP
 
 Builder = Callable[..., "LogEvent | None"]
 Rule = tuple["re.Pattern[str]", Builder]
@@ -32,6 +35,31 @@ for _family in (sshd, auth, accounts, services):
 AUDIT_PROGRAMS = frozenset(("audit", "audispd", "audisp-syslog", "auditd", "kernel"))
 ALIASES = sshd.ALIASES
 _KNOWN_SET = frozenset({*RULES, *AUDIT_PROGRAMS, *ALIASES})
+# Programs read only for the audit records they carry ("kernel": most of its lines are not).
+_AUDIT_ONLY = AUDIT_PROGRAMS - set(RULES) - set(ALIASES)
+_NAMED = re.compile(r"\(\?P<\w+>")
+
+
+def _combined(rules: list[Rule]) -> tuple[re.Pattern[str], dict[int, Rule]]:
+    """A program's rules as one alternation, each rule's pattern a capturing group in
+    order: one C call tries them all as the list would (the first that matches wins),
+    where a loop paid a Python call per rule (sshd has 20). The matched rule is the group
+    that closed last (`lastindex`); its own regex then reads the named groups."""
+    parts, by_group, at = [], {}, 1
+    for rx, build in rules:
+        plain = _NAMED.sub("(?:", rx.pattern)
+        parts.append(f"({plain})")
+        by_group[at] = (rx, build)
+        at += 1 + re.compile(plain).groups
+    return re.compile("|".join(parts)), by_group
+
+
+_TABLES = {prog: (*_combined(rules), prog) for prog, rules in RULES.items()}
+_TABLES.update({alias: _TABLES[prog] for alias, prog in ALIASES.items()})
+# Taken straight from a line's program name: not the programs whose lines may carry audit
+# records (those go through `_message`, which looks for one first).
+_FAST = {prog: t for prog, t in _TABLES.items() if prog not in AUDIT_PROGRAMS}
+_FAST_NAMES = frozenset(_FAST)
 
 _MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
 
@@ -58,54 +86,134 @@ class Parser:
         self._iso_ts = 0.0
         self.reference = time.time()  # syslog lines without a year fall before this
 
+    def parse_bytes(self, block: bytes) -> list[LogEvent]:
+        """`parse_block` of the block's text (UTF-8, invalid bytes replaced): the
+        followers' path. The lines `parse_block` would count as from a program no family
+        reads, or as malformed, are counted and skipped in C (agent/engine/syslogscan.h),
+        about a tenth of their cost here; the others go through `parse_lines`."""
+        kept, lines, other, malformed = scan_syslog(block, _FAST_NAMES, _KNOWN_SET, _AUDIT_ONLY)
+        out = self.parse_lines(kept)
+        st = self.stats
+        st.lines += lines - len(kept)
+        st.other += other
+        st.malformed += malformed
+        return out
+
     def parse_block(self, text: str) -> list[LogEvent]:
-        """Whole lines (newline-separated) at once: the followers' path. A line of a
-        program no family reads costs a split and a set look-up, no regex."""
+        """Whole lines (newline-separated) at once."""
+        return self.parse_lines(text.split("\n"))
+
+    def parse_lines(self, lines: list[str]) -> list[LogEvent]:
+        """Lines without their newline. The header is cut here, in the loop, so that a
+        line of a program no family reads costs a few C calls and a set look-up, no
+        function call and no regex."""
         out: list[LogEvent] = []
-        one = self._one
-        for line in text.split("\n"):
-            if line:
-                ev = one(line)
+        st = self.stats
+        fast, known, audit_only = _FAST, _KNOWN_SET, _AUDIT_ONLY
+        rules, slow = self._rules, self._slow
+        n = other = 0
+        for line in lines:
+            if not line:
+                continue
+            n += 1
+            iso = line[0].isdigit()
+            if iso:  # RFC 3339: "2026-12-03T15:33:50.1+00:00 host prog[pid]: msg"
+                host = line.find(" ") + 1
+            elif line.startswith("type="):  # auditd's own log
+                ev = self._audit_line(line)
                 if ev is not None:
                     out.append(ev)
+                continue
+            else:  # traditional: "Dec  3 15:33:50 host prog[pid]: msg" (the time is 15 wide)
+                host = 16 if line[15:16] == " " else 0
+            prog_at = line.find(" ", host) + 1 if host else 0
+            end = line.find(": ", prog_at) if prog_at else -1
+            if end < 0:
+                if prog_at and line.endswith(":"):
+                    end = len(line) - 1
+                else:
+                    st.malformed += 1
+                    continue
+            prog, _, pid = line[prog_at:end].partition("[")
+            table = fast.get(prog)
+            if table is None:
+                if line.startswith("pam_", end + 2):
+                    ev = slow(line, iso, host, prog, pid, end)
+                elif prog in known:
+                    if prog in audit_only and line.find("msg=audit(", end) < 0:
+                        other += 1  # "kernel": read only for the audit records it carries
+                        continue
+                    ev = slow(line, iso, host, prog, pid, end)
+                elif "/" in prog and prog.rsplit("/", 1)[1] in known:
+                    ev = slow(line, iso, host, prog, pid, end)
+                else:
+                    other += 1
+                    continue
+            else:
+                ev = rules(table, line, iso, host, pid, end)
+            if ev is not None:
+                out.append(ev)
+        st.lines += n
+        st.other += other
         return out
 
     def parse_line(self, line: str) -> LogEvent | None:
-        return self._one(line.rstrip("\n"))
+        got = self.parse_block(line.rstrip("\n"))
+        return got[0] if got else None
 
-    def _one(self, line: str) -> LogEvent | None:
+    def _audit_line(self, line: str) -> LogEvent | None:
+        ev = audit.parse(line, self.origin)
+        if ev is None:
+            if audit.HEADER.match(line) is None:
+                self.stats.malformed += 1
+            return None
+        self.stats.events += 1
+        return ev
+
+    def _rules(
+        self, table: tuple, line: str, iso: bool, host: int, pid: str, end: int
+    ) -> LogEvent | None:
+        """A program a family reads: its rules first, and the line's time read only for a
+        line that makes an event (most lines of sshd, systemd or cron say nothing to
+        detect), or starts with a PAM module's name."""
+        if line.startswith("pam_", end + 2):
+            return self._slow(line, iso, host, table[2], pid, end)
+        msg = line[end + 2 :]
+        m = table[0].match(msg)
+        if m is None:
+            self._unmatched(table[2])
+            return None
+        rx, build = table[1][m.lastindex]
+        if build is DROP:
+            return None
         st = self.stats
-        st.lines += 1
-        # Positions found with str.find, and the message cut only for a program a family
-        # reads: most lines of a busy syslog are not, and cost four C calls.
-        iso = line[0].isdigit()
-        if iso:  # RFC 3339: "2026-12-03T15:33:50.1+00:00 host prog[pid]: msg"
-            host = line.find(" ") + 1
-        elif line.startswith("type="):  # auditd's own log
-            ev = audit.parse(line, self.origin)
-            if ev is None:
-                if audit.HEADER.match(line) is None:
-                    st.malformed += 1
-                return None
-            st.events += 1
-            return ev
-        else:  # traditional: "Dec  3 15:33:50 host prog[pid]: msg" (the time is 15 wide)
-            host = 16 if len(line) > 16 and line[15] == " " else 0
-        prog_at = line.find(" ", host) + 1 if host else 0
-        end = line.find(": ", prog_at) if prog_at else -1
-        if end < 0:
-            if prog_at and line.endswith(":"):
-                end = len(line) - 1
-            else:
-                st.malformed += 1
-                return None
-        tok = line[prog_at:end]
-        prog, _, pid = tok.partition("[")
+        ts = (
+            self._time_of([line[: host - 1]], True)
+            if iso
+            else self._time_of(line[:15].split(), False)
+        )
+        if ts is None:
+            st.malformed += 1
+            return None
+        pid = pid.rstrip("]")
+        st.events += 1
+        return build(
+            rx.match(msg).groupdict(), ts, table[2], int(pid) if pid.isdigit() else 0,
+            self.origin, -1,
+        )  # fmt: skip
+
+    def _slow(self, line: str, iso: bool, host: int, prog: str, pid: str, end: int) -> Any:
+        """A line the rule tables do not take directly: a program known by its path or
+        read for its audit records, a PAM module's line, or one nobody reads."""
+        st = self.stats
         if prog not in _KNOWN_SET and not line.startswith("pam_", end + 2):
             base = prog.rsplit("/", 1)[-1]
             if base not in _KNOWN_SET:
                 st.other += 1
                 return None
+        if prog in _AUDIT_ONLY and line.find("msg=audit(", end) < 0:
+            st.other += 1
+            return None
         if iso:
             ts = self._time_of([line[: host - 1]], True)
         else:
@@ -115,6 +223,12 @@ class Parser:
             return None
         pid = pid.rstrip("]")
         return self._message(ts, prog, int(pid) if pid.isdigit() else 0, line[end + 2 :], -1)
+
+    def _unmatched(self, prog: str) -> None:
+        st = self.stats
+        st.unmatched += 1
+        if len(st.by_program) < 256 or prog in st.by_program:
+            st.by_program[prog] = st.by_program.get(prog, 0) + 1
 
     def parse_message(
         self, ts: float, program: str, pid: int, msg: str, uid: int = -1
@@ -139,20 +253,18 @@ class Parser:
                 if ev is not None:
                     st.events += 1
                 return ev
-        rules = RULES.get(prog)
-        if rules is None:
+        table = _TABLES.get(prog)
+        if table is None:
             st.other += 1
             return None
-        for rx, build in rules:
-            m = rx.match(msg)
-            if m is not None:
-                ev = build(m.groupdict(), ts, prog, pid, origin, uid)
-                if ev is not None:
-                    st.events += 1
-                return ev
-        st.unmatched += 1
-        if len(st.by_program) < 256 or prog in st.by_program:
-            st.by_program[prog] = st.by_program.get(prog, 0) + 1
+        m = table[0].match(msg)
+        if m is not None:
+            rx, build = table[1][m.lastindex]
+            ev = build(rx.match(msg).groupdict(), ts, prog, pid, origin, uid)
+            if ev is not None:
+                st.events += 1
+            return ev
+        self._unmatched(prog)
         return None
 
     def _time_of(self, parts: list[str], iso: bool) -> float | None:

@@ -10,12 +10,18 @@ from agent.logs.event import LogEvent
 _SKIP = object()
 
 
+def DROP(g: dict, ts: float, prog: str, pid: int, origin: str = "", uid: int = -1) -> None:
+    """The builder of a rule whose line is understood and says nothing to detect (the
+    parser, seeing it, skips reading the line's time)."""
+    return None
+
+
 def rule(pattern: str, outcome: str | None, service: str = "", method: str = ""):
     """A rule whose event takes `outcome` (None: the line is understood but dropped), the
     pattern's named groups, and `service` (default: the program's name)."""
     rx = re.compile(pattern)
     if outcome is None:
-        return rx, lambda g, ts, prog, pid, origin="", uid=-1: None
+        return rx, DROP
 
     def build(g: dict, ts: float, prog: str, pid: int, origin: str = "", uid: int = -1) -> LogEvent:
         return LogEvent(
