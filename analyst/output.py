@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -162,7 +163,17 @@ def print_incidents(items: Sequence[Any], as_json: bool, colour: bool, header: b
             f"{status_name(inc.status):<12}  {_fit(inc.rule, 20):<20}  "
             f"{len(inc.sites):>5}  {inc.alert_count:>6}"
         )
-        print(_fit(f"    {inc.summary}", width))
+        # Wrapped, not cut: its end says when the traffic happened (multi_site_indicator).
+        print(
+            textwrap.fill(
+                inc.summary,
+                width,
+                initial_indent="    ",
+                subsequent_indent="    ",
+                max_lines=4,
+                placeholder=" …",
+            )
+        )
         print(f"    key {inc.key}")
         if inc.status_by:
             print(

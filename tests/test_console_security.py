@@ -150,6 +150,9 @@ def test_regional_analyst_sees_only_their_region(console) -> None:
     # A national analyst's view of the same incident has every site.
     _, detail = nat.get(f"/incidents/{both}")
     assert "GHT-A1" in detail and "GHT-B1" in detail
+    # And when the traffic behind it happened, in words and as facts.
+    assert "contacted from 4 GHTs (4 establishments)" in detail
+    assert '<dd id="traffic-first"><time' in detail and '<dd id="traffic-last"><time' in detail
 
 
 def test_acknowledge_close_and_views_are_audited(console) -> None:

@@ -3,6 +3,7 @@ its threshold; replicas racing on the same indicator open one incident."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +76,97 @@ def test_multi_site_indicator_fires_once_across_two_ghts(store: Store) -> None:
     assert inc["alert_count"] == 4
     assert {s["ght"] for s in inc["sites"]} == {"GHT-1", "GHT-3", "GHT-4"}
     assert len(inc["sites"]) == 4
+    # Live traffic, all in the same minute: the summary says when, and no retro-hunt.
+    assert inc["summary"] == (
+        "ip 203.0.113.9 contacted from 3 GHTs (4 establishments) on 2025-06-15 at 15:06 UTC"
+    )
+    assert (inc["traffic_first"], inc["traffic_last"], inc["traffic_retro"]) == (T0, T0, 0)
+
+
+def test_live_traffic_within_a_day_is_told_in_hours(store: Store) -> None:
+    store.ingest(site(1), [alert("a1", t=T0)])
+    store.ingest(site(2), [alert("a2", t=T0 + 3 * 3600)])
+    (inc,) = incidents(store, "multi_site_indicator")
+    assert inc["summary"] == (
+        "ip 203.0.113.9 contacted from 2 GHTs (2 establishments) "
+        "on 2025-06-15 between 15:06 and 18:06 UTC"
+    )
+    store.ingest(site(1), [alert("a3", t=T0 + 10 * 3600)])  # past midnight, same site
+    (inc,) = incidents(store, "multi_site_indicator")
+    assert inc["summary"].endswith("between 2025-06-15 15:06 and 2025-06-16 01:06 UTC")
+    assert inc["traffic_last"] == T0 + 10 * 3600
+
+
+DOMAIN = "evil.example"
+PUBLISHED = 1_795_165_200.0  # 2026-11-20 09:00 UTC: a publication with a look-back
+
+
+def utc(when: str) -> float:
+    return dt.datetime.fromisoformat(when).replace(tzinfo=dt.UTC).timestamp()
+
+
+def retro_alert(aid: str, first: str, last: str) -> alert_pb2.Alert:
+    """A retro-hunt match (agent/hunt/retro.py) of DOMAIN, about traffic from `first` to
+    `last` (UTC)."""
+    a = alert(aid, "net.ioc", utc(first), indicator=None)
+    a.last_seen.FromNanoseconds(int(utc(last) * 1e9))
+    a.entities.add(role=alert_pb2.ROLE_TARGET, kind=alert_pb2.KIND_DOMAIN, value=DOMAIN)
+    a.metrics["retro"] = 1
+    return a
+
+
+def hunted(store: Store, n: int, aid: str, first: str, last: str, minutes: int) -> None:
+    """Site n's search reports a match `minutes` after the publication."""
+    store.ingest(site(n), [retro_alert(aid, first, last)], received_at=PUBLISHED + 60 * minutes)
+
+
+def test_retro_matches_in_three_ghts_name_the_days_of_their_traffic(store: Store) -> None:
+    hunted(store, 1, "r1", "2026-11-03 08:00", "2026-11-03 08:20", 1)
+    assert incidents(store, "multi_site_indicator") == []
+    hunted(store, 2, "r2", "2026-11-10 14:00", "2026-11-10 14:05", 2)
+    hunted(store, 3, "r3", "2026-11-17 22:10", "2026-11-17 23:00", 3)
+    (inc,) = incidents(store, "multi_site_indicator")
+    assert inc["summary"] == (
+        "domain evil.example contacted from 3 GHTs (3 establishments) "
+        "between 2026-11-03 and 2026-11-17, found by retro-hunt"
+    )
+    assert inc["alert_count"] == 3
+    assert (inc["traffic_first"], inc["traffic_last"], inc["traffic_retro"]) == (
+        utc("2026-11-03 08:00"),
+        utc("2026-11-17 23:00"),
+        1,
+    )
+    # Sinks and watchers hear of the third GHT with the span it brought.
+    (last,) = [c for c in store.list_changes(0) if c["seq"] == inc["seq"]]
+    assert last["summary"] == inc["summary"]
+
+
+def test_older_traffic_reported_later_widens_the_span(store: Store) -> None:
+    hunted(store, 1, "r1", "2026-11-10 08:00", "2026-11-10 09:00", 0)
+    hunted(store, 2, "r2", "2026-11-12 08:00", "2026-11-12 09:00", 1)
+    (inc,) = incidents(store, "multi_site_indicator")
+    assert inc["summary"].endswith("between 2026-11-10 and 2026-11-12, found by retro-hunt")
+    # A third site, whose agent kept a longer journal, reports older traffic later.
+    hunted(store, 3, "r3", "2026-10-28 17:00", "2026-10-28 17:30", 15)
+    (inc,) = incidents(store, "multi_site_indicator")
+    assert inc["summary"] == (
+        "domain evil.example contacted from 3 GHTs (3 establishments) "
+        "between 2026-10-28 and 2026-11-12, found by retro-hunt"
+    )
+    # So does a site already counted, with older traffic of its own: worded again.
+    hunted(store, 1, "r4", "2026-10-20 06:00", "2026-10-20 06:01", 16)
+    (inc,) = incidents(store, "multi_site_indicator")
+    assert inc["summary"].endswith("between 2026-10-20 and 2026-11-12, found by retro-hunt")
+    assert inc["traffic_first"] == utc("2026-10-20 06:00") and inc["alert_count"] == 4
+
+
+def test_live_sightings_joining_retro_ones_keep_both_in_the_span(store: Store) -> None:
+    hunted(store, 1, "r1", "2026-11-03 08:00", "2026-11-03 08:20", 0)
+    live = alert("l1", "net.dns", PUBLISHED + 30, indicator=None)
+    live.entities.add(role=alert_pb2.ROLE_TARGET, kind=alert_pb2.KIND_DOMAIN, value=DOMAIN)
+    store.ingest(site(2), [live], received_at=PUBLISHED + 40)
+    (inc,) = incidents(store, "multi_site_indicator")
+    assert inc["summary"].endswith("between 2026-11-03 and 2026-11-20, found by retro-hunt")
 
 
 def test_pseudonymised_entities_never_correlate(store: Store) -> None:
@@ -235,7 +327,31 @@ def test_one_group_commit_correlates_as_batches_one_by_one(tmp_path: Path) -> No
         assert {"multi_site_indicator", "wave"} <= rules
         (msi,) = incidents(grouped, "multi_site_indicator")
         assert msi["alert_count"] == 13 and len(msi["sites"]) == 12
-        assert "4 GHTs, 12 establishments" in msi["summary"]
+        assert "4 GHTs (12 establishments)" in msi["summary"]
+    finally:
+        one.close()
+        grouped.close()
+
+
+def test_retro_matches_grouped_or_one_by_one_give_the_same_span(tmp_path: Path) -> None:
+    """The writer's group commit sees every batch's summary rows before the rules run: the
+    span and its wording are still those of the batches stored one at a time."""
+    steps = [
+        (site(1), [retro_alert("r1", "2026-11-10 08:00", "2026-11-10 09:00")]),
+        (site(2), [retro_alert("r2", "2026-11-12 08:00", "2026-11-12 09:00")]),
+        (site(1), [retro_alert("r3", "2026-11-01 08:00", "2026-11-01 09:00")]),
+        (site(3), [retro_alert("r4", "2026-11-15 08:00", "2026-11-15 09:00")]),
+        (site(2), [retro_alert("r5", "2026-10-30 08:00", "2026-10-30 09:00")]),
+    ]
+    one = open_store(f"sqlite:///{tmp_path / 'one.db'}")
+    grouped = open_store(f"sqlite:///{tmp_path / 'group.db'}")
+    try:
+        for o, a in steps:
+            one.ingest(o, a, received_at=PUBLISHED)
+        grouped.ingest_many(steps, received_at=PUBLISHED)
+        assert _summary(grouped) == _summary(one)
+        (inc,) = incidents(grouped, "multi_site_indicator")
+        assert inc["summary"].endswith("between 2026-10-30 and 2026-11-15, found by retro-hunt")
     finally:
         one.close()
         grouped.close()

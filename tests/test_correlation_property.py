@@ -34,7 +34,7 @@ SITES = [
 ]
 
 
-def _alert(aid: str, detector: str, t: float, span: float, indicator: str | None):
+def _alert(aid: str, detector: str, t: float, span: float, indicator: str | None, retro: bool):
     a = alert_pb2.Alert(
         id=aid, revision=1, detector=detector, severity=3, summary="x", occurrences=1
     )
@@ -46,6 +46,8 @@ def _alert(aid: str, detector: str, t: float, span: float, indicator: str | None
     )
     if indicator:
         a.entities.add(role=alert_pb2.ROLE_TARGET, kind=alert_pb2.KIND_IP, value=indicator)
+    if retro:  # a retro-hunt match: traffic of `t`, a sighting when received
+        a.metrics["retro"] = 1
     return a
 
 
@@ -54,6 +56,7 @@ alert_spec = st.tuples(
     st.sampled_from(OFFSETS),
     st.sampled_from([0.0, 30.0, 7200.0]),
     st.sampled_from(INDICATORS),
+    st.booleans(),
 )
 batch_spec = st.tuples(st.integers(0, len(SITES) - 1), st.lists(alert_spec, min_size=1, max_size=4))
 traffic = st.lists(batch_spec, min_size=1, max_size=14)
@@ -63,9 +66,9 @@ def _batches(spec) -> list[tuple[Origin, list]]:
     out, n = [], 0
     for site, alerts in spec:
         batch = []
-        for detector, offset, span, indicator in alerts:
+        for detector, offset, span, indicator, retro in alerts:
             n += 1
-            batch.append(_alert(f"a{n}", detector, T0 + offset, span, indicator))
+            batch.append(_alert(f"a{n}", detector, T0 + offset, span, indicator, retro))
         out.append((SITES[site], batch))
     return out
 
@@ -92,6 +95,7 @@ def _incidents(store: Store) -> list[tuple]:
                     r["last_seen"],
                     r["alert_count"],
                     r["summary"],
+                    (r["traffic_first"], r["traffic_last"], r["traffic_retro"]),
                     [s[0] for s in sites],
                     [tuple(x) for x in links],
                 )

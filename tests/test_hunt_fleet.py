@@ -82,6 +82,14 @@ def test_one_publication_three_ghts_one_incident(collector: Collector, tmp_path:
     alerts = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
     retro = [a for a in alerts if a.get("metrics", {}).get("retro")]
     assert len(retro) == 3 and len({a["origin"]["ght"] for a in retro}) == 3, alerts
+    # The incident says so: the days of that traffic, found by the retro-hunt; and the
+    # analyst's table shows it whole (wrapped, not cut at 80 columns).
+    first = min(a["first_seen"] for a in retro)[:10]
+    last = max(a["last_seen"] for a in retro)[:10]
+    span = f"between {first} and {last}, found by retro-hunt"
+    assert inc["summary"].endswith(span), inc["summary"]
+    r = _vigie(env, "incidents", "--no-colour")
+    assert r.returncode == 0 and span in " ".join(r.stdout.split()), r.stdout
     r = _vigie(env, "intel", "status", "--json")
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)

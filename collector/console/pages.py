@@ -665,6 +665,7 @@ class Pages:
             first=self.when(req, row["first_seen"]),
             last_label=_("Last seen"),
             last=self.when(req, row["last_seen"]),
+            traffic=self._traffic(req, row),
             count_label=_("Alerts"),
             count=row["alert_count"],
             sites_title=_("Establishments involved"),
@@ -682,6 +683,19 @@ class Pages:
         )
         resp = self.frame(req, "/incidents", f"{row['rule']} · {row['subject']}", main)
         return resp
+
+    def _traffic(self, req: Request, row: dict) -> Markup:
+        """When the traffic behind the incident happened, for a rule that keeps it: a
+        retro-hunt's can be weeks before the incident was first seen."""
+        if row.get("traffic_first") is None:
+            return Markup("")
+        _ = req._
+        return (
+            tag("dt", _("First traffic"))
+            + tag("dd", self.when(req, row["traffic_first"]), id="traffic-first")
+            + tag("dt", _("Last traffic"))
+            + tag("dd", self.when(req, row["traffic_last"]), id="traffic-last")
+        )
 
     def incident_stix(self, req: Request, key: str):
         from collector.query.servicer import incident_message, stored_alert

@@ -7,6 +7,7 @@ never skips an incident another replica is still writing.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +26,53 @@ class SiteRef:
     finess: str
     ght: str
     region: str
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """When the traffic behind an incident happened (the earliest first_seen and latest
+    last_seen of its alerts), and whether a retro-hunt found some of it: a retro match's
+    traffic may be weeks older than the incident."""
+
+    first: float
+    last: float
+    retro: bool = False
+
+    def merge(self, other: Traffic | None) -> Traffic:
+        if other is None or other == self:
+            return self
+        return Traffic(
+            min(self.first, other.first), max(self.last, other.last), self.retro or other.retro
+        )
+
+    def words(self) -> str:
+        """As an incident summary says it: dates, or times within a day (UTC)."""
+        first, last = _utc(self.first), _utc(self.last)
+        if first is None or last is None:
+            text = "at unreadable times"
+        elif self.last - self.first >= 86400:
+            text = f"between {first:%Y-%m-%d} and {last:%Y-%m-%d}"
+        elif f"{first:%Y-%m-%d %H:%M}" == f"{last:%Y-%m-%d %H:%M}":
+            text = f"on {first:%Y-%m-%d} at {first:%H:%M} UTC"
+        elif first.date() == last.date():
+            text = f"on {first:%Y-%m-%d} between {first:%H:%M} and {last:%H:%M} UTC"
+        else:
+            text = f"between {first:%Y-%m-%d %H:%M} and {last:%Y-%m-%d %H:%M} UTC"
+        return text + (", found by retro-hunt" if self.retro else "")
+
+
+def _utc(t: float) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromtimestamp(t, dt.UTC)
+    except (OverflowError, OSError, ValueError):  # an agent's clock far off: said so
+        return None
+
+
+def stored_traffic(row: dict) -> Traffic | None:
+    """An incident row's traffic span (None: its rule keeps none, or not yet)."""
+    if row.get("traffic_first") is None or row.get("traffic_last") is None:
+        return None
+    return Traffic(row["traffic_first"], row["traffic_last"], bool(row["traffic_retro"]))
 
 
 def next_seq(tx: Tx) -> int:
@@ -55,7 +103,8 @@ MAX_LINKED_ALERTS = 5000  # past this an incident only counts its alerts
 
 def find_open(tx: Tx, rule: str, subject: str, since: float) -> dict | None:
     rows = tx.fetch(
-        "SELECT key, alert_count FROM incidents WHERE rule = ? AND subject = ? AND status <> ? "
+        "SELECT key, alert_count, traffic_first, traffic_last, traffic_retro FROM incidents "
+        "WHERE rule = ? AND subject = ? AND status <> ? "
         "AND last_seen >= ? ORDER BY last_seen DESC LIMIT 1",
         (rule, subject, CLOSED, since),
     )
@@ -75,11 +124,13 @@ def upsert(
     alerts: Iterable[tuple[str, str]],
     now: float,
     existing: dict | None = None,
+    traffic: Traffic | None = None,
 ) -> str:
     """Open an incident, or update the open one for (rule, subject); return its key.
 
     `existing` is what find_open() returned, when the caller already looked; a summary of
-    None keeps the stored one (only a site joining changes what it says)."""
+    None keeps the stored one (a site joining changes what it says, and a rule's words
+    for its traffic span); `traffic`, the span as it now stands, None to keep it."""
     cur = existing or find_open(tx, rule, subject, event_time - window)
     reopened = False
     if cur:
@@ -125,11 +176,11 @@ def upsert(
         # joining one, or a closed one reopened. A new seq puts it in every change feed.
         seq = next_seq(tx)
         tx.execute(
-            """UPDATE incidents SET severity = CASE WHEN severity > ? THEN severity ELSE ? END,
+            f"""UPDATE incidents SET severity = CASE WHEN severity > ? THEN severity ELSE ? END,
                first_seen = CASE WHEN first_seen < ? THEN first_seen ELSE ? END,
                last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END,
                summary = COALESCE(?, summary), alert_count = alert_count + ?, seq = ?,
-               updated_at = ? WHERE key = ?""",
+               updated_at = ?, {_TRAFFIC} WHERE key = ?""",
             (
                 severity,
                 severity,
@@ -141,19 +192,32 @@ def upsert(
                 new_links,
                 seq,
                 now,
+                *_traffic_args(traffic),
                 key,
             ),
         )
         record_change(
             tx, key, seq, "opened" if created else "reopened" if reopened else "updated", now
         )
-    elif new_links:
+    elif new_links or summary is not None or traffic is not None:
         # More of the same from a site already in it: counted quietly, without waking
-        # every sink once per batch.
+        # every sink once per batch (so is a traffic span that grows, and its wording).
         tx.execute(
-            """UPDATE incidents SET alert_count = alert_count + ?,
+            f"""UPDATE incidents SET alert_count = alert_count + ?,
                last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END,
-               updated_at = ? WHERE key = ?""",
-            (new_links, event_time, event_time, now, key),
+               summary = COALESCE(?, summary), updated_at = ?, {_TRAFFIC} WHERE key = ?""",
+            (new_links, event_time, event_time, summary, now, *_traffic_args(traffic), key),
         )
     return key
+
+
+_TRAFFIC = (
+    "traffic_first = COALESCE(?, traffic_first), traffic_last = COALESCE(?, traffic_last), "
+    "traffic_retro = COALESCE(?, traffic_retro)"
+)
+
+
+def _traffic_args(traffic: Traffic | None) -> tuple:
+    if traffic is None:
+        return (None, None, None)
+    return (traffic.first, traffic.last, int(traffic.retro))

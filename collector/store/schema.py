@@ -259,6 +259,17 @@ CREATE TABLE retro_progress (
 )
 """,
     ),
+    (
+        9,
+        # When the traffic behind an incident happened (multi_site_indicator): a retro-hunt
+        # match is reported now about traffic of weeks ago, and the analyst needs that span,
+        # not the reporting times of first_seen/last_seen. NULL: the rule keeps none.
+        """
+ALTER TABLE incidents ADD COLUMN traffic_first {REAL};
+ALTER TABLE incidents ADD COLUMN traffic_last {REAL};
+ALTER TABLE incidents ADD COLUMN traffic_retro {INT} NOT NULL DEFAULT 0
+""",
+    ),
 ]
 
 

@@ -16,7 +16,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from collector.correlate.incidents import CLOSED, MAX_LINKED_ALERTS, SiteRef, find_open, upsert
+from collector.correlate.incidents import (
+    CLOSED,
+    MAX_LINKED_ALERTS,
+    SiteRef,
+    Traffic,
+    find_open,
+    stored_traffic,
+    upsert,
+)
 from collector.store.backends import Dialect, Tx, in_lists
 from vigie.v1 import alert_pb2
 
@@ -53,6 +61,7 @@ class Batch:
         "indicators",
         "rows",
         "site",
+        "traffic",
     )
 
     def __init__(self, origin: Any, facts: Sequence[tuple]) -> None:
@@ -62,6 +71,9 @@ class Batch:
         # Latest last_seen per indicator (kind, value) and per detector, with their alerts.
         self.indicators: dict[tuple[int, str], float] = {}
         self.by_indicator: dict[tuple[int, str], list[str]] = {}
+        # Per indicator, when its traffic happened: [earliest first_seen, latest
+        # last_seen, any retro-hunt match] (a retro match's traffic may be weeks old).
+        self.traffic: dict[tuple[int, str], list] = {}
         self.detectors: dict[str, float] = {}
         self.by_detector: dict[str, list[str]] = {}
         # Earliest and latest first_seen per detector.
@@ -69,7 +81,7 @@ class Batch:
         # alert_indicators rows: (agent, alert, kind, value, finess, ght, region, seen).
         self.rows: list[tuple] = []
         indicators, by_indicator, detectors = self.indicators, self.by_indicator, self.detectors
-        firsts = self.firsts
+        firsts, traffic = self.firsts, self.traffic
         kinds = INDICATOR_KINDS
         for aid, detector, first, t, ents, *retro in facts:
             if t > detectors.get(detector, 0.0):
@@ -83,12 +95,19 @@ class Batch:
             # A retro-hunt match (agent/hunt/retro.py) is a sighting when reported: its
             # traffic may be weeks old, and the sites reporting one publication's matches
             # must meet in the window as live sightings do.
-            seen = retro[0] if retro and retro[0] else t
+            found = bool(retro and retro[0])
+            seen = retro[0] if found else t
             for _role, kind, value, pseudo in ents:
                 if not pseudo and kind in kinds:
                     k = (kind, value)
                     if seen > indicators.get(k, 0.0):
                         indicators[k] = seen
+                    span = traffic.get(k)
+                    if span is None:  # (min: an agent's clock may put first after last)
+                        traffic[k] = [min(first, t), t, found]
+                    else:
+                        span[0], span[1] = min(span[0], first, t), max(span[1], t)
+                        span[2] = span[2] or found
                     by_indicator.setdefault(k, []).append(aid)
                     self.rows.append((agent, aid, kind, value, finess, ght, region, seen))
 
@@ -130,6 +149,7 @@ class Sighting:
     time: float  # the batch's latest alert of the subject
     site: SiteRef
     alerts: list[tuple[str, str]]  # (agent id, alert id)
+    traffic: Traffic | None = None  # when the batch's traffic of the subject happened
 
 
 class CountingRule(Rule):
@@ -151,24 +171,39 @@ class CountingRule(Rule):
         raise NotImplementedError
 
     def summary(self, s: Sighting, sites: int, ghts: int) -> str:
-        """The incident's wording for that many establishments and GHTs."""
+        """The incident's wording for that many establishments and GHTs (a rule that
+        keeps a traffic span takes it as a 4th argument)."""
         raise NotImplementedError
+
+    def span(self, alerts: list[dict[str, Any]]) -> Traffic | None:
+        """The traffic span of the window's alerts, for a new incident (None: the rule
+        keeps no span)."""
+        return None
+
+    def _summary(self, s: Sighting, sites: int, ghts: int, traffic: Traffic | None) -> str:
+        if traffic is None:
+            return self.summary(s, sites, ghts)
+        return self.summary(s, sites, ghts, traffic)  # type: ignore[call-arg]
 
     def quiet_updates(
         self,
         tx: Tx,
         now: float,
-        items: list[tuple[SiteRef, dict[str, tuple[float, list[tuple[str, str]]]]]],
+        items: list[tuple[SiteRef, dict[str, tuple]]],
     ) -> list[set[str]]:
         """The common case in bulk: subjects whose incident is open and already counts the
         batch's site only gain alerts. A few statements for all the batch's subjects
-        instead of a few per subject. Returns, per batch, the subjects so handled."""
+        instead of a few per subject. Returns, per batch, the subjects so handled.
+
+        Per subject: (time, alerts) or (time, alerts, Traffic): a traffic span that would
+        change the incident's wording is left to raise_incident, which words it again."""
         rule, window = self.name, self.cfg["window_seconds"]
         subjects = list({subj for _, its in items for subj in its})
         latest: dict[str, dict] = {}  # the open incident of each subject, latest first
         for part, marks in in_lists(subjects, 500):
             for r in tx.fetch(
-                f"SELECT key, subject, alert_count, last_seen FROM incidents WHERE rule = ? "
+                "SELECT key, subject, alert_count, last_seen, traffic_first, traffic_last, "
+                "traffic_retro FROM incidents WHERE rule = ? "
                 f"AND status <> ? AND subject IN ({marks})",
                 (rule, CLOSED, *part),
             ):
@@ -194,9 +229,11 @@ class CountingRule(Rule):
         links: list[tuple[str, str, str]] = []
         counts: dict[str, list] = {}  # incident key -> [alerts added, latest time]
         room = {r["key"]: max(0, MAX_LINKED_ALERTS - r["alert_count"]) for r in latest.values()}
+        spans = {r["key"]: stored_traffic(r) for r in latest.values()}
+        grown: set[str] = set()  # incidents whose traffic span grew, in the same words
         for site, its in items:
             done = set()
-            for subj, (t, refs) in its.items():
+            for subj, (t, refs, *traffic) in its.items():
                 r = latest.get(subj)
                 # The latest incident of the subject is the one to extend, if it is still
                 # in the window for this batch's time and already counts this site.
@@ -206,8 +243,16 @@ class CountingRule(Rule):
                     or (r["key"], site.finess) not in joined
                 ):
                     continue
-                done.add(subj)
                 key = r["key"]
+                if traffic and traffic[0] is not None:
+                    old = spans[key]
+                    new = traffic[0].merge(old)
+                    if new != old:
+                        if old is None or new.words() != old.words():
+                            continue
+                        spans[key] = new
+                        grown.add(key)
+                done.add(subj)
                 take = refs[: room[key]]
                 room[key] -= len(take)
                 links += [(key, a, i) for a, i in take]
@@ -221,6 +266,16 @@ class CountingRule(Rule):
             "last_seen > ? THEN last_seen ELSE ? END, updated_at = ? WHERE key = ?",
             [(n, t, t, now, key) for key, (n, t) in counts.items()],
         )
+        if grown:
+            tx.many(
+                "UPDATE incidents SET traffic_first = ?, traffic_last = ?, traffic_retro = ? "
+                "WHERE key = ?",
+                [
+                    (x.first, x.last, int(x.retro), key)
+                    for key in sorted(grown)
+                    if (x := spans[key]) is not None
+                ],
+            )
         return out
 
     def raise_incident(self, tx: Tx, s: Sighting, now: float) -> None:
@@ -236,7 +291,11 @@ class CountingRule(Rule):
                 (existing["key"], site.finess),
             )
             text = None
-            if joined:  # the summary counts sites: say it again with the newcomer
+            old = stored_traffic(existing)
+            traffic = s.traffic.merge(old) if s.traffic is not None else old
+            # The summary counts sites, and may say when the traffic happened: say it again
+            # with a newcomer, or with a span that no longer reads the same.
+            if joined or (traffic is not None and (old is None or traffic.words() != old.words())):
                 # Counted in the database: an incident may span hundreds of establishments.
                 key = existing["key"]
                 n = tx.fetch(
@@ -244,11 +303,11 @@ class CountingRule(Rule):
                     "WHERE incident_key = ?",
                     (key,),
                 )[0]
-                new_ght = not tx.fetch(
+                new_ght = joined and not tx.fetch(
                     "SELECT 1 AS x FROM incident_sites WHERE incident_key = ? AND ght = ? LIMIT 1",
                     (key, site.ght),
                 )
-                text = self.summary(s, n["n"] + 1, n["g"] + new_ght)
+                text = self._summary(s, n["n"] + joined, n["g"] + new_ght, traffic)
             upsert(
                 tx,
                 rule=self.name,
@@ -261,11 +320,15 @@ class CountingRule(Rule):
                 alerts=s.alerts,
                 now=now,
                 existing=existing,
+                traffic=traffic if traffic != old else None,
             )
             return
         if not self.reached(tx, s):
             return
         sites = self.sites(tx, s)
+        rows = self.window_alerts(tx, s)
+        # The span of the alerts the incident opens with; those that join it later add theirs.
+        traffic = self.span(rows)
         upsert(
             tx,
             rule=self.name,
@@ -273,10 +336,11 @@ class CountingRule(Rule):
             event_time=s.time,
             window=window,
             severity=self.severity,
-            summary=self.summary(s, len(sites), len({x.ght for x in sites})),
+            summary=self._summary(s, len(sites), len({x.ght for x in sites}), traffic),
             sites=sites,
-            alerts=[(r["agent_id"], r["alert_id"]) for r in self.window_alerts(tx, s)],
+            alerts=[(r["agent_id"], r["alert_id"]) for r in rows],
             now=now,
+            traffic=traffic,
         )
 
 
