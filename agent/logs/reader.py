@@ -57,17 +57,19 @@ class Dedup:
     def new(self, ev: LogEvent) -> bool:
         if not ev.pid:
             return True
-        k = (int(ev.ts), ev.pid, ev.service, ev.outcome, ev.user, ev.source)
-        per = self.seen.get(k)
-        if per is None:
-            per = self.seen[k] = {}
-        n = per.get(ev.origin, 0) + 1
-        per[ev.origin] = n
-        if ev.ts > self.newest + 10:
-            self.newest = ev.ts
-            cut = ev.ts - DEDUP_SECONDS
+        ts = ev.ts
+        k = (int(ts), ev.pid, ev.service, ev.outcome, ev.user, ev.source)
+        if ts > self.newest + 10:
+            self.newest = ts
+            cut = ts - DEDUP_SECONDS
             for old in [x for x in self.seen if x[0] < cut]:
                 del self.seen[old]
+        per = self.seen.get(k)
+        if per is None:  # most events: the first of their kind in their second
+            self.seen[k] = {ev.origin: 1}
+            return True
+        n = per.get(ev.origin, 0) + 1
+        per[ev.origin] = n
         return n > max((c for o, c in per.items() if o != ev.origin), default=0)
 
 
