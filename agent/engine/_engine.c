@@ -497,6 +497,9 @@ static PyMethodDef mod_methods[] = {
      "scan_syslog(block, fast, known, audit_only) -> (kept, lines, other, malformed): "
      "the lines of a syslog block (bytes) Parser.parse_block must read, as str, and how "
      "many lines it would have counted in all, as other and as malformed (agent/logs)"},
+    {"sorted_u32", journal_sorted_u32, METH_O,
+     "sorted_u32(buffer) -> bytes: its native u32 values sorted, each once (a journal "
+     "segment's IPv4 addresses, agent/hunt/journal.py)"},
     {"index_arrays", journal_index_arrays, METH_VARARGS,
      "index_arrays(blocks, probes) -> (keys, starts, postings, bloom): a journal segment's "
      "index (agent/hunt/segment.py) from each block's set of keys, as the bytes of its "

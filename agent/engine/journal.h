@@ -28,5 +28,7 @@ PyObject *engine_journal_take(EngineObject *e, PyObject *args);
 PyObject *engine_journal_expire(EngineObject *e, PyObject *arg);
 /* index_arrays(blocks, probes): a segment's key table from each block's keys (module) */
 PyObject *journal_index_arrays(PyObject *mod, PyObject *args);
+/* sorted_u32(buffer): its u32 values sorted, each once (module) */
+PyObject *journal_sorted_u32(PyObject *mod, PyObject *arg);
 
 #endif

@@ -36,6 +36,7 @@ import json
 import marshal
 import os
 import socket
+import sys
 import time
 from array import array
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import Any, ClassVar
 
 from agent.detect.hooks import Wants
 from agent.engine import S_ATTEMPT, S_CLOSED, S_ESTABLISHED, S_MIDSTREAM, S_PROBE, S_REJECTED
+from agent.engine._engine import sorted_u32
 from agent.hunt import segment as seg
 from common import logs
 from common.config import Option, at_least, positive
@@ -67,6 +69,7 @@ _TCP_STATE = {
 _SMB_KEPT = frozenset(("create", "tree_connect"))
 _APP = frozenset(("tls_client_hello", "http", "smb", "dcerpc"))
 OPEN_NAME = "current.open"
+KEYS_NAME = "current.keys"  # the open segment's block keys, read back at its close
 DNS_WAIT = 10.0  # a query unanswered this long is written without its answer
 MAX_PENDING_DNS = 65_536
 # Address strings and domain keys kept for the next records: small, because a scan or a
@@ -79,11 +82,10 @@ MAX_HELD = 2_000_000
 OPTIONS: dict[str, Option] = {
     "enabled": Option(
         bool,
-        False,
+        True,
         "Keep the metadata journal (connections, DNS, TLS, HTTP, SMB/DCE-RPC) in "
         "state_dir/journal for retro-hunts and `vigie-agent hunt`. It never leaves this "
-        "server (docs/PRIVACY.md). Off by default for now: with it on, the agent holds "
-        "about 50 MB more at 100k active flows (TLS/HTTP decoding kept for every flow).",
+        "server (docs/PRIVACY.md: what it holds, how to purge it).",
     ),
     "max_age_days": Option(float, 14.0, "Segments older than this are deleted.", positive),
     "max_megabytes": Option(
@@ -183,10 +185,11 @@ class Journal:
         self._parts: list[bytes] = []
         self._n = 0
         self._offsets: list[int] = []
-        # each written block's index keys, and the segment's IPv4 addresses (as ints,
-        # repeats removed now and then) and IPv6 ones: compact arrays, not sets of ints
-        # (a Python int in a set costs about 70 bytes)
-        self._block_keys: list[array] = []
+        # each written block's index keys wait in KEYS_NAME (how many, then the keys), not
+        # in memory: a busy hour has millions; the segment's IPv4 addresses (as ints,
+        # repeats removed now and then) and IPv6 ones stay, compact (a Python int in a
+        # set costs about 70 bytes)
+        self._keys_f: Any = None
         self._seg_v4 = array("I")
         self._seg_v4_sorted = 0  # the array's length after its last compaction
         self._seg_v6: set[bytes] = set()
@@ -206,8 +209,11 @@ class Journal:
         if self._f is None:
             path = self.dir / OPEN_NAME
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            self._f = os.fdopen(fd, "wb", buffering=1 << 20)
+            # a block at a time is written, then flushed: no need for a big buffer
+            self._f = os.fdopen(fd, "wb", buffering=1 << 16)
             self._f.write(seg.MAGIC)
+            fd = os.open(self.dir / KEYS_NAME, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._keys_f = os.fdopen(fd, "w+b", buffering=1 << 16)
         return self._f
 
     def _index(self, k: int) -> None:
@@ -324,7 +330,11 @@ class Journal:
         if self._engine is not None:
             if kind == "dns" and p.proto == 17:
                 return  # the engine's record (when net.ioc has UDP DNS go up too)
-            self._take()  # the engine's records first, as they came
+            slot = self._slot
+            if slot is None or p.ts >= slot + self.settings["segment_minutes"] * 60:
+                # The engine's records of the closing segment go in it first; otherwise
+                # they wait for the tick (a take per message cost a tenth of a replay).
+                self._take()
         if kind == "dns":
             self._dns_message(msg, p)
             return
@@ -426,15 +436,18 @@ class Journal:
         f = self._open()
         # The block's keys and addresses as they are: the segment's index is made from
         # them at its close (in C: a busy hour holds millions of key and block pairs).
-        self._block_keys.append(array("Q", self._bk))
+        keys = array("Q", self._bk)
+        self._keys_f.write(seg.U32.pack(len(keys)))
+        self._keys_f.write(keys.tobytes())
         v4 = self._seg_v4
-        for a in self._ba:
-            if len(a) == 4:
-                v4.append(int.from_bytes(a, "big"))
-            else:
-                self._seg_v6.add(a)
+        block_v4 = array("I", b"".join(a for a in self._ba if len(a) == 4))
+        if len(block_v4) != len(self._ba):
+            self._seg_v6.update(a for a in self._ba if len(a) == 16)
+        if sys.byteorder == "little":  # the packed addresses are big-endian
+            block_v4.byteswap()
+        v4.extend(block_v4)
         if len(v4) > 2 * self._seg_v4_sorted + 65_536:
-            self._seg_v4 = v4 = array("I", sorted(set(v4)))
+            self._seg_v4 = v4 = array("I", sorted_u32(v4))
             self._seg_v4_sorted = len(v4)
         self._held += len(self._bk)
         self._bk, self._ba = set(), set()
@@ -454,7 +467,8 @@ class Journal:
             return None
         f = self._f
         seg.write_index_blocks(
-            f, self._offsets, self._block_keys, set(self._seg_v4), self._seg_v6,
+            f, self._offsets, self._read_block_keys(), array("I", sorted_u32(self._seg_v4)),
+            self._seg_v6,
             {"first": self._first, "last": self._last, "counts": self._counts},
         )  # fmt: skip
         f.flush()
@@ -464,8 +478,27 @@ class Journal:
         final = self._free_name()
         os.replace(self.dir / OPEN_NAME, final)
         _fsync_dir(self.dir)
+        self._keys_f.close()
+        self._keys_f = None
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / KEYS_NAME).unlink()
         self._new_segment_state()
         return final
+
+    def _read_block_keys(self) -> list[array]:
+        kf = self._keys_f
+        kf.flush()
+        kf.seek(0)
+        data = kf.read()
+        out, at = [], 0
+        while at < len(data):
+            (n,) = seg.U32.unpack_from(data, at)
+            at += 4
+            out.append(array("Q", data[at : at + 8 * n]))
+            at += 8 * n
+        if len(out) != len(self._offsets):
+            raise OSError(f"{KEYS_NAME}: {len(out)} blocks of keys for {len(self._offsets)}")
+        return out
 
     def _free_name(self) -> Path:
         """`seg-<first>-<last>.vjs` for the open segment, its end pushed a second on when
@@ -487,6 +520,8 @@ class Journal:
     def recover(self) -> Path | None:
         """A `current.open` left by a crash becomes a closed segment of its whole blocks."""
         path = self.dir / OPEN_NAME
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / KEYS_NAME).unlink()  # the keys are made again from the records
         if not path.exists():
             return None
         blocks = list(seg.read_blocks(path))

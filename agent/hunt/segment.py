@@ -160,7 +160,7 @@ def write_index(
 
 
 def write_index_blocks(
-    f: Any, offsets: list[int], block_keys: list[set[int]], v4: set[int], v6: set[bytes],
+    f: Any, offsets: list[int], block_keys: list, v4: array, v6: set[bytes],
     header: dict,
 ) -> None:  # fmt: skip
     """write_index from each block's keys (block_keys[n]: block n's), the arrays made in
@@ -173,10 +173,11 @@ def write_index_blocks(
 
 def _write_index(
     f: Any, offsets: list[int], keys: bytes, starts: bytes, posts: bytes, bloom: bytes,
-    v4: set[int], v6: set[bytes], header: dict,
+    v4: set[int] | array, v6: set[bytes], header: dict,
 ) -> None:  # fmt: skip
     at = f.tell()
-    a4 = array("I", sorted(v4))
+    # a set (recovery), or an array already sorted, each address once (the writer's)
+    a4 = v4 if isinstance(v4, array) else array("I", sorted(v4))
     a6 = b"".join(sorted(v6))
     head = dict(header, blocks=offsets, nkeys=len(keys) // 8, bloom=len(bloom), probes=PROBES,
                 nposts=len(posts) // 4,
