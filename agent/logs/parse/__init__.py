@@ -84,6 +84,8 @@ class Parser:
         self._bsd_ts = 0.0
         self._iso_key = ""
         self._iso_ts = 0.0
+        self._stamp = ""
+        self._stamp_ts: float | None = None
         self.reference = time.time()  # syslog lines without a year fall before this
 
     def parse_bytes(self, block: bytes) -> list[LogEvent]:
@@ -187,11 +189,12 @@ class Parser:
         if build is DROP:
             return None
         st = self.stats
-        ts = (
-            self._time_of([line[: host - 1]], True)
-            if iso
-            else self._time_of(line[:15].split(), False)
-        )
+        stamp = line[: host - 1] if iso else line[:15]
+        if stamp == self._stamp:  # most event lines share their second with the last
+            ts = self._stamp_ts
+        else:
+            ts = self._time_of([stamp], True) if iso else self._time_of(stamp.split(), False)
+            self._stamp, self._stamp_ts = stamp, ts
         if ts is None:
             st.malformed += 1
             return None
