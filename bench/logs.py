@@ -1,7 +1,7 @@
 """The log path's cost.
 
     .venv/bin/python bench/logs.py throughput [--lines 500000]
-    .venv/bin/python bench/logs.py live [--rate 10000] [--seconds 60]
+    .venv/bin/python bench/logs.py live [--rate 10000] [--seconds 60] [--pairs 3]
 
 throughput: a file of N syslog lines (the recorded OpenSSH, shadow and sudo lines of
 tests/data/logs mixed with four times as many lines of programs no family reads, as on a
@@ -10,10 +10,11 @@ two baselines on the same file: `grep -c 'Failed password'` and a Python loop of
 compiled regex per line (the least a Python log reader can do). Lines per CPU second
 (what one core does, however loaded the machine is), CPU and wall seconds.
 
-live: the real `vigie-agent run -i lo` capturing while UDP traffic runs on lo, twice: with
-[logs] off, then following a file a writer appends RATE lines/s to (the same mix) for
-SECONDS. The agent's CPU (user + system, from /proc) and peak RSS each time; the log
-path's share of one core is the difference. Needs root (capture on lo).
+live: the real `vigie-agent run -i lo` capturing while UDP traffic runs on lo, in PAIRS
+pairs of runs (3): with [logs] off, then following a file a writer appends RATE lines/s
+to (the same mix) for SECONDS. The agent's CPU (user + system, from /proc) and peak RSS
+each time; the log path's share of one core is each pair's difference, and the median of
+them is the figure. Needs root (capture on lo).
 """
 
 from __future__ import annotations
@@ -183,24 +184,37 @@ def _run_agent(tmp: Path, logs_on: bool, rate: int, seconds: float, pps: int, no
         agent.wait(30)
 
 
-def live(rate: int, seconds: float, pps: int, noise: int) -> None:
+def live(rate: int, seconds: float, pps: int, noise: int, pairs: int = 3) -> None:
+    """`pairs` runs with [logs] off then on, alternated, so that a change in the machine's
+    load during the bench falls on both sides; the log path's share is each pair's
+    difference, and the median of them is the figure."""
+    import statistics
+
     tmp = Path(tempfile.mkdtemp(prefix="vigie-logs-live-"))
+    runs = []
     try:
-        off = _run_agent(tmp, False, rate, seconds, pps, noise)
-        on = _run_agent(tmp, True, rate, seconds, pps, noise)
+        for _ in range(pairs):
+            runs.append((_run_agent(tmp, False, rate, seconds, pps, noise),
+                         _run_agent(tmp, True, rate, seconds, pps, noise)))  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(
-        f"agent capturing lo (~{pps} UDP packets/s) for {seconds:.0f} s; one auth, account "
-        f"or cron line in {noise + 1}"
+        f"agent capturing lo (~{pps} UDP packets/s), {pairs} pairs of {seconds:.0f} s runs; "
+        f"one auth, account or cron line in {noise + 1}"
     )
-    print(f"{'run':28} {'CPU % core':>10} {'peak RSS MB':>12} {'log lines/s':>12}")
-    for name, r in (("[logs] off", off), ("[logs] on, following", on)):
-        print(f"{name:28} {100 * r['cpu'] / seconds:>10.1f} {r['rss'] / 1e6:>12.1f} "
-              f"{r['lines'] / seconds:>12,.0f}")  # fmt: skip
-    share = 100 * (on["cpu"] - off["cpu"]) / seconds
-    print(f"log path: {share:.1f} % of one core for {on['lines'] / seconds:,.0f} lines/s "
-          f"(target < 5 %), RSS +{(on['rss'] - off['rss']) / 1e6:.1f} MB")  # fmt: skip
+    print(f"{'pair':5} {'off: CPU % core':>16} {'on: CPU % core':>15} {'log lines/s':>12} "
+          f"{'log path %':>11} {'RSS off MB':>11} {'RSS on MB':>10}")  # fmt: skip
+    shares, growth = [], []
+    for i, (off, on) in enumerate(runs, 1):
+        share = 100 * (on["cpu"] - off["cpu"]) / seconds
+        shares.append(share)
+        growth.append((on["rss"] - off["rss"]) / 1e6)
+        print(f"{i:<5} {100 * off['cpu'] / seconds:>16.1f} {100 * on['cpu'] / seconds:>15.1f} "
+              f"{on['lines'] / seconds:>12,.0f} {share:>11.1f} {off['rss'] / 1e6:>11.1f} "
+              f"{on['rss'] / 1e6:>10.1f}")  # fmt: skip
+    print(f"log path: median {statistics.median(shares):.1f} % of one core "
+          f"(pairs: {', '.join(f'{x:.1f}' for x in shares)}; target < 5 %), "
+          f"RSS +{statistics.median(growth):.1f} MB")  # fmt: skip
 
 
 def main() -> None:
@@ -212,6 +226,7 @@ def main() -> None:
     lv.add_argument("--rate", type=int, default=10_000)
     lv.add_argument("--seconds", type=float, default=60.0)
     lv.add_argument("--pps", type=int, default=5_000)
+    lv.add_argument("--pairs", type=int, default=3, help="off/on runs, alternated")
     lv.add_argument(
         "--noise",
         type=int,
@@ -223,7 +238,7 @@ def main() -> None:
     if a.what == "throughput":
         throughput(a.lines)
     else:
-        live(a.rate, a.seconds, a.pps, a.noise)
+        live(a.rate, a.seconds, a.pps, a.noise, a.pairs)
 
 
 if __name__ == "__main__":
