@@ -42,16 +42,8 @@ AGENT = ROOT / ".venv" / "bin" / "vigie-agent"
 
 from agent.hunt import segment as seg  # noqa: E402
 
-SURICATA_YAML = """%YAML 1.1
----
-default-log-dir: {log}
-outputs: []
-logging:
-  default-log-level: warning
-  outputs:
-    - console:
-        enabled: yes
-"""
+sys.path.insert(0, str(HERE))
+from offline import SURICATA_YAML, best_of  # noqa: E402  (the same baseline, the same timing)
 
 
 # A flow-heavy capture -------------------------------------------------------------------
@@ -123,15 +115,6 @@ def make_capture(path: Path, flows: int = 40_000, dns: int = 80_000) -> int:
                 put(_udp(c, resolver, sp, 53, _dns(qid, name, None)))
                 put(_udp(resolver, c, 53, sp, _dns(qid, name, bytes([198, 51, 100, i % 250]))))
     return n
-
-
-def best_of(argv: list[str], runs: int) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def bench_replay(cap: Path | None, runs: int) -> None:

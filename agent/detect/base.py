@@ -52,6 +52,15 @@ def ip_text(packed: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
+class _As:
+    """The detector as the aggregator sees it, under one rule's technique."""
+
+    __slots__ = ("name", "technique")
+
+    def __init__(self, name: str, technique: str) -> None:
+        self.name, self.technique = name, technique
+
+
 class Detector:
     name: ClassVar[str]
     technique: ClassVar[str]
@@ -106,8 +115,30 @@ class Detector:
         count: int = 1,
         severity: int | None = None,
     ) -> None:
+        self._send(self, subject, ts, summary, entities, metrics, count, severity)
+
+    def report_rule(
+        self,
+        technique: str,
+        subject: str,
+        ts: float,
+        summary: str,
+        entities: list[Entity],
+        metrics: dict[str, float],
+        count: int = 1,
+        severity: int | None = None,
+    ) -> None:
+        """`report` under one of several techniques (a host or log detector with a rule
+        per technique): aggregated and mapped as that technique."""
+        as_rule = _As(self.name, technique)
+        self._send(as_rule, subject, ts, summary, entities, metrics, count, severity)
+
+    def _send(
+        self, detector: Any, subject: str, ts: float, summary: str, entities: list[Entity],
+        metrics: dict[str, float], count: int, severity: int | None,
+    ) -> None:  # fmt: skip
         self._report(
-            detector=self,
+            detector=detector,
             subject=subject,
             ts=ts,
             summary=summary,

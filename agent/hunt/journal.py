@@ -242,12 +242,17 @@ class Journal:
     def _rotate(self, last: float) -> None:
         """Close the open segment when this record's time is past its span (before the
         record's keys are indexed: they belong to the next one)."""
-        length = self.settings["segment_minutes"] * 60
-        if self._slot is None:
-            self._slot = last - last % length
-        elif last >= self._slot + length:
+        if not self._past_slot(last):
+            return
+        if self._slot is not None:
             self.close_segment()
-            self._slot = last - last % length
+        length = self.settings["segment_minutes"] * 60
+        self._slot = last - last % length
+
+    def _past_slot(self, t: float) -> bool:
+        """No segment is open yet, or `t` is past the open one's span."""
+        slot = self._slot
+        return slot is None or t >= slot + self.settings["segment_minutes"] * 60
 
     def _add(self, rec: list, first: float, last: float) -> None:
         self._parts.append(marshal.dumps(rec, seg.MARSHAL))
@@ -330,8 +335,7 @@ class Journal:
         if self._engine is not None:
             if kind == "dns" and p.proto == 17:
                 return  # the engine's record (when net.ioc has UDP DNS go up too)
-            slot = self._slot
-            if slot is None or p.ts >= slot + self.settings["segment_minutes"] * 60:
+            if self._past_slot(p.ts):
                 # The engine's records of the closing segment go in it first; otherwise
                 # they wait for the tick (a take per message cost a tenth of a replay).
                 self._take()

@@ -155,8 +155,8 @@ def write_index(
         posts.extend(sorted(postings[k]))
         starts.append(len(posts))
     bloom = make_bloom(keys, len(keys))
-    _write_index(f, offsets, keys.tobytes(), starts.tobytes(), posts.tobytes(), bloom, v4, v6,
-                 header)  # fmt: skip
+    _write_index(f, offsets, keys.tobytes(), starts.tobytes(), posts.tobytes(), bloom,
+                 array("I", sorted(v4)), v6, header)  # fmt: skip
 
 
 def write_index_blocks(
@@ -164,7 +164,8 @@ def write_index_blocks(
     header: dict,
 ) -> None:  # fmt: skip
     """write_index from each block's keys (block_keys[n]: block n's), the arrays made in
-    C (the writer's way: a busy hour holds millions of key and block pairs)."""
+    C (the writer's way: a busy hour holds millions of key and block pairs); `v4` sorted,
+    each address once."""
     from agent.engine._engine import index_arrays
 
     keys, starts, posts, bloom = index_arrays(block_keys, PROBES)
@@ -173,11 +174,9 @@ def write_index_blocks(
 
 def _write_index(
     f: Any, offsets: list[int], keys: bytes, starts: bytes, posts: bytes, bloom: bytes,
-    v4: set[int] | array, v6: set[bytes], header: dict,
+    a4: array, v6: set[bytes], header: dict,
 ) -> None:  # fmt: skip
     at = f.tell()
-    # a set (recovery), or an array already sorted, each address once (the writer's)
-    a4 = v4 if isinstance(v4, array) else array("I", sorted(v4))
     a6 = b"".join(sorted(v6))
     head = dict(header, blocks=offsets, nkeys=len(keys) // 8, bloom=len(bloom), probes=PROBES,
                 nposts=len(posts) // 4,

@@ -36,15 +36,6 @@ HOST_COMMON: dict[str, Option] = {
 }
 
 
-class _As:
-    """The detector as the aggregator sees it, under one rule's technique."""
-
-    __slots__ = ("name", "technique")
-
-    def __init__(self, name: str, technique: str) -> None:
-        self.name, self.technique = name, technique
-
-
 class HostDetector(Detector):
     options: ClassVar[dict[str, Option]] = {}
 
@@ -69,27 +60,6 @@ class HostDetector(Detector):
 
     def on_host(self, sample: HostSample) -> None:
         raise NotImplementedError
-
-    def report_rule(
-        self,
-        technique: str,
-        subject: str,
-        ts: float,
-        summary: str,
-        entities: list[Entity],
-        metrics: dict[str, float],
-        count: int = 1,
-    ) -> None:
-        self._report(
-            detector=_As(self.name, technique),
-            subject=subject,
-            ts=ts,
-            summary=summary,
-            entities=entities,
-            metrics=metrics,
-            count=count,
-            severity=self.severity,
-        )
 
 
 def process_entities(base: str, username: str = "") -> list[Entity]:

@@ -45,13 +45,6 @@ LEARNING = Option(
 WINDOW = Option(float, 600.0, "Seconds a count runs over.", positive)
 
 
-class _As:
-    __slots__ = ("name", "technique")
-
-    def __init__(self, name: str, technique: str) -> None:
-        self.name, self.technique = name, technique
-
-
 def entities(ev: LogEvent, user_role: int = alert_pb2.ROLE_TARGET) -> list[Entity]:
     """The event's source (address or host name) and user, for the anonymiser to
     pseudonymise; the service in clear."""
@@ -107,28 +100,6 @@ class LogDetector(Detector):
 
     def on_log(self, ev: LogEvent) -> None:
         raise NotImplementedError
-
-    def report_rule(
-        self,
-        technique: str,
-        subject: str,
-        ts: float,
-        summary: str,
-        entities: list[Entity],
-        metrics: dict[str, float],
-        severity: int | None = None,
-        count: int = 1,
-    ) -> None:
-        self._report(
-            detector=_As(self.name, technique),
-            subject=subject,
-            ts=ts,
-            summary=summary,
-            entities=entities,
-            metrics=metrics,
-            count=count,
-            severity=self.severity if severity is None else severity,
-        )
 
 
 class Learning:

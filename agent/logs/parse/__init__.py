@@ -80,10 +80,6 @@ class Parser:
     def __init__(self, stats: ParseStats | None = None, origin: str = "") -> None:
         self.stats = stats or ParseStats()
         self.origin = origin
-        self._bsd_key: tuple = ()
-        self._bsd_ts = 0.0
-        self._iso_key = ""
-        self._iso_ts = 0.0
         self._stamp = ""
         self._stamp_ts: float | None = None
         self.reference = time.time()  # syslog lines without a year fall before this
@@ -189,12 +185,7 @@ class Parser:
         if build is DROP:
             return None
         st = self.stats
-        stamp = line[: host - 1] if iso else line[:15]
-        if stamp == self._stamp:  # most event lines share their second with the last
-            ts = self._stamp_ts
-        else:
-            ts = self._time_of([stamp], True) if iso else self._time_of(stamp.split(), False)
-            self._stamp, self._stamp_ts = stamp, ts
+        ts = self._line_time(line, iso, host)
         if ts is None:
             st.malformed += 1
             return None
@@ -206,23 +197,12 @@ class Parser:
         )  # fmt: skip
 
     def _slow(self, line: str, iso: bool, host: int, prog: str, pid: str, end: int) -> Any:
-        """A line the rule tables do not take directly: a program known by its path or
-        read for its audit records, a PAM module's line, or one nobody reads."""
-        st = self.stats
-        if prog not in _KNOWN_SET and not line.startswith("pam_", end + 2):
-            base = prog.rsplit("/", 1)[-1]
-            if base not in _KNOWN_SET:
-                st.other += 1
-                return None
-        if prog in _AUDIT_ONLY and line.find("msg=audit(", end) < 0:
-            st.other += 1
-            return None
-        if iso:
-            ts = self._time_of([line[: host - 1]], True)
-        else:
-            ts = self._time_of(line[:15].split(), False)
+        """A line the rule tables do not take directly (`parse_lines` chose it): a
+        program known by its path or read for its audit records, or a PAM module's line;
+        `_message` reads it as a journal entry is read."""
+        ts = self._line_time(line, iso, host)
         if ts is None:
-            st.malformed += 1
+            self.stats.malformed += 1
             return None
         pid = pid.rstrip("]")
         return self._message(ts, prog, int(pid) if pid.isdigit() else 0, line[end + 2 :], -1)
@@ -270,16 +250,19 @@ class Parser:
         self._unmatched(prog)
         return None
 
-    def _time_of(self, parts: list[str], iso: bool) -> float | None:
-        if iso:
-            if parts[0] != self._iso_key:
-                self._iso_key, self._iso_ts = parts[0], _iso(parts[0])
-            return self._iso_ts
-        if len(parts) != 3:
+    def _line_time(self, line: str, iso: bool, host: int) -> float | None:
+        """The line's time, read once per distinct stamp (most lines that are read share
+        their second with the one before)."""
+        stamp = line[: host - 1] if iso else line[:15]
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._stamp_ts = _iso(stamp) if iso else self._bsd_time(stamp.split())
+        return self._stamp_ts
+
+    def _bsd_time(self, key: list[str]) -> float | None:
+        """ "Dec  3 15:33:50" split: its year is the reference's, or the one before."""
+        if len(key) != 3:
             return None
-        key = (parts[0], parts[1], parts[2])
-        if key == self._bsd_key:
-            return self._bsd_ts
         mon = _MONTHS.get(key[0])
         hms = key[2].split(":")
         if mon is None or len(hms) != 3 or not key[1].isdigit():
@@ -297,7 +280,6 @@ class Parser:
                 t = time.mktime((year - 1, mon, int(key[1]), hh, mm, ss, 0, 0, -1))
         except (OverflowError, ValueError):
             return None
-        self._bsd_key, self._bsd_ts = key, t
         return t
 
 
