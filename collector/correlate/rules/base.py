@@ -170,20 +170,15 @@ class CountingRule(Rule):
         """The window's alerts (agent_id, alert_id), for a new incident."""
         raise NotImplementedError
 
-    def summary(self, s: Sighting, sites: int, ghts: int) -> str:
-        """The incident's wording for that many establishments and GHTs (a rule that
-        keeps a traffic span takes it as a 4th argument)."""
+    def summary(self, s: Sighting, sites: int, ghts: int, traffic: Traffic | None) -> str:
+        """The incident's wording for that many establishments and GHTs, and the span of
+        its traffic when the rule keeps one (`span`)."""
         raise NotImplementedError
 
     def span(self, alerts: list[dict[str, Any]]) -> Traffic | None:
         """The traffic span of the window's alerts, for a new incident (None: the rule
         keeps no span)."""
         return None
-
-    def _summary(self, s: Sighting, sites: int, ghts: int, traffic: Traffic | None) -> str:
-        if traffic is None:
-            return self.summary(s, sites, ghts)
-        return self.summary(s, sites, ghts, traffic)  # type: ignore[call-arg]
 
     def quiet_updates(
         self,
@@ -307,7 +302,7 @@ class CountingRule(Rule):
                     "SELECT 1 AS x FROM incident_sites WHERE incident_key = ? AND ght = ? LIMIT 1",
                     (key, site.ght),
                 )
-                text = self._summary(s, n["n"] + joined, n["g"] + new_ght, traffic)
+                text = self.summary(s, n["n"] + joined, n["g"] + new_ght, traffic)
             upsert(
                 tx,
                 rule=self.name,
@@ -336,7 +331,7 @@ class CountingRule(Rule):
             event_time=s.time,
             window=window,
             severity=self.severity,
-            summary=self._summary(s, len(sites), len({x.ght for x in sites}), traffic),
+            summary=self.summary(s, len(sites), len({x.ght for x in sites}), traffic),
             sites=sites,
             alerts=[(r["agent_id"], r["alert_id"]) for r in rows],
             now=now,

@@ -138,7 +138,7 @@ class MultiSiteIndicator(CountingRule):
             any(json.loads(r["metrics"]).get("retro") for r in alerts),
         )
 
-    def summary(self, s: Sighting, sites: int, ghts: int, traffic: Traffic | None = None) -> str:
+    def summary(self, s: Sighting, sites: int, ghts: int, traffic: Traffic | None) -> str:
         kind, value = s.key
         name = INDICATOR_KINDS[kind]
         verb = "contacted from" if name in CONTACTED else "seen in"

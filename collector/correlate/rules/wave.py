@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-from collector.correlate.incidents import SiteRef
+from collector.correlate.incidents import SiteRef, Traffic
 from collector.correlate.rules.base import SITE_UPSERT, Batch, CountingRule, Sighting, site_refs
 from collector.store.backends import Tx
 from common.config import Option, at_least, positive
@@ -78,5 +78,5 @@ class Wave(CountingRule):
             self._args(s),
         )
 
-    def summary(self, s: Sighting, sites: int, ghts: int) -> str:
+    def summary(self, s: Sighting, sites: int, ghts: int, traffic: Traffic | None) -> str:
         return f"{s.subject} in {sites} establishments, {ghts} GHTs"
